@@ -1,0 +1,35 @@
+# Orion: `make run` starts everything on this machine; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test unit lint typecheck bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "from orion_streams.devservices import fetch_kafka; fetch_kafka()"
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/orion run
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+unit: $(BIN)/.installed
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check orion_streams tests bench
+	$(BIN)/ruff format --check orion_streams tests bench
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.orders
+
+clean:
+	rm -rf $(VENV) .orion .pytest_cache

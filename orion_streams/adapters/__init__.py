@@ -1,0 +1,1 @@
+"""Side effects live here: PostgreSQL, payments, Kafka admin, and later SMTP and sockets."""

@@ -1,0 +1,381 @@
+"""PostgreSQL access with SQLAlchemy 2 on asyncpg: the projection writer and the read side."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..domain.catalog import Product
+from ..domain.events import (
+    AdjustmentRejected,
+    AuditEntry,
+    OrderStatusChanged,
+    StockAdjusted,
+    StockLevelChanged,
+)
+from . import schema as s
+
+log = logging.getLogger("orion.postgres")
+
+
+def parse_time(value: str | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """Who caused an audit entry and under which correlation id."""
+
+    correlation_id: str | None
+    actor: str | None
+
+
+class InvalidCursor(ValueError):
+    """A paging cursor that this server did not issue."""
+
+
+def encode_cursor(created_at: datetime, key: str) -> str:
+    raw = json.dumps([created_at.isoformat(), key]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, key = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), str(key)
+    except (ValueError, TypeError) as exc:
+        raise InvalidCursor("cursor is not valid") from exc
+
+
+class SqlAlchemyStore:
+    """Orion's system of record. Writes are idempotent: replays add nothing."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("select 1"))
+
+    # -- catalog ---------------------------------------------------------------------
+
+    async def upsert_products(self, products: Iterable[Product]) -> None:
+        rows = [
+            {"sku": p.sku, "name": p.name, "unit_price": p.unit_price, "currency": p.currency, "active": p.active}
+            for p in products
+        ]
+        if not rows:
+            return
+        stmt = insert(s.products).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["sku"],
+            set_={c: stmt.excluded[c] for c in ("name", "unit_price", "currency", "active")},
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def products(self) -> list[Product]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(s.products).order_by(s.products.c.sku))).all()
+        return [Product(r.sku, r.name, r.unit_price, r.currency, r.active) for r in rows]
+
+    # -- the write side used by the HTTP API ----------------------------------------
+
+    async def record_accepted(
+        self,
+        *,
+        order_id: str,
+        user_id: str,
+        email: str,
+        lines: Sequence[tuple[str, int, int]],
+        currency: str,
+        created_at: datetime,
+        idempotency_key: str | None,
+        request_hash: str,
+    ) -> None:
+        """Make an order readable right after its 202; the projection takes it from here."""
+        total = sum(q * p for _, q, p in lines)
+        async with self.engine.begin() as conn:
+            inserted = await conn.execute(
+                insert(s.orders)
+                .values(
+                    order_id=order_id, user_id=user_id, email=email, status="PENDING", total=total,
+                    currency=currency, version=0, idempotency_key=idempotency_key,
+                    request_hash=request_hash, created_at=created_at, updated_at=created_at,
+                )
+                .on_conflict_do_nothing()
+            )
+            if inserted.rowcount:
+                await conn.execute(
+                    insert(s.order_lines)
+                    .values([{"order_id": order_id, "sku": k, "quantity": q, "unit_price": p} for k, q, p in lines])
+                    .on_conflict_do_nothing()
+                )
+            else:
+                # The projection got there first; remember the key so a retry finds the order.
+                await conn.execute(
+                    s.orders.update()
+                    .where(s.orders.c.order_id == order_id, s.orders.c.idempotency_key.is_(None))
+                    .values(idempotency_key=idempotency_key, request_hash=request_hash)
+                )
+
+    async def find_by_idempotency_key(self, user_id: str, key: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(s.orders.c.order_id, s.orders.c.request_hash).where(
+                        s.orders.c.user_id == user_id, s.orders.c.idempotency_key == key
+                    )
+                )
+            ).first()
+        return dict(row._mapping) if row else None
+
+    # -- the projection --------------------------------------------------------------
+
+    async def project(
+        self,
+        statuses: Sequence[OrderStatusChanged],
+        audit: Sequence[tuple[AuditEntry, AuditContext]],
+        levels: Sequence[StockLevelChanged],
+        adjustments: Sequence[StockAdjusted | AdjustmentRejected],
+    ) -> None:
+        """Write one batch in one transaction. Newer versions win; replays are no-ops."""
+        async with self.engine.begin() as conn:
+            if statuses:
+                await self._project_orders(conn, statuses)
+            if audit:
+                rows = [
+                    {
+                        "order_id": a.order_id, "seq": a.seq, "type": a.kind, "at": parse_time(a.at),
+                        "data": dict(a.data), "correlation_id": ctx.correlation_id, "actor": ctx.actor,
+                    }
+                    for a, ctx in {(a.order_id, a.seq): (a, ctx) for a, ctx in audit}.values()
+                ]
+                await conn.execute(insert(s.order_events).values(rows).on_conflict_do_nothing())
+            if levels:
+                await self._project_levels(conn, levels)
+            if adjustments:
+                await self._project_adjustments(conn, adjustments)
+
+    async def _project_orders(self, conn: AsyncConnection, statuses: Sequence[OrderStatusChanged]) -> None:
+        latest: dict[str, OrderStatusChanged] = {}
+        for ev in statuses:
+            if ev.order_id not in latest or latest[ev.order_id].version < ev.version:
+                latest[ev.order_id] = ev
+        rows = [
+            {
+                "order_id": ev.order_id, "user_id": ev.user_id, "email": ev.email, "status": ev.status.value,
+                "total": ev.total, "currency": ev.currency, "failure_reason": ev.failure_reason,
+                "version": ev.version, "created_at": parse_time(ev.created_at), "updated_at": parse_time(ev.at),
+            }
+            for ev in latest.values()
+        ]
+        stmt = insert(s.orders).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["order_id"],
+            set_={c: stmt.excluded[c] for c in ("status", "total", "failure_reason", "version", "updated_at")},
+            where=s.orders.c.version < stmt.excluded.version,
+        )
+        await conn.execute(stmt)
+        line_rows = [
+            {"order_id": ev.order_id, "sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
+            for ev in latest.values()
+            for line in ev.lines
+        ]
+        if line_rows:
+            await conn.execute(insert(s.order_lines).values(line_rows).on_conflict_do_nothing())
+
+    async def _project_levels(self, conn: AsyncConnection, levels: Sequence[StockLevelChanged]) -> None:
+        latest: dict[str, StockLevelChanged] = {}
+        for ev in levels:
+            if ev.sku not in latest or latest[ev.sku].version < ev.version:
+                latest[ev.sku] = ev
+        rows = [
+            {
+                "sku": ev.sku, "on_hand": ev.on_hand, "reserved": ev.reserved,
+                "low_stock_threshold": ev.low_stock_threshold, "version": ev.version,
+                "updated_at": parse_time(ev.at),
+            }
+            for ev in latest.values()
+        ]
+        stmt = insert(s.stock_levels).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["sku"],
+            set_={c: stmt.excluded[c] for c in ("on_hand", "reserved", "low_stock_threshold", "version", "updated_at")},
+            where=s.stock_levels.c.version < stmt.excluded.version,
+        )
+        await conn.execute(stmt)
+
+    async def _project_adjustments(
+        self, conn: AsyncConnection, adjustments: Sequence[StockAdjusted | AdjustmentRejected]
+    ) -> None:
+        rows = []
+        for adj in {a.adjustment_id: a for a in adjustments}.values():
+            if isinstance(adj, StockAdjusted):
+                rows.append({"adjustment_id": adj.adjustment_id, "sku": adj.sku, "delta": adj.delta,
+                             "reason": adj.reason, "status": "applied", "detail": None})
+            else:
+                rows.append({"adjustment_id": adj.adjustment_id, "sku": adj.sku, "delta": 0,
+                             "reason": "", "status": "rejected", "detail": adj.reason})
+        await conn.execute(insert(s.stock_adjustments).values(rows).on_conflict_do_nothing())
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get_order(self, order_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(s.orders).where(s.orders.c.order_id == order_id))).first()
+            if row is None:
+                return None
+            lines = (
+                await conn.execute(
+                    select(s.order_lines).where(s.order_lines.c.order_id == order_id).order_by(s.order_lines.c.sku)
+                )
+            ).all()
+        return _order_view(row._mapping, [dict(line._mapping) for line in lines])
+
+    async def order_status(self, order_id: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (
+                await conn.execute(select(s.orders.c.status).where(s.orders.c.order_id == order_id))
+            ).scalar_one_or_none()
+
+    async def list_orders(
+        self, *, user_id: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        o = s.orders
+        query = select(o)
+        if user_id is not None:
+            query = query.where(o.c.user_id == user_id)
+        if status is not None:
+            query = query.where(o.c.status == status)
+        if cursor:
+            created, key = decode_cursor(cursor)
+            query = query.where(tuple_(o.c.created_at, o.c.order_id) < tuple_(created, key))
+        query = query.order_by(o.c.created_at.desc(), o.c.order_id.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            page = rows[:limit]
+            ids = [r.order_id for r in page]
+            lines = (
+                (await conn.execute(select(s.order_lines).where(s.order_lines.c.order_id.in_(ids)))).all()
+                if ids
+                else []
+            )
+        by_order: dict[str, list[dict[str, Any]]] = {}
+        for line in sorted(lines, key=lambda r: r.sku):
+            by_order.setdefault(line.order_id, []).append(dict(line._mapping))
+        items = [_order_view(r._mapping, by_order.get(r.order_id, [])) for r in page]
+        next_cursor = encode_cursor(page[-1].created_at, page[-1].order_id) if len(rows) > limit else None
+        return items, next_cursor
+
+    async def order_events(self, order_id: str) -> list[dict[str, Any]]:
+        e = s.order_events
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(e).where(e.c.order_id == order_id).order_by(e.c.seq))).all()
+        return [
+            {"seq": r.seq, "type": r.type, "at": iso(r.at), "data": r.data,
+             "correlation_id": r.correlation_id, "actor": r.actor}
+            for r in rows
+        ]
+
+    async def get_product(self, sku: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(s.products).where(s.products.c.sku == sku))).first()
+        return _product_view(row._mapping) if row else None
+
+    async def list_products(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(s.products).order_by(s.products.c.sku))).all()
+        return [_product_view(r._mapping) for r in rows]
+
+    async def get_stock(self, sku: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(s.stock_levels).where(s.stock_levels.c.sku == sku))).first()
+        return _stock_view(row._mapping) if row else None
+
+    async def list_stock(self, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        t = s.stock_levels
+        query = select(t).order_by(t.c.sku).limit(limit + 1)
+        if cursor:
+            _, after = decode_cursor(cursor)
+            query = query.where(t.c.sku > after)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        page = rows[:limit]
+        next_cursor = encode_cursor(datetime.now(UTC), page[-1].sku) if len(rows) > limit else None
+        return [_stock_view(r._mapping) for r in page], next_cursor
+
+    async def adjustment(self, adjustment_id: str) -> dict[str, Any] | None:
+        a = s.stock_adjustments
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(a).where(a.c.adjustment_id == adjustment_id))).first()
+        return dict(row._mapping) if row else None
+
+    async def stock_totals(self) -> dict[str, tuple[int, int]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(s.stock_levels))).all()
+        return {r.sku: (r.on_hand, r.reserved) for r in rows}
+
+    async def count_rows(self, table: str, **where: Any) -> int:
+        t = s.metadata.tables[table]
+        clauses = [t.c[k] == v for k, v in where.items()]
+        async with self.engine.connect() as conn:
+            query = select(func.count()).select_from(t)
+            if clauses:
+                query = query.where(and_(*clauses))
+            return int((await conn.execute(query)).scalar_one())
+
+
+def _order_view(row: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "order_id": row["order_id"],
+        "user_id": row["user_id"],
+        "status": row["status"],
+        "lines": [
+            {"sku": line["sku"], "quantity": line["quantity"], "unit_price": line["unit_price"],
+             "line_total": line["quantity"] * line["unit_price"]}
+            for line in lines
+        ],
+        "total": row["total"],
+        "currency": row["currency"],
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+        "failure_reason": row["failure_reason"],
+    }
+
+
+def _product_view(row: Any) -> dict[str, Any]:
+    return {"sku": row["sku"], "name": row["name"], "unit_price": row["unit_price"],
+            "currency": row["currency"], "active": row["active"]}
+
+
+def _stock_view(row: Any) -> dict[str, Any]:
+    available = row["on_hand"] - row["reserved"]
+    return {"sku": row["sku"], "on_hand": row["on_hand"], "reserved": row["reserved"],
+            "available": available, "low_stock_threshold": row["low_stock_threshold"],
+            "low_stock": available <= row["low_stock_threshold"]}
+

@@ -1,0 +1,100 @@
+"""The PostgreSQL schema as SQLAlchemy Core tables; Alembic migrations create it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+products = Table(
+    "products",
+    metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("unit_price", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("active", Boolean, nullable=False, server_default="true"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+stock_levels = Table(
+    "stock_levels",
+    metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("on_hand", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("low_stock_threshold", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+stock_adjustments = Table(
+    "stock_adjustments",
+    metadata,
+    Column("adjustment_id", String(100), primary_key=True),
+    Column("sku", String(64), nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("detail", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", String(100), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("email", Text, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("failure_reason", Text),
+    Column("version", Integer, nullable=False),
+    Column("idempotency_key", String(200)),
+    Column("request_hash", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_idempotency_key"),
+    Index("ix_orders_user_created", "user_id", "created_at", "order_id"),
+    Index("ix_orders_created", "created_at", "order_id"),
+)
+
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("order_id", String(100), ForeignKey("orders.order_id"), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_price", BigInteger, nullable=False),
+    PrimaryKeyConstraint("order_id", "sku"),
+)
+
+order_events = Table(
+    "order_events",
+    metadata,
+    Column("order_id", String(100), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("correlation_id", String(200)),
+    Column("actor", String(300)),
+    PrimaryKeyConstraint("order_id", "seq"),
+)

@@ -1,0 +1,5 @@
+"""Thin agent loops: decode, apply the domain, send, then write the table."""
+
+from . import payment, projection, reservation, saga
+
+__all__ = ["payment", "projection", "reservation", "saga"]

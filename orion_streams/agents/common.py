@@ -1,0 +1,103 @@
+"""What every agent does alike: clocks, headers, sending, dead letters, partitioning."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+
+from .. import records
+from ..app import dead_letters_topic
+from ..domain.saga import Clock
+
+log = logging.getLogger("orion.agents")
+
+CORRELATION_HEADER = "correlation-id"
+ACTOR_HEADER = "actor"
+
+
+def now() -> Clock:
+    epoch = time.time()
+    iso = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return Clock(iso=iso, epoch=epoch)
+
+
+def header(event: faust.EventT, name: str) -> str | None:
+    headers = event.headers or {}
+    value = headers.get(name) if isinstance(headers, Mapping) else dict(headers).get(name)
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def make_headers(correlation_id: str | None, actor: str | None) -> list[tuple[str, bytes]]:
+    out = []
+    if correlation_id:
+        out.append((CORRELATION_HEADER, correlation_id.encode()))
+    if actor:
+        out.append((ACTOR_HEADER, actor.encode()))
+    return out
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner picks, as aiokafka and Java do."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> None:
+    """Send messages and wait until Kafka has them all (acks=all).
+
+    Agents call this before writing their table: if the process dies in between, the
+    input is redelivered and the sends repeat, which every consumer dedupes; the other
+    order could lose the sends while the table already says they happened.
+    """
+    futures = []
+    for topic, key, message, headers in sends:
+        futures.append(await topic.send(key=key.encode(), value=records.encode(message), headers=headers))
+    if futures:
+        await asyncio.gather(*futures)
+
+
+async def dead_letter(event: faust.EventT, reason: str) -> None:
+    """Park a message that cannot be processed, with why and where it came from."""
+    msg = event.message
+    raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+    key = event.key if isinstance(event.key, bytes) else (str(event.key).encode() if event.key is not None else None)
+    body = {
+        "reason": reason,
+        "source_topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "key": key.decode("utf-8", "replace") if key else None,
+        "value": raw.decode("utf-8", "replace"),
+        "at": now().iso,
+    }
+    headers = [
+        ("reason", reason.encode()[:1000]),
+        ("source-topic", msg.topic.encode()),
+        ("source-partition", str(msg.partition).encode()),
+        ("source-offset", str(msg.offset).encode()),
+    ]
+    correlation = header(event, CORRELATION_HEADER)
+    if correlation:
+        headers.append((CORRELATION_HEADER, correlation.encode()))
+    log.warning(
+        "dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason,
+        extra={"correlation_id": correlation},
+    )
+    fut = await dead_letters_topic.send(key=key, value=json.dumps(body).encode(), headers=headers)
+    await fut
+
+
+def key_text(event: faust.EventT) -> str:
+    key = event.key
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace")
+    return "" if key is None else str(key)

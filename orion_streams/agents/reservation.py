@@ -1,0 +1,82 @@
+"""The reservation agent: the only writer of stock, one SKU at a time."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from .. import records
+from ..app import app, holds, order_events_topic, stock, stock_levels_topic, stock_requests_topic
+from ..domain import commands as c
+from ..domain import events as e
+from ..domain import stock as rules
+from .common import (
+    ACTOR_HEADER,
+    CORRELATION_HEADER,
+    dead_letter,
+    header,
+    key_text,
+    make_headers,
+    now,
+    send_all,
+)
+
+log = logging.getLogger("orion.reservation")
+
+
+def _route(message: rules.StockEvent) -> tuple[faust.TopicT, str]:
+    if isinstance(message, e.LineReserved | e.LineRejected | e.LineReleased | e.LineCommitted):
+        return order_events_topic, message.order_id
+    return stock_levels_topic, message.sku
+
+
+@app.agent(stock_requests_topic, concurrency=1)
+async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
+    """Apply stock commands for the SKUs of this worker's partitions."""
+    async for event in stream.events():
+        try:
+            await handle_event(event)
+        except Exception:
+            log.exception("reservation failed on %s", event.message.tp)
+            await dead_letter(event, "internal error in the reservation agent")
+
+
+async def handle_event(event: faust.EventT) -> None:
+    sku = key_text(event)
+    try:
+        command = records.decode(event.value)
+    except records.BadRecord as exc:
+        await dead_letter(event, str(exc))
+        return
+    if not isinstance(command, c.ReserveLine | c.ReleaseLine | c.CommitLine | c.AdjustStock):
+        await dead_letter(event, f"{type(command).__name__} does not belong on stock-requests")
+        return
+    if command.sku != sku:
+        await dead_letter(event, "the message key must equal its sku")
+        return
+    at = now().iso
+    level = records.stock_from_value(sku, stock.get(sku))
+    if isinstance(command, c.AdjustStock):
+        marker = records.hold_key(sku, f"adjustment:{command.adjustment_id}")
+        if holds.get(marker):
+            return  # redelivered adjustment: applied (or refused) already
+        new_level, outputs = rules.adjust(level, command, at)
+        hold_updates = {marker: ["adjustment", "applied" if new_level is not level else "rejected"]}
+    else:
+        key = records.hold_key(sku, command.order_id)
+        hold = records.hold_from_value(sku, command.order_id, holds.get(key))
+        match command:
+            case c.ReserveLine():
+                new_level, new_hold, outputs = rules.reserve(level, hold, command, at)
+            case c.ReleaseLine():
+                new_level, new_hold, outputs = rules.release(level, hold, command, at)
+            case c.CommitLine():
+                new_level, new_hold, outputs = rules.commit(level, hold, command, at)
+        hold_updates = {} if new_hold is None or new_hold == hold else {key: records.hold_to_value(new_hold)}
+    headers = make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER))
+    await send_all((*_route(m), m, headers) for m in outputs)
+    if new_level is not level:
+        stock[sku] = records.stock_to_value(new_level)
+    for key, value in hold_updates.items():
+        holds[key] = value

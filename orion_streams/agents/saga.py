@@ -1,0 +1,167 @@
+"""The order saga agent: the single writer of saga state, keyed by order id."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from .. import records
+from .. import topics as t
+from ..app import (
+    app,
+    order_audit_topic,
+    order_events_topic,
+    order_status_topic,
+    orders_topic,
+    payment_requests_topic,
+    runtime,
+    saga_inputs,
+    sagas,
+    settings,
+    stock_requests_topic,
+)
+from ..domain import commands as c
+from ..domain import events as e
+from ..domain import saga as domain
+from ..domain.errors import ValidationFailed
+from .common import (
+    ACTOR_HEADER,
+    CORRELATION_HEADER,
+    dead_letter,
+    header,
+    key_text,
+    make_headers,
+    now,
+    partition_for,
+    send_all,
+)
+
+log = logging.getLogger("orion.saga")
+
+# Sagas for which this worker already asked the payment to time out; cleared as they move.
+_timeouts_sent: set[str] = set()
+
+
+def _route(message: domain.SagaOutput) -> tuple[faust.TopicT, str]:
+    match message:
+        case c.ReserveLine() | c.ReleaseLine() | c.CommitLine():
+            return stock_requests_topic, message.sku
+        case c.AuthorizePayment():
+            return payment_requests_topic, message.order_id
+        case e.OrderStatusChanged():
+            return order_status_topic, message.order_id
+        case e.AuditEntry():
+            return order_audit_topic, message.order_id
+    raise TypeError(f"no route for {type(message).__name__}")
+
+
+@app.agent(saga_inputs, concurrency=1)
+async def order_saga(stream: faust.StreamT[bytes]) -> None:
+    """Place, reserve, pay, confirm, compensate: one order at a time per partition."""
+    await runtime.ready()
+    async for event in stream.events():
+        try:
+            await handle_event(event)
+        except Exception:
+            # A bug must not wedge the partition forever; the message is parked with why.
+            log.exception("saga failed on %s", event.message.tp)
+            await dead_letter(event, "internal error in the order saga")
+
+
+async def handle_event(event: faust.EventT) -> None:
+    order_id = key_text(event)
+    try:
+        message = records.decode(event.value, runtime.catalog)
+    except records.BadRecord as exc:
+        # A product added since the catalog was loaded is not a bad record: look again.
+        if "unknown SKU" not in str(exc) or not await runtime.refresh_catalog_if_stale():
+            await dead_letter(event, str(exc))
+            return
+        try:
+            message = records.decode(event.value, runtime.catalog)
+        except records.BadRecord as again:
+            await dead_letter(event, str(again))
+            return
+    correlation_id = header(event, CORRELATION_HEADER)
+    actor = header(event, ACTOR_HEADER)
+    if getattr(message, "order_id", None) != order_id:
+        await dead_letter(event, "the message key must equal its order_id")
+        return
+    expected = partition_for(order_id, settings.partitions)
+    if event.message.partition != expected:
+        # A producer used another partitioner (kcat's default is CRC32): move the message
+        # to where murmur2 puts the order, so the saga and the replies share a partition.
+        log.info("re-partitioning %s from %d to %d", order_id, event.message.partition, expected)
+        fut = await orders_topic.send(
+            key=order_id.encode(), value=event.value, partition=expected,
+            headers=make_headers(correlation_id, actor),
+        )
+        await fut
+        return
+
+    current = sagas.get(order_id)
+    now_ = now()
+    if isinstance(message, e.OrderPlaced):
+        if current is not None:
+            log.info("duplicate OrderPlaced for %s ignored", order_id)
+            return
+        try:
+            saga, outputs = domain.start(message, runtime.catalog, now_)
+        except ValidationFailed as exc:
+            await dead_letter(event, f"invalid order: {exc}")
+            return
+        correlation_id = correlation_id or message.event_id
+        actor = actor or f"user:{message.user_id}"
+    else:
+        if current is None:
+            await dead_letter(event, f"no order {order_id} is known to the saga")
+            return
+        state = current
+        saga, outputs = domain.handle(
+            records.saga_from_value(state["saga"]), message, now_, settings.payment_timeout
+        )
+        correlation_id = correlation_id or state.get("correlation_id")
+        actor = actor or state.get("actor")
+    if not outputs:
+        return
+    headers = make_headers(correlation_id, actor)
+    await send_all((*_route(m), m, headers) for m in outputs)
+    sagas[order_id] = {"saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor}
+    if saga.status.value != "RESERVED":
+        _timeouts_sent.discard(order_id)
+
+
+def _active(order_id: str) -> bool:
+    partition = partition_for(order_id, settings.partitions)
+    return TP(t.ORDERS.name, partition) in app.assignor.assigned_actives()
+
+
+@app.timer(interval=30.0)
+async def refresh_catalog() -> None:
+    """Pick up price and product changes made in PostgreSQL."""
+    try:
+        await (await runtime.ready()).refresh_catalog()
+    except Exception as exc:  # the database may be away; the next tick tries again
+        log.warning("catalog refresh failed: %s", exc)
+
+
+@app.timer(interval=1.0)
+async def expire_payments() -> None:
+    """Time out payments that never answered: the saga, not the gateway, owns the deadline."""
+    now_ = now()
+    overdue: list[Any] = []
+    for order_id, state in list(sagas.items()):
+        if order_id in _timeouts_sent or not state:
+            continue
+        value = state["saga"]
+        if value["status"] != "RESERVED" or value.get("payment_deadline") is None:
+            continue
+        if value["payment_deadline"] <= now_.epoch and _active(order_id):
+            overdue.append((order_id, state))
+    for order_id, state in overdue:
+        headers = make_headers(state.get("correlation_id"), "service:orion-saga")
+        await send_all([(order_events_topic, order_id, e.PaymentTimedOut(order_id), headers)])
+        _timeouts_sent.add(order_id)

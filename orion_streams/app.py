@@ -1,0 +1,69 @@
+"""The Faust application: settings, source topics and tables. No I/O at import time."""
+
+from __future__ import annotations
+
+import faust
+
+from . import topics as t
+from .bootstrap import Runtime
+from .config import Settings
+from .web.middleware import correlation_and_problems
+
+settings = Settings.from_env()
+runtime = Runtime(settings)
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store="memory://",
+    datadir=str(settings.state_dir / "workers" / settings.worker_id),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    processing_guarantee=settings.processing_guarantee,
+    producer_acks=-1,
+    producer_linger_ms=1,
+    consumer_auto_offset_reset="earliest",
+    table_standby_replicas=1,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    web_bind=settings.web_host,
+    broker_commit_every=100,
+    broker_commit_interval=1.0,
+    stream_buffer_maxsize=4096,
+    autodiscover=False,
+    # Requests larger than this are refused with 413 before a handler runs.
+    web_application_options={"middlewares": [correlation_and_problems], "client_max_size": 256 * 1024},
+)
+
+
+def _raw_topic(*names: str) -> faust.TopicT:
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        partitions=settings.partitions,
+    )
+
+
+orders_topic = _raw_topic(t.ORDERS.name)
+saga_inputs = _raw_topic(t.ORDERS.name, t.ORDER_EVENTS.name)
+order_events_topic = _raw_topic(t.ORDER_EVENTS.name)
+stock_requests_topic = _raw_topic(t.STOCK_REQUESTS.name)
+payment_requests_topic = _raw_topic(t.PAYMENT_REQUESTS.name)
+order_status_topic = _raw_topic(t.ORDER_STATUS.name)
+order_audit_topic = _raw_topic(t.ORDER_AUDIT.name)
+stock_levels_topic = _raw_topic(t.STOCK_LEVELS.name)
+projection_inputs = _raw_topic(t.ORDER_STATUS.name, t.ORDER_AUDIT.name, t.STOCK_LEVELS.name)
+dead_letters_topic = _raw_topic(t.DEAD_LETTERS.name)
+
+# Saga state by order id: co-partitioned with `orders` and `order-events`.
+sagas = app.Table(
+    "sagas", default=None, partitions=settings.partitions, key_type=str,
+)
+# Stock by SKU and each order's hold on a SKU (key "sku\x1forder"): both written only by
+# the reservation agent while it handles a `stock-requests` event for that SKU, so they
+# share that topic's partitioning.
+stock = app.Table(
+    "stock", default=None, partitions=settings.partitions, key_type=str,
+)
+holds = app.Table(
+    "holds", default=None, partitions=settings.partitions, key_type=str,
+)

@@ -1,0 +1,88 @@
+"""The one place that picks adapters: the worker's long-lived resources and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .adapters.payments import HttpPaymentGateway, SandboxPaymentGateway
+from .adapters.postgres import SqlAlchemyStore
+from .config import Settings
+from .domain.catalog import Catalog
+from .services.ports import PaymentGateway
+
+log = logging.getLogger("orion.runtime")
+
+
+class Runtime:
+    """Resources shared by agents and views, started on first use and closed on stop.
+
+    Faust starts agents before user services and the web server only after table recovery,
+    so every user awaits `ready()` instead of relying on start order.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalog = Catalog()
+        self._store: SqlAlchemyStore | None = None
+        self._gateway: PaymentGateway | None = None
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._catalog_loaded_at = 0.0
+
+    @property
+    def store(self) -> SqlAlchemyStore:
+        if self._store is None:
+            raise RuntimeError("runtime not started")
+        return self._store
+
+    @property
+    def payments(self) -> PaymentGateway:
+        if self._gateway is None:
+            raise RuntimeError("runtime not started")
+        return self._gateway
+
+    async def ready(self) -> Runtime:
+        if self._started:
+            return self
+        async with self._lock:
+            if not self._started:
+                await self._start()
+                self._started = True
+        return self
+
+    async def _start(self) -> None:
+        s = self.settings
+        if not s.database_url:
+            raise RuntimeError("ORION_DATABASE_URL is not set (orion run/worker sets it)")
+        self._store = SqlAlchemyStore(s.database_url, pool_size=s.db_pool_size)
+        if s.payment_gateway == "http":
+            if not s.payment_url:
+                raise RuntimeError("ORION_PAYMENT_GATEWAY=http needs ORION_PAYMENT_URL")
+            self._gateway = HttpPaymentGateway(s.payment_url, timeout=s.payment_timeout)
+        else:
+            self._gateway = SandboxPaymentGateway()
+        await self.refresh_catalog()
+
+    async def refresh_catalog(self) -> None:
+        """Reload products; retried by the caller's schedule if PostgreSQL is away."""
+        products = await self.store.products()
+        self.catalog = Catalog(products)
+        self._catalog_loaded_at = time.monotonic()
+        log.debug("catalog loaded: %d products", len(products))
+
+    async def refresh_catalog_if_stale(self, min_age: float = 1.0) -> bool:
+        """Reload when a SKU is unknown, at most once per `min_age` seconds, so new
+        products are orderable at once and unknown SKUs cannot hammer the database."""
+        if time.monotonic() - self._catalog_loaded_at < min_age:
+            return False
+        await self.refresh_catalog()
+        return True
+
+    async def close(self) -> None:
+        if isinstance(self._gateway, HttpPaymentGateway):
+            await self._gateway.close()
+        if self._store is not None:
+            await self._store.close()
+        self._started = False

@@ -1,0 +1,179 @@
+"""The `orion` command: run everything, run a worker, migrate, create topics, seed, mint tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from .config import DEV_JWT_SECRET, Settings
+
+
+def _migrate(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = Config(str(root / "alembic.ini"))
+    cfg.set_main_option("script_location", str(root / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+async def _seed(settings: Settings) -> None:
+    from .adapters.kafka_admin import publish_seed_stock
+    from .adapters.postgres import SqlAlchemyStore
+    from .domain.catalog import DEMO_PRODUCTS, DEMO_STOCK
+
+    store = SqlAlchemyStore(settings.database_url, pool_size=2)
+    try:
+        await store.upsert_products(DEMO_PRODUCTS)
+    finally:
+        await store.close()
+    await publish_seed_stock(settings.kafka_bootstrap, list(DEMO_STOCK))
+
+
+def _prepare(settings: Settings, *, seed: bool) -> None:
+    from .adapters.kafka_admin import ensure_topics
+
+    _migrate(settings.database_url)
+    created = asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.partitions))
+    if created:
+        print(f"created topics: {', '.join(created)}", flush=True)
+    if seed:
+        asyncio.run(_seed(settings))
+
+
+def run_worker(settings: Settings, loglevel: str | None = None) -> None:
+    """Start one Faust worker in this process (blocks until it stops)."""
+    os.environ["ORION_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    os.environ["ORION_DATABASE_URL"] = settings.database_url
+    from . import agents  # noqa: F401  (registers the agents)
+    from .app import app
+    from .web import views  # noqa: F401  (registers the views)
+
+    # Faust creates only the last level of its data directory.
+    Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
+    level = (loglevel or settings.log_level).lower()
+    sys.argv = [
+        "orion", "worker", "--loglevel", level,
+        "--web-host", settings.web_host, "--web-port", str(settings.web_port),
+    ]
+    app.main()
+
+
+@contextlib.contextmanager
+def local_services(settings: Settings) -> Iterator[Settings]:
+    """Start the local broker and database unless the environment names other ones."""
+    from .devservices import KafkaBroker, LocalPostgres
+
+    stack = contextlib.ExitStack()
+    bootstrap, url = settings.kafka_bootstrap, settings.database_url
+    with stack:
+        if "ORION_KAFKA_BOOTSTRAP" not in os.environ:
+            print("starting Apache Kafka (KRaft, single node) ...", flush=True)
+            broker = KafkaBroker(settings.state_dir / "kafka", port=9092, reuse=True, stop_at_exit=True)
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap
+        if not url:
+            print("starting PostgreSQL (embedded) ...", flush=True)
+            pg = LocalPostgres(settings.state_dir / "postgres", port=5433, reuse=True, stop_at_exit=True)
+            pg.start()
+            stack.callback(pg.stop)
+            url = pg.url
+        yield _replace(settings, kafka_bootstrap=bootstrap, database_url=url)
+
+
+def _replace(settings: Settings, **changes: object) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def _banner(settings: Settings) -> None:
+    from .web.auth import issue_token
+
+    customer = issue_token(settings, "sarah", ["customer"])
+    admin = issue_token(settings, "mike", ["admin"])
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    warn = (
+        "\n!!! ORION_JWT_SECRET is not set: tokens are signed with a DEVELOPMENT secret."
+        "\n!!! Never expose this worker; set ORION_JWT_SECRET for anything real.\n"
+        if settings.jwt_secret == DEV_JWT_SECRET
+        else ""
+    )
+    print(
+        f"""{warn}
+Orion is starting on {base}
+  Kafka:      {settings.kafka_bootstrap}
+  PostgreSQL: {settings.database_url.split('@')[-1]}
+
+Demo customer token (sarah):
+  export TOKEN={customer}
+Demo admin token (mike):
+  export ADMIN_TOKEN={admin}
+
+Place an order and wait for the decision:
+  curl -s -X POST '{base}/v1/orders?wait=10' \\
+    -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+    -d '{{"lines":[{{"sku":"SKU-001","quantity":2}}],"payment":{{"token":"tok_ok"}},"email":"sarah@example.com"}}'
+""",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="orion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start Kafka, PostgreSQL, migrate, seed and run one worker")
+    worker = sub.add_parser("worker", help="run one worker against configured services")
+    worker.add_argument("--loglevel", default=None)
+    sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("topics", help="create Orion's topics")
+    sub.add_parser("seed", help="load the demo catalog and stock")
+    sub.add_parser("services", help="start Kafka and PostgreSQL and wait (Ctrl-C stops them)")
+    token = sub.add_parser("token", help="print a signed development token")
+    token.add_argument("subject")
+    token.add_argument("--roles", default="customer")
+    token.add_argument("--ttl", type=float, default=24 * 3600)
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+
+    if args.command == "run":
+        with local_services(settings) as ready:
+            _prepare(ready, seed=True)
+            _banner(ready)
+            run_worker(ready)
+    elif args.command == "services":
+        with local_services(settings) as ready:
+            _prepare(ready, seed=False)
+            print(f"ORION_KAFKA_BOOTSTRAP={ready.kafka_bootstrap}\nORION_DATABASE_URL={ready.database_url}", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                import signal
+
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    elif args.command == "worker":
+        if not settings.database_url:
+            parser.error("ORION_DATABASE_URL must be set for a worker")
+        run_worker(settings, args.loglevel)
+    elif args.command == "migrate":
+        _migrate(settings.database_url)
+    elif args.command == "topics":
+        from .adapters.kafka_admin import ensure_topics
+
+        print(asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.partitions)))
+    elif args.command == "seed":
+        asyncio.run(_seed(settings))
+    elif args.command == "token":
+        from .web.auth import issue_token
+
+        print(issue_token(settings, args.subject, args.roles.split(","), ttl=args.ttl))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Typed settings read from ORION_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEV_JWT_SECRET = "orion-development-secret-do-not-use-in-production"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _default_state_dir() -> Path:
+    return Path(_env("ORION_STATE_DIR", str(Path.cwd() / ".orion"))).resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs to know about its surroundings."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = ""
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_algorithm: str = "HS256"
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    smtp_url: str = "smtp://127.0.0.1:1025"
+    smtp_fallback_url: str | None = None
+    mail_from: str = "orders@orion.local"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    state_dir: Path = field(default_factory=_default_state_dir)
+    log_format: str = "json"
+    log_level: str = "info"
+    app_id: str = "orion"
+    partitions: int = 4
+    payment_timeout: float = 10.0
+    payment_gateway: str = "sandbox"
+    payment_url: str | None = None
+    worker_id: str = "w1"
+    processing_guarantee: str = "at_least_once"
+    db_pool_size: int = 10
+
+    @property
+    def jwt_secret_is_default(self) -> bool:
+        return self.jwt_secret == DEV_JWT_SECRET
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        default_format = "console" if sys.stderr.isatty() else "json"
+        return cls(
+            kafka_bootstrap=_env("ORION_KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
+            database_url=_env("ORION_DATABASE_URL", ""),
+            jwt_secret=_env("ORION_JWT_SECRET", DEV_JWT_SECRET),
+            jwt_algorithm=_env("ORION_JWT_ALGORITHM", "HS256"),
+            jwt_public_key=os.environ.get("ORION_JWT_PUBLIC_KEY"),
+            jwt_issuer=os.environ.get("ORION_JWT_ISSUER"),
+            jwt_audience=os.environ.get("ORION_JWT_AUDIENCE"),
+            smtp_url=_env("ORION_SMTP_URL", cls.smtp_url),
+            smtp_fallback_url=os.environ.get("ORION_SMTP_FALLBACK_URL"),
+            mail_from=_env("ORION_MAIL_FROM", cls.mail_from),
+            web_host=_env("ORION_WEB_HOST", cls.web_host),
+            web_port=int(_env("ORION_WEB_PORT", str(cls.web_port))),
+            state_dir=_default_state_dir(),
+            log_format=_env("ORION_LOG_FORMAT", default_format),
+            log_level=_env("ORION_LOG_LEVEL", "info"),
+            app_id=_env("ORION_APP_ID", cls.app_id),
+            partitions=int(_env("ORION_PARTITIONS", str(cls.partitions))),
+            payment_timeout=float(_env("ORION_PAYMENT_TIMEOUT", str(cls.payment_timeout))),
+            payment_gateway=_env("ORION_PAYMENT_GATEWAY", cls.payment_gateway),
+            payment_url=os.environ.get("ORION_PAYMENT_URL"),
+            worker_id=_env("ORION_WORKER_ID", cls.worker_id),
+            processing_guarantee=_env("ORION_PROCESSING_GUARANTEE", cls.processing_guarantee),
+            db_pool_size=int(_env("ORION_DB_POOL_SIZE", str(cls.db_pool_size))),
+        )

@@ -1,0 +1,408 @@
+"""Fetches Apache Kafka with Maven and runs a single-node KRaft broker for development."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from ._common import (
+    DevServiceError,
+    cmdline,
+    default_cache_dir,
+    pid_alive,
+    read_pid,
+    run_coro,
+    stop_process_group,
+    tail,
+    wait_until,
+)
+from .ports import LOOPBACK, free_port, port_open
+
+log = logging.getLogger("orion.devservices.kafka")
+
+KAFKA_VERSION = "4.1.1"
+_HERE = Path(__file__).resolve().parent
+POM_PATH = _HERE / "kafka_pom.xml"
+LOG4J2_CONFIG = _HERE / "kafka_log4j2.yaml"
+_COMPLETE_MARKER = ".complete"
+_MAIN_JAR = f"kafka_2.13-{KAFKA_VERSION}.jar"
+_CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def fetch_kafka(cache_dir: Path | None = None) -> Path:
+    """Download the Kafka broker jars once and return the ``libs`` directory.
+
+    Maven resolves ``kafka_pom.xml`` into ``<cache>/kafka-<version>/libs``. The folder is
+    assembled in a temporary sibling and renamed into place, so an interrupted download
+    never leaves a half-filled folder that looks usable.
+    """
+    cache = (cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
+    home = cache / f"kafka-{KAFKA_VERSION}"
+    if _is_complete(home):
+        return home / "libs"
+
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise DevServiceError("Maven ('mvn') is needed to download Kafka but is not on PATH")
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".kafka-{KAFKA_VERSION}-", dir=cache))
+    try:
+        started = time.monotonic()
+        jars = _maven_copy_dependencies(mvn, staging)
+        (staging / _COMPLETE_MARKER).write_text("\n".join(jars) + "\n")
+        _publish(staging, home)
+        log.info(
+            "fetched Kafka %s (%d jars) in %.1fs",
+            KAFKA_VERSION,
+            len(jars),
+            time.monotonic() - started,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return home / "libs"
+
+
+def _maven_copy_dependencies(mvn: str, staging: Path) -> list[str]:
+    libs = staging / "libs"
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM_PATH),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
+    ]
+    log.info("downloading Kafka %s with Maven into %s", KAFKA_VERSION, libs)
+    # cwd=staging: keeps any stray Maven output away from the (possibly read-only) package.
+    result = subprocess.run(cmd, cwd=staging, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()[-40:]
+        raise DevServiceError(
+            f"Maven failed to fetch Kafka (exit {result.returncode}):\n" + "\n".join(output)
+        )
+    jars = sorted(p.name for p in libs.glob("*.jar"))
+    if _MAIN_JAR not in jars:
+        raise DevServiceError(f"Maven finished but {_MAIN_JAR} is missing from {libs}")
+    return jars
+
+
+def _is_complete(home: Path) -> bool:
+    """The marker exists and every jar it lists is still there."""
+    try:
+        jars = (home / _COMPLETE_MARKER).read_text().split()
+    except OSError:
+        return False
+    return _MAIN_JAR in jars and all((home / "libs" / jar).is_file() for jar in jars)
+
+
+def _publish(staging: Path, home: Path) -> None:
+    if home.exists() and not _is_complete(home):
+        # Damaged (files removed by hand) or foreign layout: replace it.
+        shutil.rmtree(home)
+    try:
+        os.rename(staging, home)
+    except OSError as exc:
+        # A concurrent fetch may have won the rename; its result is just as good.
+        if not _is_complete(home):
+            raise DevServiceError(f"cannot move Kafka jars into {home}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- broker
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise DevServiceError("Java 17+ ('java') is needed to run Kafka but is not on PATH")
+    return java
+
+
+async def _probe_metadata(bootstrap: str) -> bool:
+    """True once the broker answers Metadata and lists itself as a live broker."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        await admin.list_topics()
+        return bool(cluster.get("brokers"))
+    finally:
+        await admin.close()
+
+
+class KafkaBroker:
+    """Single-node KRaft Kafka (combined broker and controller) bound to 127.0.0.1.
+
+    State lives in ``state_dir``: ``server.properties``, ``data/`` (log.dirs),
+    ``broker.log`` (JVM stdout/stderr) and ``broker.pid``.
+
+    ``reuse=True`` adopts a broker left running for the same ``state_dir`` by an earlier
+    process (for fast ``make run`` restarts). Because such a broker must outlive its
+    process, ``stop_at_exit`` defaults to ``not reuse``; when true an ``atexit`` hook
+    stops the broker so a crashed caller does not leave an orphan JVM behind.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int = 9092,
+        controller_port: int | None = None,
+        partitions_default: int = 1,
+        *,
+        reuse: bool = False,
+        stop_at_exit: bool | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.port = port
+        self.controller_port = controller_port
+        self.partitions_default = partitions_default
+        self.reuse = reuse
+        self.stop_at_exit = (not reuse) if stop_at_exit is None else stop_at_exit
+        self.cache_dir = cache_dir
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def props_path(self) -> Path:
+        return self.state_dir / "server.properties"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "broker.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "broker.pid"
+
+    def start(self, timeout: float = 90) -> None:
+        """Start (or, with ``reuse``, adopt) the broker and wait until it serves metadata."""
+        if self._pid is not None and pid_alive(self._pid):
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self._adopt_previous():
+            return
+        if port_open(self.port):
+            raise DevServiceError(f"cannot start Kafka: 127.0.0.1:{self.port} is already in use")
+
+        # The one-off download is not part of the startup budget (it logs its own time).
+        libs = fetch_kafka(self.cache_dir)
+        started = time.monotonic()
+        cport = self.controller_port if self.controller_port is not None else free_port()
+        self._write_properties(cport)
+        self._format_storage(libs)
+        self._launch(libs)
+        self._wait_ready(started + timeout, timeout)
+        log.info(
+            "Kafka broker up on %s (pid %s) in %.1fs",
+            self.bootstrap,
+            self._pid,
+            time.monotonic() - started,
+        )
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM the broker's process group, escalating to SIGKILL after ``timeout``."""
+        atexit.unregister(self._stop_at_exit)
+        pid, proc = self._pid, self._proc
+        self._pid = self._proc = None
+        if pid is None:
+            return
+        stop_process_group(pid, proc, timeout=timeout, name="Kafka broker")
+        if read_pid(self.pid_path) == pid:
+            self.pid_path.unlink(missing_ok=True)
+        log.info("Kafka broker on %s stopped", self.bootstrap)
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _running_pid(self) -> int | None:
+        """Pid of a live broker started for this state_dir, guarding against pid reuse."""
+        pid = read_pid(self.pid_path)
+        if pid is None or not pid_alive(pid):
+            return None
+        args = cmdline(pid)
+        if "kafka.Kafka" in args and str(self.props_path) in args:
+            return pid
+        return None
+
+    def _adopt_previous(self) -> bool:
+        pid = self._running_pid()
+        if pid is None:
+            return False
+        if self.reuse and port_open(self.port) and self._probe():
+            self._pid = pid
+            self._register_atexit()
+            log.info("reusing Kafka broker on %s (pid %d)", self.bootstrap, pid)
+            return True
+        hint = (
+            f"it does not answer on {self.bootstrap}"
+            if self.reuse
+            else "stop it or pass reuse=True"
+        )
+        raise DevServiceError(
+            f"a Kafka broker for {self.state_dir} is already running (pid {pid}); {hint}"
+        )
+
+    def _write_properties(self, cport: int) -> None:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{LOOPBACK}:{cport}",
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{cport}",
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.state_dir / "data"),
+            "num.partitions": str(self.partitions_default),
+            "offsets.topic.replication.factor": "1",
+            # Few internal partitions: creating 50 of them dominates a cold start.
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "group.initial.rebalance.delay.ms": "0",
+            # Topics must be declared (Faust/admin), as in production.
+            "auto.create.topics.enable": "false",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+        }
+        text = "".join(f"{key}={value}\n" for key, value in props.items())
+        self.props_path.write_text("# generated by orion_streams.devservices.kafka\n" + text)
+
+    def _java_cmd(self, libs: Path, *args: str, heap: tuple[str, ...] = ()) -> list[str]:
+        return [
+            _java(),
+            *heap,
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
+            "-cp",
+            f"{libs}/*",
+            *args,
+        ]
+
+    def _run_tool(self, libs: Path, *args: str) -> str:
+        # C1-only JIT: these one-shot tools finish faster without the optimizing compiler.
+        cmd = self._java_cmd(
+            libs, "kafka.tools.StorageTool", *args, heap=("-XX:TieredStopAtLevel=1",)
+        )
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise DevServiceError(
+                f"kafka StorageTool {args[0]} failed (exit {result.returncode}):\n"
+                + (result.stdout + result.stderr)[-4000:]
+            )
+        return result.stdout
+
+    def _format_storage(self, libs: Path) -> None:
+        if (self.state_dir / "data" / "meta.properties").is_file():
+            return
+        lines = self._run_tool(libs, "random-uuid").split()
+        # WARN log lines may precede it on stdout; the id is the last token.
+        cluster_id = lines[-1] if lines else ""
+        if not _CLUSTER_ID.match(cluster_id):
+            raise DevServiceError(f"unexpected output from StorageTool random-uuid: {lines!r}")
+        # No --standalone: the quorum is static (controller.quorum.voters).
+        self._run_tool(libs, "format", "-t", cluster_id, "-c", str(self.props_path))
+        log.info(
+            "formatted Kafka storage in %s (cluster id %s)", self.state_dir / "data", cluster_id
+        )
+
+    def _launch(self, libs: Path) -> None:
+        cmd = self._java_cmd(
+            libs, "kafka.Kafka", str(self.props_path), heap=("-Xms256m", "-Xmx768m")
+        )
+        with self.log_path.open("ab") as out:
+            out.write(f"=== starting Kafka {KAFKA_VERSION} at {time.ctime()} ===\n".encode())
+            out.flush()
+            # Own session/process group: Ctrl-C in the terminal does not hit the JVM
+            # directly, and stop() can signal the whole group.
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.state_dir,
+                start_new_session=True,
+            )
+        self._pid = self._proc.pid
+        self.pid_path.write_text(f"{self._pid}\n")
+        self._register_atexit()
+
+    def _probe(self) -> bool:
+        try:
+            return run_coro(lambda: _probe_metadata(self.bootstrap), timeout=10)
+        except Exception as exc:  # any failure just means "not ready yet"
+            log.debug("Kafka not ready yet: %r", exc)
+            return False
+
+    def _wait_ready(self, deadline: float, timeout: float) -> None:
+        """Poll until ready or ``deadline`` (monotonic); ``timeout`` is for messages."""
+        proc = self._proc
+        assert proc is not None
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                return True  # exited: stop polling, reported below
+            return port_open(self.port) and self._probe()
+
+        ok = wait_until(ready, max(deadline - time.monotonic(), 0.0), interval=0.25)
+        if ok and proc.poll() is None:
+            return
+        reason = (
+            f"exited with code {proc.returncode}"
+            if proc.poll() is not None
+            else f"not ready within {timeout:.0f}s"
+        )
+        self.stop(timeout=10)
+        raise DevServiceError(
+            f"Kafka broker {reason}; last lines of {self.log_path}:\n{tail(self.log_path)}"
+        )
+
+    def _register_atexit(self) -> None:
+        if self.stop_at_exit:
+            atexit.register(self._stop_at_exit)
+
+    def _stop_at_exit(self) -> None:
+        try:
+            self.stop(timeout=15)
+        except Exception:  # never let cleanup mask the real exit status
+            log.exception("failed to stop Kafka broker at exit")

@@ -1,0 +1,168 @@
+"""Stock per SKU and the holds orders place on it: reserve, release, commit, adjust.
+
+Each function takes the SKU's level and the order's hold (or None) and returns the new
+level, the new hold and the events, so the single writer of a SKU can apply them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from .commands import AdjustStock, CommitLine, ReleaseLine, ReserveLine
+from .events import (
+    AdjustmentRejected,
+    LineCommitted,
+    LineRejected,
+    LineReleased,
+    LineReserved,
+    LowStockDetected,
+    StockAdjusted,
+    StockLevelChanged,
+)
+
+ADJUSTMENT_REASONS = frozenset({"restock", "correction", "damage", "return", "seed"})
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    """Units of one SKU: on hand, held by orders, and when that counts as low."""
+
+    sku: str
+    on_hand: int = 0
+    reserved: int = 0
+    low_stock_threshold: int = 0
+    version: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+    @property
+    def low_stock(self) -> bool:
+        return self.available <= self.low_stock_threshold
+
+    def changed(self, at: str) -> StockLevelChanged:
+        return StockLevelChanged(
+            self.sku, self.on_hand, self.reserved, self.low_stock_threshold, self.version, at
+        )
+
+
+class HoldState(StrEnum):
+    """What became of an order's request for a SKU."""
+
+    HELD = "held"
+    REJECTED = "rejected"
+    RELEASED = "released"
+    COMMITTED = "committed"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An order's claim on one SKU. Kept after release so redelivery changes nothing."""
+
+    order_id: str
+    sku: str
+    quantity: int
+    state: HoldState
+
+
+StockEvent = (
+    LineReserved
+    | LineRejected
+    | LineReleased
+    | LineCommitted
+    | StockLevelChanged
+    | LowStockDetected
+    | StockAdjusted
+    | AdjustmentRejected
+)
+Outcome = tuple[StockLevel, Hold | None, list[StockEvent]]
+
+
+def _bump(before: StockLevel, after: StockLevel, at: str) -> tuple[StockLevel, list[StockEvent]]:
+    after = replace(after, version=before.version + 1)
+    events: list[StockEvent] = [after.changed(at)]
+    if after.low_stock and not before.low_stock:
+        events.append(LowStockDetected(after.sku, after.available, after.low_stock_threshold, at))
+    return after, events
+
+
+def reserve(level: StockLevel, hold: Hold | None, cmd: ReserveLine, at: str) -> Outcome:
+    """Hold units if available covers the line; all or nothing for this line."""
+    if hold is not None:
+        # Redelivered request: answer as the first time, change nothing.
+        if hold.state is HoldState.REJECTED:
+            reply: StockEvent = LineRejected(
+                cmd.order_id, cmd.sku, hold.quantity, level.available, "out of stock"
+            )
+        else:
+            reply = LineReserved(cmd.order_id, cmd.sku, hold.quantity)
+        return level, hold, [reply]
+    if cmd.quantity <= 0:
+        raise ValueError("quantity must be positive")
+    if cmd.quantity > level.available:
+        reason = (
+            f"{cmd.sku} out of stock: requested {cmd.quantity}, available {max(level.available, 0)}"
+        )
+        rejected = Hold(cmd.order_id, cmd.sku, cmd.quantity, HoldState.REJECTED)
+        return level, rejected, [
+            LineRejected(cmd.order_id, cmd.sku, cmd.quantity, level.available, reason)
+        ]
+    new, events = _bump(level, replace(level, reserved=level.reserved + cmd.quantity), at)
+    held = Hold(cmd.order_id, cmd.sku, cmd.quantity, HoldState.HELD)
+    return new, held, [LineReserved(cmd.order_id, cmd.sku, cmd.quantity), *events]
+
+
+def release(level: StockLevel, hold: Hold | None, cmd: ReleaseLine, at: str) -> Outcome:
+    """Return a held quantity; a release with no hold leaves a tombstone so a late
+    reservation for the same order and SKU is answered without holding stock."""
+    if hold is None:
+        return level, Hold(cmd.order_id, cmd.sku, 0, HoldState.RELEASED), []
+    if hold.state is not HoldState.HELD:
+        return level, hold, []
+    new, events = _bump(level, replace(level, reserved=level.reserved - hold.quantity), at)
+    return new, replace(hold, state=HoldState.RELEASED), [
+        LineReleased(cmd.order_id, cmd.sku, hold.quantity),
+        *events,
+    ]
+
+
+def commit(level: StockLevel, hold: Hold | None, cmd: CommitLine, at: str) -> Outcome:
+    """Sell held units: they leave both on-hand and reserved."""
+    if hold is None or hold.state is not HoldState.HELD:
+        return level, hold, []
+    after = replace(
+        level, on_hand=level.on_hand - hold.quantity, reserved=level.reserved - hold.quantity
+    )
+    new, events = _bump(level, after, at)
+    return new, replace(hold, state=HoldState.COMMITTED), [
+        LineCommitted(cmd.order_id, cmd.sku, hold.quantity),
+        *events,
+    ]
+
+
+def adjust(
+    level: StockLevel, cmd: AdjustStock, at: str
+) -> tuple[StockLevel, list[StockEvent]]:
+    """Apply a stock adjustment unless it would make available stock negative."""
+    if cmd.reason not in ADJUSTMENT_REASONS:
+        return level, [AdjustmentRejected(cmd.sku, cmd.adjustment_id, f"unknown reason {cmd.reason!r}")]
+    if level.available + cmd.delta < 0:
+        return level, [
+            AdjustmentRejected(
+                cmd.sku,
+                cmd.adjustment_id,
+                f"would leave {level.available + cmd.delta} available "
+                f"({level.on_hand} on hand, {level.reserved} reserved)",
+            )
+        ]
+    threshold = (
+        level.low_stock_threshold if cmd.low_stock_threshold is None else cmd.low_stock_threshold
+    )
+    after = replace(level, on_hand=level.on_hand + cmd.delta, low_stock_threshold=threshold)
+    new, events = _bump(level, after, at)
+    applied = StockAdjusted(
+        cmd.sku, cmd.adjustment_id, cmd.delta, cmd.reason, new.on_hand, new.reserved
+    )
+    return new, [applied, *events]

@@ -1,0 +1,225 @@
+"""Wire formats: JSON envelopes on Kafka and table values, and where they meet domain types.
+
+Every message is a JSON object with a "type". External producers write the same JSON, so
+decoding is strict and raises `BadRecord` with a reason that goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, fields, is_dataclass
+from enum import Enum
+from typing import Any
+
+from .domain import commands as c
+from .domain import events as e
+from .domain.catalog import Catalog
+from .domain.errors import ValidationFailed
+from .domain.orders import OrderStatus, RequestedLine, parse_order_request
+from .domain.saga import LineState, OrderSaga, SagaLine
+from .domain.stock import Hold, HoldState, StockLevel
+
+
+class BadRecord(Exception):
+    """A message could not be decoded or broke the contract; carries the reason."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    """A domain command or event as a JSON-ready dict with its type name."""
+    if not is_dataclass(message) or isinstance(message, type):
+        raise TypeError(f"not a message: {message!r}")
+    body = {"type": type(message).__name__, **_plain(asdict(message))}
+    if isinstance(message, e.OrderPlaced):
+        # The public event contract nests the token, as the HTTP body does.
+        body["payment"] = {"token": body.pop("payment_token")}
+    return body
+
+
+def encode(message: Any) -> bytes:
+    return json.dumps(to_dict(message), separators=(",", ":")).encode()
+
+
+def _loads(raw: bytes | str | None) -> dict[str, Any]:
+    if raw is None:
+        raise BadRecord("empty value")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRecord(f"value is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRecord("value must be a JSON object")
+    if not isinstance(data.get("type"), str):
+        raise BadRecord("value has no string 'type'")
+    return data
+
+
+def _str(data: Mapping[str, Any], name: str, *, required: bool = True) -> str:
+    value = data.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise BadRecord(f"field '{name}' must be a non-empty string")
+    return value
+
+
+def _int(data: Mapping[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRecord(f"field '{name}' must be an integer")
+    return value
+
+
+_FORBIDDEN_ORDER_FIELDS = frozenset({"status", "total", "price", "unit_price", "currency"})
+
+
+def decode_order_placed(data: Mapping[str, Any], catalog: Catalog) -> e.OrderPlaced:
+    """An OrderPlaced from any producer, validated exactly like an HTTP order."""
+    order_id = _str(data, "order_id")
+    forbidden = sorted(set(data) & _FORBIDDEN_ORDER_FIELDS)
+    if forbidden:
+        raise BadRecord(f"fields set by Orion may not be sent: {', '.join(forbidden)}")
+    if len(order_id) > 100:
+        raise BadRecord("field 'order_id' is longer than 100 characters")
+    body = {k: data.get(k) for k in ("lines", "payment", "email") if k in data}
+    try:
+        request = parse_order_request(body, catalog)
+    except ValidationFailed as exc:
+        raise BadRecord(f"invalid order: {exc}") from exc
+    return e.OrderPlaced(
+        event_id=_str(data, "event_id"),
+        order_id=order_id,
+        user_id=_str(data, "user_id"),
+        email=request.email,
+        lines=request.lines,
+        payment_token=request.payment_token,
+        placed_at=_str(data, "placed_at", required=False),
+    )
+
+
+def _generic(cls: type[Any]) -> Callable[[Mapping[str, Any]], Any]:
+    def decode(data: Mapping[str, Any]) -> Any:
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in data:
+                kwargs[f.name] = data[f.name]
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise BadRecord(f"{cls.__name__}: {exc}") from exc
+
+    return decode
+
+
+def _status_changed(data: Mapping[str, Any]) -> e.OrderStatusChanged:
+    lines = tuple(e.OrderLineView(**line) for line in data["lines"])
+    previous = data.get("previous")
+    return e.OrderStatusChanged(
+        **{k: data[k] for k in ("order_id", "user_id", "email", "total", "currency", "version", "created_at", "at")},
+        status=OrderStatus(data["status"]),
+        previous=OrderStatus(previous) if previous else None,
+        lines=lines,
+        failure_reason=data.get("failure_reason"),
+    )
+
+
+_INTERNAL: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    cls.__name__: _generic(cls)
+    for cls in (
+        c.ReserveLine,
+        c.ReleaseLine,
+        c.CommitLine,
+        c.AdjustStock,
+        c.AuthorizePayment,
+        c.CancelOrder,
+        c.FulfilOrder,
+        e.LineReserved,
+        e.LineRejected,
+        e.LineReleased,
+        e.LineCommitted,
+        e.PaymentAuthorized,
+        e.PaymentDeclined,
+        e.PaymentTimedOut,
+        e.AuditEntry,
+        e.StockLevelChanged,
+        e.LowStockDetected,
+        e.StockAdjusted,
+        e.AdjustmentRejected,
+    )
+}
+_INTERNAL["OrderStatusChanged"] = _status_changed
+
+
+def decode(raw: bytes | str | None, catalog: Catalog | None = None) -> Any:
+    """Any Orion message from its JSON bytes; raises BadRecord with the reason."""
+    data = _loads(raw)
+    kind = data["type"]
+    if kind == "OrderPlaced":
+        if catalog is None:
+            raise BadRecord("OrderPlaced needs the catalog to be checked")
+        return decode_order_placed(data, catalog)
+    decoder = _INTERNAL.get(kind)
+    if decoder is None:
+        raise BadRecord(f"unknown message type {kind!r}")
+    try:
+        return decoder(data)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadRecord(f"{kind}: {exc}") from exc
+
+
+# Table values: plain dicts so the changelog stays JSON and small.
+
+
+def saga_to_value(saga: OrderSaga) -> dict[str, Any]:
+    value: dict[str, Any] = _plain(asdict(saga))
+    value["lines"] = [[line.sku, line.quantity, line.unit_price, line.state.value] for line in saga.lines]
+    return value
+
+
+def saga_from_value(value: Mapping[str, Any]) -> OrderSaga:
+    data = dict(value)
+    data["status"] = OrderStatus(data["status"])
+    data["lines"] = tuple(
+        SagaLine(sku, qty, price, LineState(state)) for sku, qty, price, state in data["lines"]
+    )
+    return OrderSaga(**data)
+
+
+def stock_to_value(level: StockLevel) -> list[Any]:
+    return [level.on_hand, level.reserved, level.low_stock_threshold, level.version]
+
+
+def stock_from_value(sku: str, value: Any) -> StockLevel:
+    if not value:
+        return StockLevel(sku)
+    on_hand, reserved, threshold, version = value
+    return StockLevel(sku, on_hand, reserved, threshold, version)
+
+
+def hold_key(sku: str, order_id: str) -> str:
+    return f"{sku}\x1f{order_id}"
+
+
+def hold_to_value(hold: Hold) -> list[Any]:
+    return [hold.quantity, hold.state.value]
+
+
+def hold_from_value(sku: str, order_id: str, value: Any) -> Hold | None:
+    if not value:
+        return None
+    quantity, state = value
+    return Hold(order_id, sku, quantity, HoldState(state))
+
+
+def requested_lines(lines: Any) -> tuple[RequestedLine, ...]:
+    return tuple(RequestedLine(line["sku"], int(line["quantity"])) for line in lines)

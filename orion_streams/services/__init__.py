@@ -1,0 +1,1 @@
+"""Ports (small Protocols) and the use cases that drive them."""

@@ -1,0 +1,1 @@
+"""The HTTP API: Faust web views, JWT auth, problem+json errors and correlation ids."""

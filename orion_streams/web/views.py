@@ -1,0 +1,378 @@
+"""The v1 HTTP API as Faust web views (see API.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from faust.web import View
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+
+from .. import records
+from ..adapters.postgres import InvalidCursor
+from ..app import app, orders_topic, runtime, settings, stock_requests_topic
+from ..domain import commands as c
+from ..domain import events as e
+from ..domain.errors import FieldError, ValidationFailed
+from ..domain.orders import OrderStatus, order_currency, parse_order_request, priced_lines
+from ..domain.stock import ADJUSTMENT_REASONS
+from .auth import Principal, TokenVerifier
+from .problems import ApiError, bad_request, conflict, not_found, unavailable, unprocessable
+
+ORDERS_ACCEPTED = Counter("orion_orders_accepted_total", "Orders acknowledged with 202")
+MAX_WAIT = 30.0
+_NAMESPACE = uuid.UUID("5b8f6f2e-7d8c-4f61-9a43-0c8d3c1f2a10")
+_verifier: TokenVerifier | None = None
+
+
+def verifier() -> TokenVerifier:
+    global _verifier
+    if _verifier is None:
+        _verifier = TokenVerifier(settings)
+    return _verifier
+
+
+def principal_of(request: web.Request) -> Principal:
+    return verifier().authenticate(request.headers.get("Authorization"))
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(data).encode(), content_type="application/json")
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", ""):
+        raise ApiError(415, "Unsupported Media Type", "send application/json")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad_request(f"body is not valid JSON: {exc}") from exc
+
+
+def _headers(request: web.Request, principal: Principal) -> list[tuple[str, bytes]]:
+    return [("correlation-id", request["correlation_id"].encode()), ("actor", principal.actor.encode())]
+
+
+async def _send(topic: Any, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
+    """Send and wait for the broker's acks=all: a 202 means the event is in Kafka."""
+    try:
+        fut = await topic.send(key=key.encode(), value=records.encode(message), headers=headers)
+        await asyncio.wait_for(fut, timeout=10)
+    except (TimeoutError, Exception) as exc:
+        raise unavailable(f"could not reach Kafka: {type(exc).__name__}") from exc
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise unprocessable([FieldError(name, "must be a whole number")]) from exc
+    if not low <= value <= high:
+        raise unprocessable([FieldError(name, f"must be between {low} and {high}")])
+    return value
+
+
+async def _visible_order(principal: Principal, order_id: str) -> dict[str, Any]:
+    """The order if the caller may see it; 404 otherwise, so ids of others never leak."""
+    order = await runtime.store.get_order(order_id)
+    if order is None or (not principal.is_admin and "service" not in principal.roles
+                         and order["user_id"] != principal.subject):
+        raise not_found(f"no order {order_id}")
+    return order
+
+
+async def _wait_decided(order_id: str, seconds: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        order = await runtime.store.get_order(order_id)
+        if order is not None and OrderStatus(order["status"]).is_decided:
+            return order
+        if time.monotonic() >= deadline:
+            return order
+        await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+        delay = min(delay * 1.5, 0.2)
+
+
+def _request_hash(request: Any) -> str:
+    canonical = json.dumps(
+        {"lines": [[line.sku, line.quantity] for line in request.lines],
+         "token": request.payment_token, "email": request.email},
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _accepted(order_id: str) -> web.Response:
+    return json_response(
+        {"order_id": order_id, "status": "PENDING", "links": {"self": f"/v1/orders/{order_id}"}}, 202
+    )
+
+
+@app.page("/v1/orders")
+class OrdersView(View):
+    async def post(self, request: web.Request) -> web.Response:
+        principal = principal_of(request)
+        principal.require("customer", "admin")
+        wait = self._wait_param(request)
+        body = await read_json(request)
+        await runtime.ready()
+        try:
+            order = parse_order_request(body, runtime.catalog)
+        except ValidationFailed as exc:
+            if not any("unknown SKU" in err.message for err in exc.errors):
+                raise unprocessable(exc.errors) from exc
+            await runtime.refresh_catalog_if_stale()
+            try:
+                order = parse_order_request(body, runtime.catalog)
+            except ValidationFailed as again:
+                raise unprocessable(again.errors) from again
+        try:
+            lines = priced_lines(order.lines, runtime.catalog)
+            currency = order_currency(order.lines, runtime.catalog)
+        except ValidationFailed as exc:
+            raise unprocessable(exc.errors) from exc
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 200:
+            raise unprocessable([FieldError("Idempotency-Key", "must be 1 to 200 characters")])
+        digest = _request_hash(order)
+        if key:
+            existing = await runtime.store.find_by_idempotency_key(principal.subject, key)
+            if existing is not None:
+                if existing["request_hash"] not in (None, digest):
+                    raise ApiError(422, "Unprocessable Content",
+                                   "this Idempotency-Key was used with a different request")
+                return await self._reply(existing["order_id"], wait)
+            order_id = str(uuid.uuid5(_NAMESPACE, f"{principal.subject}\x1f{key}"))
+            event_id = str(uuid.uuid5(_NAMESPACE, f"event\x1f{order_id}"))
+        else:
+            order_id, event_id = str(uuid.uuid4()), str(uuid.uuid4())
+        now = datetime.now(UTC)
+        placed = e.OrderPlaced(
+            event_id=event_id, order_id=order_id, user_id=principal.subject, email=order.email,
+            lines=order.lines, payment_token=order.payment_token,
+            placed_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        )
+        await _send(orders_topic, order_id, placed, _headers(request, principal))
+        ORDERS_ACCEPTED.inc()
+        try:
+            await runtime.store.record_accepted(
+                order_id=order_id, user_id=principal.subject, email=order.email, lines=lines,
+                currency=currency, created_at=now, idempotency_key=key, request_hash=digest,
+            )
+        except Exception:  # the event is in Kafka; the projection will write the order anyway
+            import logging
+
+            logging.getLogger("orion.web").warning("could not pre-record order %s", order_id, exc_info=True)
+        return await self._reply(order_id, wait)
+
+    async def get(self, request: web.Request) -> web.Response:
+        principal = principal_of(request)
+        limit = _int_param(request, "limit", 20, 1, 100)
+        status = request.query.get("status")
+        if status is not None and status not in OrderStatus.__members__:
+            raise unprocessable([FieldError("status", f"one of {', '.join(OrderStatus)}")])
+        user_id: str | None = principal.subject
+        if principal.is_admin:
+            user_id = request.query.get("user_id")
+        await runtime.ready()
+        try:
+            items, cursor = await runtime.store.list_orders(
+                user_id=user_id, status=status, limit=limit, cursor=request.query.get("cursor")
+            )
+        except InvalidCursor as exc:
+            raise unprocessable([FieldError("cursor", str(exc))]) from exc
+        return json_response({"items": items, "next_cursor": cursor})
+
+    def _wait_param(self, request: web.Request) -> float:
+        raw = request.query.get("wait")
+        if raw is None:
+            return 0.0
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise unprocessable([FieldError("wait", "must be a number of seconds")]) from exc
+        if not 0 <= value <= MAX_WAIT:
+            raise unprocessable([FieldError("wait", f"must be between 0 and {MAX_WAIT:g}")])
+        return value
+
+    async def _reply(self, order_id: str, wait: float) -> web.Response:
+        if wait > 0:
+            order = await _wait_decided(order_id, wait)
+            if order is not None and OrderStatus(order["status"]).is_decided:
+                return json_response(order, 200)
+        return _accepted(order_id)
+
+
+@app.page("/v1/orders/{order_id}")
+class OrderView(View):
+    async def get(self, request: web.Request, order_id: str) -> web.Response:
+        principal = principal_of(request)
+        await runtime.ready()
+        return json_response(await _visible_order(principal, order_id))
+
+
+@app.page("/v1/orders/{order_id}/events")
+class OrderEventsView(View):
+    async def get(self, request: web.Request, order_id: str) -> web.Response:
+        principal = principal_of(request)
+        await runtime.ready()
+        await _visible_order(principal, order_id)
+        return json_response({"items": await runtime.store.order_events(order_id), "next_cursor": None})
+
+
+@app.page("/v1/orders/{order_id}/cancel")
+class CancelView(View):
+    async def post(self, request: web.Request, order_id: str) -> web.Response:
+        principal = principal_of(request)
+        await runtime.ready()
+        order = await _visible_order(principal, order_id)
+        status = OrderStatus(order["status"])
+        if status is OrderStatus.FULFILLED:
+            raise conflict("a fulfilled order cannot be cancelled")
+        if status in (OrderStatus.REJECTED, OrderStatus.PAYMENT_FAILED):
+            raise conflict(f"the order already ended as {status}")
+        if status is not OrderStatus.CANCELLED:
+            command = c.CancelOrder(order_id, str(uuid.uuid4()), "cancelled on request")
+            await _send(orders_topic, order_id, command, _headers(request, principal))
+        return json_response({"order_id": order_id, "status": "CANCELLING" if status is not OrderStatus.CANCELLED else "CANCELLED",
+                              "links": {"self": f"/v1/orders/{order_id}"}}, 202)
+
+
+@app.page("/v1/orders/{order_id}/fulfil")
+class FulfilView(View):
+    async def post(self, request: web.Request, order_id: str) -> web.Response:
+        principal = principal_of(request)
+        principal.require("admin", "service")
+        await runtime.ready()
+        order = await _visible_order(principal, order_id)
+        status = OrderStatus(order["status"])
+        if status not in (OrderStatus.CONFIRMED, OrderStatus.FULFILLED):
+            raise conflict(f"only a CONFIRMED order can be fulfilled; this one is {status}")
+        if status is OrderStatus.CONFIRMED:
+            command = c.FulfilOrder(order_id, str(uuid.uuid4()))
+            await _send(orders_topic, order_id, command, _headers(request, principal))
+        return json_response({"order_id": order_id, "links": {"self": f"/v1/orders/{order_id}"}}, 202)
+
+
+@app.page("/v1/products")
+class ProductsView(View):
+    async def get(self, request: web.Request) -> web.Response:
+        principal_of(request)
+        await runtime.ready()
+        return json_response({"items": await runtime.store.list_products(), "next_cursor": None})
+
+
+@app.page("/v1/products/{sku}")
+class ProductView(View):
+    async def get(self, request: web.Request, sku: str) -> web.Response:
+        principal_of(request)
+        await runtime.ready()
+        product = await runtime.store.get_product(sku)
+        if product is None:
+            raise not_found(f"no product {sku}")
+        return json_response(product)
+
+
+@app.page("/v1/inventory")
+class InventoryListView(View):
+    async def get(self, request: web.Request) -> web.Response:
+        principal_of(request).require("admin", "service")
+        limit = _int_param(request, "limit", 50, 1, 500)
+        await runtime.ready()
+        try:
+            items, cursor = await runtime.store.list_stock(limit=limit, cursor=request.query.get("cursor"))
+        except InvalidCursor as exc:
+            raise unprocessable([FieldError("cursor", str(exc))]) from exc
+        return json_response({"items": items, "next_cursor": cursor})
+
+
+@app.page("/v1/inventory/{sku}")
+class InventoryView(View):
+    async def get(self, request: web.Request, sku: str) -> web.Response:
+        principal_of(request)
+        await runtime.ready()
+        level = await runtime.store.get_stock(sku)
+        if level is None:
+            raise not_found(f"no stock record for {sku}")
+        return json_response(level)
+
+
+@app.page("/v1/inventory/{sku}/adjustments")
+class AdjustmentsView(View):
+    async def post(self, request: web.Request, sku: str) -> web.Response:
+        principal = principal_of(request)
+        principal.require("admin", "service")
+        body = await read_json(request)
+        await runtime.ready()
+        if sku not in runtime.catalog:
+            raise not_found(f"no product {sku}")
+        errors = []
+        if not isinstance(body, dict):
+            raise unprocessable([FieldError("body", "must be a JSON object")])
+        delta, reason = body.get("delta"), body.get("reason")
+        if not isinstance(delta, int) or isinstance(delta, bool) or delta == 0 or abs(delta) > 1_000_000:
+            errors.append(FieldError("delta", "must be a non-zero whole number up to 1000000"))
+        if reason not in ADJUSTMENT_REASONS - {"seed"}:
+            errors.append(FieldError("reason", "one of restock, correction, damage, return"))
+        extra = sorted(set(body) - {"delta", "reason"})
+        errors.extend(FieldError(k, "is not accepted") for k in extra)
+        if errors:
+            raise unprocessable(errors)
+        assert isinstance(delta, int) and isinstance(reason, str)
+        level = await runtime.store.get_stock(sku)
+        if level is not None and level["available"] + delta < 0:
+            raise conflict(f"would leave {level['available'] + delta} available")
+        adjustment_id = str(uuid.uuid4())
+        command = c.AdjustStock(sku, adjustment_id, delta, reason)
+        await _send(stock_requests_topic, sku, command, _headers(request, principal))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            result = await runtime.store.adjustment(adjustment_id)
+            if result is not None:
+                if result["status"] == "rejected":
+                    raise conflict(result["detail"] or "adjustment refused")
+                return json_response({"adjustment_id": adjustment_id, "status": "applied",
+                                      "level": await runtime.store.get_stock(sku)})
+            await asyncio.sleep(0.05)
+        return json_response({"adjustment_id": adjustment_id, "status": "pending"}, 202)
+
+
+@app.page("/health")
+class HealthView(View):
+    async def get(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok", "worker": settings.worker_id})
+
+
+@app.page("/ready")
+class ReadyView(View):
+    async def get(self, request: web.Request) -> web.Response:
+        missing = []
+        if not app.tables.recovery.completed.is_set():
+            missing.append("table recovery")
+        try:
+            await runtime.ready()
+            await asyncio.wait_for(runtime.store.ping(), timeout=2)
+        except Exception as exc:
+            missing.append(f"postgresql ({type(exc).__name__})")
+        if not app.producer.started if hasattr(app.producer, "started") else False:
+            missing.append("kafka producer")
+        if missing:
+            return json_response({"status": "unavailable", "missing": missing}, 503)
+        return json_response({"status": "ready"})
+
+
+@app.page("/metrics")
+class MetricsView(View):
+    async def get(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
