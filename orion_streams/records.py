@@ -107,12 +107,26 @@ def decode_order_placed(data: Mapping[str, Any], catalog: Catalog) -> e.OrderPla
     )
 
 
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "str | None": lambda v: v is None or isinstance(v, str),
+    "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "Mapping[str, Any]": lambda v: isinstance(v, dict),
+}
+
+
 def _generic(cls: type[Any]) -> Callable[[Mapping[str, Any]], Any]:
     def decode(data: Mapping[str, Any]) -> Any:
         kwargs = {}
         for f in fields(cls):
             if f.name in data:
-                kwargs[f.name] = data[f.name]
+                value = data[f.name]
+                check = _CHECKS.get(str(f.type))
+                if check is not None and not check(value):
+                    raise BadRecord(f"{cls.__name__}.{f.name} must be {f.type}, not {value!r}")
+                kwargs[f.name] = value
         try:
             return cls(**kwargs)
         except TypeError as exc:
@@ -182,7 +196,9 @@ def decode(raw: bytes | str | None, catalog: Catalog | None = None) -> Any:
 
 def saga_to_value(saga: OrderSaga) -> dict[str, Any]:
     value: dict[str, Any] = _plain(asdict(saga))
-    value["lines"] = [[line.sku, line.quantity, line.unit_price, line.state.value] for line in saga.lines]
+    value["lines"] = [
+        [line.sku, line.quantity, line.unit_price, line.state.value, line.settled] for line in saga.lines
+    ]
     return value
 
 
@@ -190,7 +206,8 @@ def saga_from_value(value: Mapping[str, Any]) -> OrderSaga:
     data = dict(value)
     data["status"] = OrderStatus(data["status"])
     data["lines"] = tuple(
-        SagaLine(sku, qty, price, LineState(state)) for sku, qty, price, state in data["lines"]
+        SagaLine(sku, qty, price, LineState(state), settled)
+        for sku, qty, price, state, settled in data["lines"]
     )
     return OrderSaga(**data)
 
@@ -208,6 +225,11 @@ def stock_from_value(sku: str, value: Any) -> StockLevel:
 
 def hold_key(sku: str, order_id: str) -> str:
     return f"{sku}\x1f{order_id}"
+
+
+def adjustment_key(sku: str, adjustment_id: str) -> str:
+    """Its own separator, so no order id can collide with an adjustment marker."""
+    return f"{sku}\x1e{adjustment_id}"
 
 
 def hold_to_value(hold: Hold) -> list[Any]:

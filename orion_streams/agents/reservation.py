@@ -58,7 +58,7 @@ async def handle_event(event: faust.EventT) -> None:
     at = now().iso
     level = records.stock_from_value(sku, stock.get(sku))
     if isinstance(command, c.AdjustStock):
-        marker = records.hold_key(sku, f"adjustment:{command.adjustment_id}")
+        marker = records.adjustment_key(sku, command.adjustment_id)
         if holds.get(marker):
             return  # redelivered adjustment: applied (or refused) already
         new_level, outputs = rules.adjust(level, command, at)

@@ -14,7 +14,7 @@ from .errors import FieldError, IllegalTransition, ValidationFailed
 MAX_LINES = 50
 MAX_QUANTITY = 1000
 MAX_TOKEN_LENGTH = 200
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}")
 _ALLOWED_ORDER_FIELDS = frozenset({"lines", "payment", "email"})
 _ALLOWED_LINE_FIELDS = frozenset({"sku", "quantity"})
 _ALLOWED_PAYMENT_FIELDS = frozenset({"token"})
@@ -41,8 +41,13 @@ class OrderStatus(StrEnum):
 
     @property
     def is_decided(self) -> bool:
-        """Decided: stock and payment outcome known (what `?wait` waits for)."""
+        """Decided in API.md's sense: stock is settled (RESERVED or later, or failed)."""
         return self is not OrderStatus.PENDING
+
+    @property
+    def is_settled(self) -> bool:
+        """Nothing more happens without a person: confirmed, fulfilled or failed."""
+        return self not in (OrderStatus.PENDING, OrderStatus.RESERVED)
 
 
 FAILURES = frozenset({OrderStatus.REJECTED, OrderStatus.PAYMENT_FAILED, OrderStatus.CANCELLED})
@@ -138,7 +143,7 @@ def parse_order_request(body: object, catalog: Catalog) -> OrderRequest:
             token = raw_token
 
     email = body.get("email")
-    if not isinstance(email, str) or len(email) > 254 or not _EMAIL.match(email):
+    if not isinstance(email, str) or len(email) > 254 or not _EMAIL.fullmatch(email):
         errors.append(FieldError("email", "must be a valid email address"))
         email = ""
 

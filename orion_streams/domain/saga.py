@@ -63,6 +63,7 @@ class SagaLine:
     quantity: int
     unit_price: int
     state: LineState = LineState.PENDING
+    settled: bool = False  # the SKU owner confirmed the release or sale
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,13 @@ def handle(saga: OrderSaga, msg: SagaInput, now: Clock, payment_timeout: float) 
         case LineRejected():
             return _on_rejected(saga, msg, now)
         case LineReleased() | LineCommitted():
-            # Confirmations from the SKU owner; recorded for the audit trail only.
+            # Confirmations from the SKU owner: recorded once for the audit trail.
+            line = saga.line(msg.sku)
+            if line is None or line.settled:
+                return saga, []
             out: list[SagaOutput] = []
+            lines = tuple(replace(x, settled=True) if x.sku == msg.sku else x for x in saga.lines)
+            saga = replace(saga, lines=lines)
             kind = type(msg).__name__
             return _audit(saga, out, kind, now, {"sku": msg.sku, "quantity": msg.quantity}), out
         case PaymentAuthorized():

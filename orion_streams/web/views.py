@@ -96,7 +96,8 @@ async def _wait_decided(order_id: str, seconds: float) -> dict[str, Any] | None:
     delay = 0.01
     while True:
         order = await runtime.store.get_order(order_id)
-        if order is not None and OrderStatus(order["status"]).is_decided:
+        # Hold out for the payment outcome; RESERVED still counts as decided at the deadline.
+        if order is not None and OrderStatus(order["status"]).is_settled:
             return order
         if time.monotonic() >= deadline:
             return order

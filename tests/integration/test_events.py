@@ -1,0 +1,117 @@
+"""Orders from any Kafka producer, redelivery and dead letters, on the real broker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from orion_streams.adapters.postgres import SqlAlchemyStore
+from orion_streams.agents.common import partition_for
+
+from .harness import PARTITIONS, Api, Services, eventually, produce, read_topic, table_values
+
+
+def _placed(order_id: str, sku: str, quantity: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "OrderPlaced", "event_id": str(uuid.uuid4()), "order_id": order_id,
+        "user_id": "sarah", "email": "sarah@example.com",
+        "lines": [{"sku": sku, "quantity": quantity}], "payment": {"token": "tok_ok"}, **extra,
+    }
+
+
+async def _dead_letters(services: Services, **match: Any) -> list[dict[str, Any]]:
+    out = []
+    for rec in await read_topic(services.bootstrap, "dead-letters"):
+        body = json.loads(rec.value)
+        if all(body.get(k) == v for k, v in match.items()):
+            out.append(body)
+    return out
+
+
+async def test_external_producer_order_is_processed_like_http(api: Api, services: Services, customer: str, admin: str, fresh_sku: Any) -> None:
+    sku = fresh_sku()
+    await api.restock(admin, sku, 5)
+    order_id = f"ext-{uuid.uuid4().hex}"
+    # kcat's default partitioner would put the key elsewhere; the saga must move it.
+    wrong = (partition_for(order_id, PARTITIONS) + 1) % PARTITIONS
+    await produce(
+        services.bootstrap, "orders", order_id.encode(), json.dumps(_placed(order_id, sku, 2)).encode(),
+        headers=[("correlation-id", b"ext-corr"), ("actor", b"service:shop")], partition=wrong,
+    )
+    order = await api.decided(customer, order_id)
+    assert order["status"] == "CONFIRMED" and order["user_id"] == "sarah"
+    _, trail, _ = await api.call("GET", f"/v1/orders/{order_id}/events", customer)
+    assert trail["items"][0]["correlation_id"] == "ext-corr"
+    assert trail["items"][0]["actor"] == "service:shop"
+
+
+async def test_redelivered_order_event_reserves_once_and_writes_one_order(
+    api: Api, services: Services, customer: str, admin: str, fresh_sku: Any
+) -> None:
+    sku = fresh_sku()
+    await api.restock(admin, sku, 10)
+    order_id = f"dup-{uuid.uuid4().hex}"
+    raw = json.dumps(_placed(order_id, sku, 3)).encode()
+    for _ in range(2):
+        await produce(services.bootstrap, "orders", order_id.encode(), raw)
+    # a redelivered reservation request, straight onto the SKU owner's topic
+    reserve = json.dumps({"type": "ReserveLine", "order_id": order_id, "sku": sku, "quantity": 3}).encode()
+    await produce(services.bootstrap, "stock-requests", sku.encode(), reserve)
+    assert (await api.decided(customer, order_id))["status"] == "CONFIRMED"
+    marker = f"marker-{uuid.uuid4().hex}"
+    await produce(services.bootstrap, "orders", marker.encode(), json.dumps(_placed(marker, sku, 1)).encode())
+    await api.decided(customer, marker)  # everything before it on the SKU has been applied
+
+    level = await api.stock(customer, sku)
+    assert level["reserved"] == 4 and level["on_hand"] == 10
+    store = SqlAlchemyStore(services.database_url, pool_size=1)
+    try:
+        assert await store.count_rows("orders", order_id=order_id) == 1
+        assert await store.count_rows("order_events", order_id=order_id, type="OrderPlaced") == 1
+    finally:
+        await store.close()
+    stock = await table_values(services, "stock")
+    on_hand, reserved, _, _ = stock[sku]
+    assert (on_hand, reserved) == (10, 4)
+
+
+async def test_bad_events_go_to_dead_letters_and_the_partition_moves_on(
+    api: Api, services: Services, customer: str, admin: str, fresh_sku: Any
+) -> None:
+    sku = fresh_sku()
+    await api.restock(admin, sku, 5)
+    tag = uuid.uuid4().hex
+    bad = {
+        f"bad-json-{tag}": b"{not json",
+        f"bad-sku-{tag}": json.dumps(_placed(f"bad-sku-{tag}", "NO-SUCH-SKU")).encode(),
+        f"bad-qty-{tag}": json.dumps(_placed(f"bad-qty-{tag}", sku, 0)).encode(),
+        f"bad-total-{tag}": json.dumps(_placed(f"bad-total-{tag}", sku, 1, total=1)).encode(),
+        f"bad-type-{tag}": json.dumps({"type": "Nonsense", "order_id": f"bad-type-{tag}"}).encode(),
+        f"bad-key-{tag}": json.dumps(_placed("another-id", sku, 1)).encode(),
+    }
+    for key, value in bad.items():
+        # all on one partition, followed by a good order on that same partition
+        await produce(services.bootstrap, "orders", key.encode(), value, partition=0)
+    good = f"good-{tag}"
+    await produce(services.bootstrap, "orders", good.encode(), json.dumps(_placed(good, sku)).encode(), partition=0)
+    assert (await api.decided(customer, good))["status"] == "CONFIRMED"
+
+    async def parked() -> Any:
+        letters = {d["key"]: d for d in await _dead_letters(services, source_topic="orders") if d["key"] in bad}
+        return letters if len(letters) == len(bad) else None
+
+    letters = await eventually(parked, 20, "every bad event in dead-letters")
+    assert "not JSON" in letters[f"bad-json-{tag}"]["reason"]
+    assert "unknown SKU" in letters[f"bad-sku-{tag}"]["reason"]
+    assert "quantity" in letters[f"bad-qty-{tag}"]["reason"]
+    assert "total" in letters[f"bad-total-{tag}"]["reason"]
+    assert "unknown message type" in letters[f"bad-type-{tag}"]["reason"]
+    assert "key must equal" in letters[f"bad-key-{tag}"]["reason"]
+    for letter in letters.values():
+        assert letter["partition"] == 0 and isinstance(letter["offset"], int)
+    level = await api.stock(customer, sku)
+    assert level["reserved"] == 1  # only the good order holds stock
+    for key in bad:
+        status, _, _ = await api.call("GET", f"/v1/orders/{key}", customer)
+        assert status == 404

@@ -1,0 +1,299 @@
+"""Wire formats: message envelopes and table values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from orion_streams import records
+from orion_streams.domain import commands as c
+from orion_streams.domain import events as e
+from orion_streams.domain.catalog import Catalog, Product
+from orion_streams.domain.orders import OrderStatus, RequestedLine
+from orion_streams.domain.saga import Clock, LineState, OrderSaga, SagaLine, handle, start
+from orion_streams.domain.stock import Hold, HoldState, StockLevel
+
+CATALOG = Catalog([Product("A", "Lamp", 1_000), Product("B", "Mouse", 250)])
+AT = "2024-05-01T12:00:00Z"
+
+PLACED = e.OrderPlaced(
+    event_id="ev-1",
+    order_id="o1",
+    user_id="u1",
+    email="ada@example.com",
+    lines=(RequestedLine("A", 2), RequestedLine("B", 1)),
+    payment_token="tok_visa",
+    placed_at=AT,
+)
+
+MESSAGES: list[Any] = [
+    c.ReserveLine("o1", "A", 2),
+    c.ReleaseLine("o1", "A"),
+    c.CommitLine("o1", "A"),
+    c.AdjustStock("A", "adj-1", -3, "damage"),
+    c.AdjustStock("A", "adj-2", 10, "restock", low_stock_threshold=4),
+    c.AuthorizePayment("o1", 2_250, "EUR", "tok_visa"),
+    c.CancelOrder("o1", "ev-c"),
+    c.CancelOrder("o1", "ev-c", "customer asked"),
+    c.FulfilOrder("o1", "ev-f"),
+    PLACED,
+    dataclasses.replace(PLACED, placed_at=""),
+    e.LineReserved("o1", "A", 2),
+    e.LineRejected("o1", "A", 2, 1, "A out of stock"),
+    e.LineReleased("o1", "A", 2),
+    e.LineCommitted("o1", "A", 2),
+    e.PaymentAuthorized("o1", "auth-1"),
+    e.PaymentDeclined("o1", "card expired"),
+    e.PaymentTimedOut("o1"),
+    e.OrderStatusChanged(
+        order_id="o1",
+        user_id="u1",
+        email="ada@example.com",
+        status=OrderStatus.PENDING,
+        previous=None,
+        lines=(e.OrderLineView("A", 2, 1_000),),
+        total=2_000,
+        currency="EUR",
+        failure_reason=None,
+        version=1,
+        created_at=AT,
+        at=AT,
+    ),
+    e.OrderStatusChanged(
+        order_id="o1",
+        user_id="u1",
+        email="ada@example.com",
+        status=OrderStatus.PAYMENT_FAILED,
+        previous=OrderStatus.RESERVED,
+        lines=(e.OrderLineView("A", 2, 1_000), e.OrderLineView("B", 1, 250)),
+        total=2_250,
+        currency="EUR",
+        failure_reason="payment timed out",
+        version=7,
+        created_at=AT,
+        at=AT,
+    ),
+    e.AuditEntry("o1", 3, "LineReserved", AT, {"sku": "A", "quantity": 2}),
+    e.AuditEntry("o1", 4, "FulfilOrder", AT),
+    e.StockLevelChanged("A", 10, 3, 2, 5, AT),
+    e.LowStockDetected("A", 2, 5, AT),
+    e.StockAdjusted("A", "adj-1", 5, "restock", 15, 3),
+    e.AdjustmentRejected("A", "adj-1", "unknown reason 'gift'"),
+]
+
+
+def _message_classes(module: Any) -> set[str]:
+    return {
+        name
+        for name, obj in vars(module).items()
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and obj.__module__ == module.__name__
+    }
+
+
+def test_the_round_trip_list_covers_every_message_type() -> None:
+    every = _message_classes(c) | _message_classes(e)
+    assert every - {"OrderLineView"} == {type(m).__name__ for m in MESSAGES}
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_encode_decode_round_trip(message: Any) -> None:
+    raw = records.encode(message)
+    assert json.loads(raw)["type"] == type(message).__name__
+    assert records.decode(raw, CATALOG) == message
+
+
+def test_order_placed_nests_the_payment_token() -> None:
+    data = json.loads(records.encode(PLACED))
+    assert data["payment"] == {"token": "tok_visa"}
+    assert "payment_token" not in data
+    assert data["lines"] == [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]
+
+
+def test_decode_accepts_str_and_merges_order_lines() -> None:
+    data = json.loads(records.encode(PLACED))
+    data["lines"] = [{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 2}]
+    decoded = records.decode(json.dumps(data), CATALOG)
+    assert decoded.lines == (RequestedLine("A", 3),)
+
+
+def test_audit_entry_with_enum_data_decodes_to_equal_strings() -> None:
+    saga, _ = start(PLACED, CATALOG, Clock(AT, 0.0))
+    saga, _ = handle(saga, e.LineReserved("o1", "A", 2), Clock(AT, 1.0), 10.0)
+    saga, out = handle(saga, e.LineReserved("o1", "B", 1), Clock(AT, 2.0), 10.0)
+    changed = [m for m in out if isinstance(m, e.AuditEntry) and m.kind == "OrderStatusChanged"]
+    assert changed and all(records.decode(records.encode(m)) == m for m in changed)
+    assert json.loads(records.encode(changed[0]))["data"]["to"] == "RESERVED"
+
+
+# --- refused records -----------------------------------------------------------------
+
+
+def placed_json(**changes: Any) -> bytes:
+    data = json.loads(records.encode(PLACED))
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "empty value"),
+        (b"not json", "not JSON"),
+        (b"\xff\xfe\xfa", "not JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'"LineReserved"', "must be a JSON object"),
+        (b"{}", "no string 'type'"),
+        (b'{"type": 5}', "no string 'type'"),
+        (b'{"type": "Nonsense"}', "unknown message type 'Nonsense'"),
+        (b'{"type": "LineReserved", "order_id": "o1", "sku": "A"}', "LineReserved"),
+        (b'{"type": "OrderStatusChanged", "order_id": "o1"}', "OrderStatusChanged"),
+    ],
+)
+def test_malformed_records_are_refused(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(records.BadRecord, match=reason):
+        records.decode(raw, CATALOG)
+
+
+def test_order_placed_needs_a_catalog() -> None:
+    with pytest.raises(records.BadRecord, match="needs the catalog"):
+        records.decode(records.encode(PLACED))
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"order_id": None}, "'order_id' must be a non-empty string"),
+        ({"order_id": ""}, "'order_id' must be a non-empty string"),
+        ({"order_id": "o" * 101}, "longer than 100"),
+        ({"event_id": None}, "'event_id'"),
+        ({"user_id": 7}, "'user_id'"),
+        ({"placed_at": 7}, "'placed_at'"),
+        ({"lines": []}, "invalid order: lines"),
+        ({"lines": [{"sku": "NOPE", "quantity": 1}]}, "unknown SKU"),
+        ({"lines": [{"sku": "A", "quantity": 0}]}, r"lines\[0\].quantity"),
+        ({"lines": [{"sku": "A", "quantity": 1, "unit_price": 1}]}, r"lines\[0\].unit_price"),
+        ({"payment": None}, "payment"),
+        ({"email": "nope"}, "email"),
+        ({"total": 1}, "may not be sent: total"),
+        ({"status": "CONFIRMED"}, "may not be sent: status"),
+        ({"price": 1, "currency": "EUR"}, "may not be sent: currency, price"),
+    ],
+)
+def test_invalid_order_placed_is_refused(changes: dict[str, Any], reason: str) -> None:
+    with pytest.raises(records.BadRecord, match=reason):
+        records.decode(placed_json(**changes), CATALOG)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"type": "ReserveLine", "order_id": "o1", "sku": "A", "quantity": "5"},
+        {
+            "type": "AdjustStock",
+            "sku": "A",
+            "adjustment_id": "a",
+            "delta": 1.5,
+            "reason": "restock",
+        },
+    ],
+    ids=["ReserveLine-str-quantity", "AdjustStock-float-delta"],
+)
+def test_internal_message_with_wrong_field_type_is_refused(raw: dict[str, Any]) -> None:
+    with pytest.raises(records.BadRecord):
+        records.decode(json.dumps(raw).encode())
+
+
+def test_to_dict_refuses_non_messages() -> None:
+    with pytest.raises(TypeError):
+        records.to_dict({"type": "ReserveLine"})
+    with pytest.raises(TypeError):
+        records.to_dict(c.ReserveLine)
+
+
+# --- table values --------------------------------------------------------------------
+
+
+def _through_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize(
+    "saga",
+    [
+        OrderSaga(
+            order_id="o1",
+            user_id="u1",
+            email="ada@example.com",
+            status=OrderStatus.PENDING,
+            lines=(SagaLine("A", 2, 1_000), SagaLine("B", 1, 250, LineState.RESERVED)),
+            currency="EUR",
+            payment_token="tok_visa",
+            created_at=AT,
+            updated_at=AT,
+        ),
+        OrderSaga(
+            order_id="o2",
+            user_id="u1",
+            email="ada@example.com",
+            status=OrderStatus.RESERVED,
+            lines=(SagaLine("A", 2, 1_000, LineState.RESERVED),),
+            currency="EUR",
+            payment_token="tok_visa",
+            created_at=AT,
+            updated_at=AT,
+            seq=4,
+            failure_reason="payment timed out",
+            payment_deadline=1_030.5,
+        ),
+    ],
+)
+def test_saga_value_round_trip(saga: OrderSaga) -> None:
+    value = _through_json(records.saga_to_value(saga))
+    assert value["status"] == saga.status.value
+    back = records.saga_from_value(value)
+    assert back == saga
+    assert back.status is saga.status
+    assert all(isinstance(line.state, LineState) for line in back.lines)
+
+
+def test_stock_value_round_trip() -> None:
+    level = StockLevel("A", on_hand=10, reserved=3, low_stock_threshold=2, version=9)
+    value = _through_json(records.stock_to_value(level))
+    assert value == [10, 3, 2, 9]
+    assert records.stock_from_value("A", value) == level
+
+
+@pytest.mark.parametrize("missing", [None, []])
+def test_missing_stock_value_is_an_empty_level(missing: Any) -> None:
+    assert records.stock_from_value("A", missing) == StockLevel("A")
+
+
+@pytest.mark.parametrize("state", list(HoldState))
+def test_hold_value_round_trip(state: HoldState) -> None:
+    hold = Hold("o1", "A", 0 if state is HoldState.RELEASED else 3, state)
+    value = _through_json(records.hold_to_value(hold))
+    back = records.hold_from_value("A", "o1", value)
+    assert back == hold and back is not None and back.state is state
+
+
+def test_missing_hold_value_is_none() -> None:
+    assert records.hold_from_value("A", "o1", None) is None
+
+
+def test_hold_keys_are_distinct_per_sku_and_order() -> None:
+    keys = {records.hold_key(s, o) for s in ("A", "AB") for o in ("o1", "Bo1")}
+    assert len(keys) == 4
+
+
+def test_requested_lines_from_plain_dicts() -> None:
+    got = records.requested_lines([{"sku": "A", "quantity": "2"}])
+    assert got == (RequestedLine("A", 2),)

@@ -1,0 +1,408 @@
+"""The order saga: reserve every line, take payment, compensate on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from orion_streams.domain.catalog import Catalog, Product
+from orion_streams.domain.commands import (
+    AuthorizePayment,
+    CancelOrder,
+    CommitLine,
+    FulfilOrder,
+    ReleaseLine,
+    ReserveLine,
+)
+from orion_streams.domain.errors import ValidationFailed
+from orion_streams.domain.events import (
+    AuditEntry,
+    LineCommitted,
+    LineRejected,
+    LineReleased,
+    LineReserved,
+    OrderLineView,
+    OrderPlaced,
+    OrderStatusChanged,
+    PaymentAuthorized,
+    PaymentDeclined,
+    PaymentTimedOut,
+)
+from orion_streams.domain.orders import OrderStatus, RequestedLine
+from orion_streams.domain.saga import (
+    Clock,
+    LineState,
+    OrderSaga,
+    SagaInput,
+    SagaOutput,
+    handle,
+    payment_overdue,
+    start,
+)
+
+S = OrderStatus
+CATALOG = Catalog(
+    [
+        Product("A", "Lamp", 1_000),
+        Product("B", "Mouse", 250),
+        Product("OLD", "Retired", 99, active=False),
+        Product("USD", "Import", 500, currency="USD"),
+    ]
+)
+NOW = Clock(iso="2024-05-01T12:00:00Z", epoch=1_000.0)
+LATER = Clock(iso="2024-05-01T12:00:05Z", epoch=1_005.0)
+TIMEOUT = 30.0
+Factory = Callable[[], OrderSaga]
+
+
+def placed(*lines: tuple[str, int], placed_at: str = "2024-05-01T11:59:59Z") -> OrderPlaced:
+    return OrderPlaced(
+        event_id="ev-1",
+        order_id="o1",
+        user_id="u1",
+        email="ada@example.com",
+        lines=tuple(RequestedLine(sku, qty) for sku, qty in (lines or (("A", 2), ("B", 4)))),
+        payment_token="tok_visa",
+        placed_at=placed_at,
+    )
+
+
+def step(saga: OrderSaga, msg: SagaInput, now: Clock = LATER) -> tuple[OrderSaga, list[SagaOutput]]:
+    return handle(saga, msg, now, TIMEOUT)
+
+
+def run(saga: OrderSaga, *msgs: SagaInput) -> tuple[OrderSaga, list[SagaOutput]]:
+    """Apply messages in turn; return the final saga and every output."""
+    out: list[SagaOutput] = []
+    for msg in msgs:
+        saga, more = step(saga, msg)
+        out.extend(more)
+    return saga, out
+
+
+def only(out: list[SagaOutput], cls: type) -> list[SagaOutput]:
+    return [m for m in out if isinstance(m, cls)]
+
+
+def statuses(out: list[SagaOutput]) -> list[OrderStatus]:
+    return [m.status for m in out if isinstance(m, OrderStatusChanged)]
+
+
+def line_states(saga: OrderSaga) -> dict[str, LineState]:
+    return {line.sku: line.state for line in saga.lines}
+
+
+def pending() -> OrderSaga:
+    return start(placed(), CATALOG, NOW)[0]
+
+
+def reserved() -> OrderSaga:
+    return run(pending(), LineReserved("o1", "A", 2), LineReserved("o1", "B", 4))[0]
+
+
+def confirmed() -> OrderSaga:
+    return step(reserved(), PaymentAuthorized("o1", "auth-1"))[0]
+
+
+def fulfilled() -> OrderSaga:
+    return step(confirmed(), FulfilOrder("o1", "ev-f"))[0]
+
+
+# --- start ---------------------------------------------------------------------------
+
+
+def test_start_prices_lines_from_the_catalog_and_asks_for_each() -> None:
+    saga, out = start(placed(), CATALOG, NOW)
+    assert saga.status is S.PENDING
+    assert [(ln.sku, ln.quantity, ln.unit_price, ln.state) for ln in saga.lines] == [
+        ("A", 2, 1_000, LineState.PENDING),
+        ("B", 4, 250, LineState.PENDING),
+    ]
+    assert saga.total == 3_000 and saga.currency == "EUR"
+    assert saga.created_at == "2024-05-01T11:59:59Z" and saga.updated_at == NOW.iso
+    assert only(out, ReserveLine) == [ReserveLine("o1", "A", 2), ReserveLine("o1", "B", 4)]
+
+
+def test_start_emits_pending_status_and_order_placed_audit() -> None:
+    _, out = start(placed(), CATALOG, NOW)
+    [status] = only(out, OrderStatusChanged)
+    assert isinstance(status, OrderStatusChanged)
+    assert (status.status, status.previous, status.total, status.currency) == (
+        S.PENDING,
+        None,
+        3_000,
+        "EUR",
+    )
+    assert status.lines == (OrderLineView("A", 2, 1_000), OrderLineView("B", 4, 250))
+    [audit] = only(out, AuditEntry)
+    assert isinstance(audit, AuditEntry)
+    assert (audit.order_id, audit.seq, audit.kind, audit.at) == ("o1", 1, "OrderPlaced", NOW.iso)
+    assert audit.data["total"] == 3_000
+    assert audit.data["lines"][0] == {"sku": "A", "quantity": 2, "unit_price": 1_000}
+
+
+def test_start_without_placed_at_uses_now() -> None:
+    saga, _ = start(placed(placed_at=""), CATALOG, NOW)
+    assert saga.created_at == NOW.iso
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        (("NOPE", 1),),
+        (("OLD", 1),),
+        (("A", 1), ("A", 2)),
+        (("A", 0),),
+        (("A", 1001),),
+        (("A", 1), ("USD", 1)),
+    ],
+)
+def test_start_refuses_an_invalid_order(lines: tuple[tuple[str, int], ...]) -> None:
+    with pytest.raises(ValidationFailed):
+        start(placed(*lines), CATALOG, NOW)
+
+
+def test_start_on_unknown_sku_names_it() -> None:
+    with pytest.raises(ValidationFailed, match="unknown SKU 'NOPE'"):
+        start(placed(("NOPE", 1)), CATALOG, NOW)
+
+
+def test_start_refuses_missing_token_and_user() -> None:
+    bad = replace(placed(), payment_token="", user_id="")
+    with pytest.raises(ValidationFailed) as info:
+        start(bad, CATALOG, NOW)
+    assert {e.field for e in info.value.errors} == {"payment.token", "order_id"}
+
+
+# --- reservation ---------------------------------------------------------------------
+
+
+def test_first_reserved_line_waits_for_the_others() -> None:
+    saga, out = step(pending(), LineReserved("o1", "A", 2))
+    assert saga.status is S.PENDING
+    assert line_states(saga) == {"A": LineState.RESERVED, "B": LineState.PENDING}
+    assert statuses(out) == [] and only(out, AuthorizePayment) == []
+
+
+def test_all_lines_reserved_asks_for_payment() -> None:
+    saga, out = run(pending(), LineReserved("o1", "A", 2), LineReserved("o1", "B", 4))
+    assert saga.status is S.RESERVED
+    assert statuses(out) == [S.RESERVED]
+    assert only(out, AuthorizePayment) == [AuthorizePayment("o1", 3_000, "EUR", "tok_visa")]
+    assert saga.payment_deadline == LATER.epoch + TIMEOUT
+
+
+def test_one_rejected_line_rejects_the_order_and_releases_reserved_lines() -> None:
+    saga, out = run(
+        pending(), LineReserved("o1", "A", 2), LineRejected("o1", "B", 4, 1, "B out of stock")
+    )
+    assert saga.status is S.REJECTED
+    assert saga.failure_reason == "B out of stock"
+    assert only(out, ReleaseLine) == [ReleaseLine("o1", "A")]
+    assert line_states(saga) == {"A": LineState.RELEASED, "B": LineState.REJECTED}
+    assert only(out, AuthorizePayment) == []
+
+
+def test_rejection_before_any_reservation_releases_nothing() -> None:
+    saga, out = step(pending(), LineRejected("o1", "A", 2, 0, "A out of stock"))
+    assert saga.status is S.REJECTED
+    assert only(out, ReleaseLine) == []
+
+
+def test_reservation_arriving_after_the_order_failed_is_given_back() -> None:
+    failed, _ = step(pending(), LineRejected("o1", "A", 2, 0, "A out of stock"))
+    saga, out = step(failed, LineReserved("o1", "B", 4))
+    assert saga.status is S.REJECTED
+    assert only(out, ReleaseLine) == [ReleaseLine("o1", "B")]
+    assert statuses(out) == []
+    assert line_states(saga)["B"] is LineState.RELEASED
+
+
+def test_second_rejection_after_failure_keeps_the_first_reason() -> None:
+    failed, _ = step(pending(), LineRejected("o1", "A", 2, 0, "first"))
+    saga, out = step(failed, LineRejected("o1", "B", 4, 0, "second"))
+    assert saga.failure_reason == "first"
+    assert statuses(out) == [] and only(out, ReleaseLine) == []
+
+
+def test_reply_for_a_sku_not_in_the_order_is_ignored() -> None:
+    saga = pending()
+    assert step(saga, LineReserved("o1", "ZZZ", 1)) == (saga, [])
+    assert step(saga, LineRejected("o1", "ZZZ", 1, 0, "x")) == (saga, [])
+
+
+# --- payment -------------------------------------------------------------------------
+
+
+def test_payment_authorized_confirms_the_order() -> None:
+    saga, out = step(reserved(), PaymentAuthorized("o1", "auth-1"))
+    assert saga.status is S.CONFIRMED
+    assert statuses(out) == [S.CONFIRMED]
+    assert saga.payment_deadline is None
+    assert only(out, ReleaseLine) == []
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        (PaymentDeclined("o1", "card expired"), "payment declined: card expired"),
+        (PaymentTimedOut("o1"), "payment timed out"),
+    ],
+)
+def test_payment_failure_releases_every_line(msg: SagaInput, reason: str) -> None:
+    saga, out = step(reserved(), msg)
+    assert saga.status is S.PAYMENT_FAILED
+    assert saga.failure_reason == reason
+    assert statuses(out) == [S.PAYMENT_FAILED]
+    assert only(out, ReleaseLine) == [ReleaseLine("o1", "A"), ReleaseLine("o1", "B")]
+    assert set(line_states(saga).values()) == {LineState.RELEASED}
+    assert saga.payment_deadline is None
+
+
+@pytest.mark.parametrize(
+    "msg", [PaymentAuthorized("o1", "auth-1"), PaymentDeclined("o1", "no"), PaymentTimedOut("o1")]
+)
+def test_payment_answer_while_pending_is_ignored(msg: SagaInput) -> None:
+    saga = pending()
+    assert step(saga, msg) == (saga, [])
+
+
+def test_payment_overdue() -> None:
+    assert not payment_overdue(pending(), 10**9)
+    saga = reserved()
+    deadline = LATER.epoch + TIMEOUT
+    assert not payment_overdue(saga, deadline - 0.001)
+    assert payment_overdue(saga, deadline)
+    assert payment_overdue(saga, deadline + 100)
+    assert not payment_overdue(confirmed(), deadline + 100)
+    assert not payment_overdue(step(saga, PaymentTimedOut("o1"))[0], deadline + 100)
+
+
+# --- cancel and fulfil ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("saga_at", "released"),
+    [
+        (pending, []),
+        (lambda: step(pending(), LineReserved("o1", "A", 2))[0], [ReleaseLine("o1", "A")]),
+        (reserved, [ReleaseLine("o1", "A"), ReleaseLine("o1", "B")]),
+        (confirmed, [ReleaseLine("o1", "A"), ReleaseLine("o1", "B")]),
+    ],
+)
+def test_cancel_releases_reserved_lines(saga_at: Factory, released: list[ReleaseLine]) -> None:
+    saga, out = step(saga_at(), CancelOrder("o1", "ev-c", "changed my mind"))
+    assert saga.status is S.CANCELLED
+    assert saga.failure_reason == "changed my mind"
+    assert statuses(out) == [S.CANCELLED]
+    assert only(out, ReleaseLine) == released
+
+
+def test_line_reserved_after_cancel_is_given_back() -> None:
+    cancelled, _ = step(pending(), CancelOrder("o1", "ev-c"))
+    saga, out = step(cancelled, LineReserved("o1", "A", 2))
+    assert only(out, ReleaseLine) == [ReleaseLine("o1", "A")]
+    assert saga.status is S.CANCELLED
+
+
+@pytest.mark.parametrize("saga_at", [fulfilled, lambda: step(reserved(), PaymentTimedOut("o1"))[0]])
+def test_cancel_after_the_end_does_nothing(saga_at: Factory) -> None:
+    saga = saga_at()
+    assert step(saga, CancelOrder("o1", "ev-c")) == (saga, [])
+
+
+def test_fulfil_confirmed_order_commits_every_line() -> None:
+    saga, out = step(confirmed(), FulfilOrder("o1", "ev-f"))
+    assert saga.status is S.FULFILLED
+    assert statuses(out) == [S.FULFILLED]
+    assert only(out, CommitLine) == [CommitLine("o1", "A"), CommitLine("o1", "B")]
+    assert set(line_states(saga).values()) == {LineState.COMMITTED}
+
+
+@pytest.mark.parametrize("saga_at", [pending, reserved, fulfilled])
+def test_fulfil_when_not_confirmed_does_nothing(saga_at: Factory) -> None:
+    saga = saga_at()
+    assert step(saga, FulfilOrder("o1", "ev-f")) == (saga, [])
+
+
+def test_the_saga_refuses_foreign_messages() -> None:
+    with pytest.raises(TypeError):
+        handle(pending(), ReserveLine("o1", "A", 1), LATER, TIMEOUT)  # type: ignore[arg-type]
+
+
+# --- idempotency and the audit trail -------------------------------------------------
+
+HAPPY = [
+    LineReserved("o1", "A", 2),
+    LineReserved("o1", "B", 4),
+    PaymentAuthorized("o1", "auth-1"),
+    FulfilOrder("o1", "ev-f"),
+]
+PATHS = {
+    "happy": HAPPY,
+    "rejected": [
+        LineReserved("o1", "A", 2),
+        LineRejected("o1", "B", 4, 0, "gone"),
+        LineReserved("o1", "A", 2),
+    ],
+    "late-reserve": [LineRejected("o1", "A", 2, 0, "gone"), LineReserved("o1", "B", 4)],
+    "declined": [*HAPPY[:2], PaymentDeclined("o1", "no")],
+    "timed-out": [*HAPPY[:2], PaymentTimedOut("o1")],
+    "cancel-pending": [CancelOrder("o1", "ev-c"), LineReserved("o1", "A", 2)],
+    "cancel-confirmed": [*HAPPY[:3], CancelOrder("o1", "ev-c"), FulfilOrder("o1", "ev-f")],
+}
+
+
+@pytest.mark.parametrize("path", PATHS.values(), ids=PATHS.keys())
+def test_every_message_delivered_twice_changes_nothing_the_second_time(
+    path: list[SagaInput],
+) -> None:
+    saga = pending()
+    for msg in path:
+        saga, _ = step(saga, msg)
+        again, out = step(saga, msg)
+        assert out == [], f"redelivered {msg} produced {out}"
+        assert again == saga
+
+
+@pytest.mark.parametrize(
+    ("saga_at", "msg"),
+    [
+        (lambda: step(reserved(), PaymentTimedOut("o1"))[0], LineReleased("o1", "A", 2)),
+        (fulfilled, LineCommitted("o1", "A", 2)),
+    ],
+    ids=["LineReleased", "LineCommitted"],
+)
+def test_redelivered_stock_confirmation_changes_nothing(saga_at: Factory, msg: SagaInput) -> None:
+    saga, first = step(saga_at(), msg)
+    assert [type(m) for m in first] == [AuditEntry]
+    again, out = step(saga, msg)
+    assert out == []
+    assert again == saga
+
+
+@pytest.mark.parametrize("path", PATHS.values(), ids=PATHS.keys())
+def test_audit_seq_and_status_version_grow_by_one(path: list[SagaInput]) -> None:
+    saga, out = start(placed(), CATALOG, NOW)
+    for msg in path:
+        saga, more = step(saga, msg)
+        out.extend(more)
+    seqs = [m.seq for m in out if isinstance(m, AuditEntry)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert saga.seq == seqs[-1]
+    versions = [m.version for m in out if isinstance(m, OrderStatusChanged)]
+    assert versions == sorted(set(versions))
+    assert all(v in seqs for v in versions)
+
+
+def test_happy_path_status_sequence() -> None:
+    saga, out = start(placed(), CATALOG, NOW)
+    for msg in HAPPY:
+        saga, more = step(saga, msg)
+        out.extend(more)
+    assert statuses(out) == [S.PENDING, S.RESERVED, S.CONFIRMED, S.FULFILLED]
+    changes = [m for m in out if isinstance(m, OrderStatusChanged)]
+    assert [c.previous for c in changes] == [None, S.PENDING, S.RESERVED, S.CONFIRMED]
+    assert all(c.created_at == "2024-05-01T11:59:59Z" for c in changes)
