@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 
+from aiokafka.admin import AIOKafkaAdminClient
+
 from .adapters.payments import HttpPaymentGateway, SandboxPaymentGateway
 from .adapters.postgres import SqlAlchemyStore
 from .config import Settings
@@ -30,6 +32,7 @@ class Runtime:
         self._lock = asyncio.Lock()
         self._started = False
         self._catalog_loaded_at = 0.0
+        self._admin: AIOKafkaAdminClient | None = None
 
     @property
     def store(self) -> SqlAlchemyStore:
@@ -80,7 +83,19 @@ class Runtime:
         await self.refresh_catalog()
         return True
 
+    async def kafka_ping(self) -> None:
+        """Ask the cluster for its brokers; raises when Kafka cannot be reached."""
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=2000
+            )
+            await admin.start()
+            self._admin = admin
+        await self._admin.describe_cluster()
+
     async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
         if isinstance(self._gateway, HttpPaymentGateway):
             await self._gateway.close()
         if self._store is not None:

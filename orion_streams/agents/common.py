@@ -29,7 +29,7 @@ def now() -> Clock:
     return Clock(iso=iso, epoch=epoch)
 
 
-def header(event: faust.EventT, name: str) -> str | None:
+def header(event: faust.EventT[bytes], name: str) -> str | None:
     headers = event.headers or {}
     value = headers.get(name) if isinstance(headers, Mapping) else dict(headers).get(name)
     if value is None:
@@ -48,7 +48,7 @@ def make_headers(correlation_id: str | None, actor: str | None) -> list[tuple[st
 
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner picks, as aiokafka and Java do."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> None:
@@ -65,7 +65,7 @@ async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str,
         await asyncio.gather(*futures)
 
 
-async def dead_letter(event: faust.EventT, reason: str) -> None:
+async def dead_letter(event: faust.EventT[bytes], reason: str) -> None:
     """Park a message that cannot be processed, with why and where it came from."""
     msg = event.message
     raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
@@ -96,7 +96,7 @@ async def dead_letter(event: faust.EventT, reason: str) -> None:
     await fut
 
 
-def key_text(event: faust.EventT) -> str:
+def key_text(event: faust.EventT[bytes]) -> str:
     key = event.key
     if isinstance(key, bytes):
         return key.decode("utf-8", "replace")

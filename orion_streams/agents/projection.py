@@ -24,7 +24,7 @@ BATCH_WITHIN = 0.05
 async def project(stream: faust.StreamT[bytes]) -> None:
     """Batch events into one transaction each; retry while PostgreSQL is away."""
     await runtime.ready()
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
+    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):  # type: ignore[attr-defined]
         statuses: list[e.OrderStatusChanged] = []
         audit: list[tuple[e.AuditEntry, AuditContext]] = []
         levels: list[e.StockLevelChanged] = []

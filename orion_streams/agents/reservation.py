@@ -42,7 +42,7 @@ async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
             await dead_letter(event, "internal error in the reservation agent")
 
 
-async def handle_event(event: faust.EventT) -> None:
+async def handle_event(event: faust.EventT[bytes]) -> None:
     sku = key_text(event)
     try:
         command = records.decode(event.value)

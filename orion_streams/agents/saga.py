@@ -71,7 +71,7 @@ async def order_saga(stream: faust.StreamT[bytes]) -> None:
             await dead_letter(event, "internal error in the order saga")
 
 
-async def handle_event(event: faust.EventT) -> None:
+async def handle_event(event: faust.EventT[bytes]) -> None:
     order_id = key_text(event)
     try:
         message = records.decode(event.value, runtime.catalog)

@@ -94,10 +94,6 @@ class OrderRequest:
     email: str
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def parse_order_request(body: object, catalog: Catalog) -> OrderRequest:
     """Validate an order body (HTTP or event) against the catalog.
 
@@ -172,11 +168,11 @@ def _check_line(
             errors.append(FieldError(f"{where}.sku", f"unknown SKU {sku!r}"))
         elif not product.active:
             errors.append(FieldError(f"{where}.sku", f"{sku} is not for sale"))
-    if not _is_int(qty):
+    if not isinstance(qty, int) or isinstance(qty, bool):
         errors.append(FieldError(f"{where}.quantity", "must be a whole number"))
     elif not 1 <= qty <= MAX_QUANTITY:
         errors.append(FieldError(f"{where}.quantity", f"must be between 1 and {MAX_QUANTITY}"))
-    if not errors and isinstance(sku, str) and _is_int(qty):
+    elif not errors and isinstance(sku, str):
         merged[sku] = merged.get(sku, 0) + qty
     return errors
 

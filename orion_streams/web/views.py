@@ -359,15 +359,17 @@ class HealthView(View):
 class ReadyView(View):
     async def get(self, request: web.Request) -> web.Response:
         missing = []
-        if not app.tables.recovery.completed.is_set():
+        if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             missing.append("table recovery")
         try:
             await runtime.ready()
             await asyncio.wait_for(runtime.store.ping(), timeout=2)
         except Exception as exc:
             missing.append(f"postgresql ({type(exc).__name__})")
-        if not app.producer.started if hasattr(app.producer, "started") else False:
-            missing.append("kafka producer")
+        try:
+            await asyncio.wait_for(runtime.kafka_ping(), timeout=3)
+        except Exception as exc:
+            missing.append(f"kafka ({type(exc).__name__})")
         if missing:
             return json_response({"status": "unavailable", "missing": missing}, 503)
         return json_response({"status": "ready"})
