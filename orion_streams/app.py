@@ -23,10 +23,13 @@ app = faust.App(
     producer_acks=-1,
     producer_linger_ms=1,
     consumer_auto_offset_reset="earliest",
-    table_standby_replicas=1,
+    table_standby_replicas=settings.standby_replicas,
     web_host=settings.web_host,
     web_port=settings.web_port,
     web_bind=settings.web_host,
+    # How fast a dead worker's partitions move to the living: Kafka notices after this.
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=settings.session_timeout / 10,
     broker_commit_every=100,
     broker_commit_interval=1.0,
     stream_buffer_maxsize=4096,
@@ -53,17 +56,3 @@ order_audit_topic = _raw_topic(t.ORDER_AUDIT.name)
 stock_levels_topic = _raw_topic(t.STOCK_LEVELS.name)
 projection_inputs = _raw_topic(t.ORDER_STATUS.name, t.ORDER_AUDIT.name, t.STOCK_LEVELS.name)
 dead_letters_topic = _raw_topic(t.DEAD_LETTERS.name)
-
-# Saga state by order id: co-partitioned with `orders` and `order-events`.
-sagas = app.Table(
-    "sagas", default=None, partitions=settings.partitions, key_type=str,
-)
-# Stock by SKU and each order's hold on a SKU (key "sku\x1forder"): both written only by
-# the reservation agent while it handles a `stock-requests` event for that SKU, so they
-# share that topic's partitioning.
-stock = app.Table(
-    "stock", default=None, partitions=settings.partitions, key_type=str,
-)
-holds = app.Table(
-    "holds", default=None, partitions=settings.partitions, key_type=str,
-)

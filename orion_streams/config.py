@@ -45,6 +45,8 @@ class Settings:
     worker_id: str = "w1"
     processing_guarantee: str = "at_least_once"
     db_pool_size: int = 10
+    session_timeout: float = 30.0
+    standby_replicas: int = 1
 
     @property
     def jwt_secret_is_default(self) -> bool:
@@ -77,4 +79,6 @@ class Settings:
             worker_id=_env("ORION_WORKER_ID", cls.worker_id),
             processing_guarantee=_env("ORION_PROCESSING_GUARANTEE", cls.processing_guarantee),
             db_pool_size=int(_env("ORION_DB_POOL_SIZE", str(cls.db_pool_size))),
+            standby_replicas=int(_env("ORION_STANDBY_REPLICAS", str(cls.standby_replicas))),
+            session_timeout=float(_env("ORION_SESSION_TIMEOUT", str(cls.session_timeout))),
         )

@@ -219,8 +219,21 @@ def stock_to_value(level: StockLevel) -> list[Any]:
 def stock_from_value(sku: str, value: Any) -> StockLevel:
     if not value:
         return StockLevel(sku)
-    on_hand, reserved, threshold, version = value
+    on_hand, reserved, threshold, version = value[:4]
     return StockLevel(sku, on_hand, reserved, threshold, version)
+
+
+def stock_entry(level: StockLevel, offset: int, hold_key: str | None, hold_value: Any) -> list[Any]:
+    """The stock row as stored: the level, the source offset that produced it, and the hold
+    written with it (a fixed-size value: only the latest hold rides along)."""
+    return [*stock_to_value(level), offset, hold_key, hold_value]
+
+
+def stock_entry_meta(value: Any) -> tuple[int | None, str | None, Any]:
+    """(source offset, hold key, hold value) of a stored stock row; Nones for old rows."""
+    if not value or len(value) < 7:
+        return None, None, None
+    return value[4], value[5], value[6]
 
 
 def hold_key(sku: str, order_id: str) -> str:

@@ -19,7 +19,6 @@ from ..app import (
     payment_requests_topic,
     runtime,
     saga_inputs,
-    sagas,
     settings,
     stock_requests_topic,
 )
@@ -27,6 +26,7 @@ from ..domain import commands as c
 from ..domain import events as e
 from ..domain import saga as domain
 from ..domain.errors import ValidationFailed
+from ..tables import sagas
 from .common import (
     ACTOR_HEADER,
     CORRELATION_HEADER,
@@ -130,6 +130,7 @@ async def handle_event(event: faust.EventT[bytes]) -> None:
     headers = make_headers(correlation_id, actor)
     await send_all((*_route(m), m, headers) for m in outputs)
     sagas[order_id] = {"saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor}
+    await sagas.written()
     if saga.status.value != "RESERVED":
         _timeouts_sent.discard(order_id)
 
@@ -137,6 +138,13 @@ async def handle_event(event: faust.EventT[bytes]) -> None:
 def _active(order_id: str) -> bool:
     partition = partition_for(order_id, settings.partitions)
     return TP(t.ORDERS.name, partition) in app.assignor.assigned_actives()
+
+
+@app.task
+async def install_debug_signal() -> None:
+    from ..debug import install
+
+    install()
 
 
 @app.timer(interval=30.0)

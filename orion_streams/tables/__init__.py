@@ -1,5 +1,73 @@
-"""Changelog-backed tables; each has exactly one writing agent (see agents/)."""
+"""Changelog-backed tables; each has exactly one writing agent (see agents/).
 
-from ..app import holds, sagas, stock
+Faust commits a source offset after flushing its producer buffer, but that flush gives up
+after 0.1 s per message, so a worker killed at the wrong moment can commit past an event
+whose table change never reached the changelog: the state is lost and the event is not
+redelivered (seen in tests/e2e/test_failover.py). `DurableTable` sends each change itself
+and the agent awaits it before its event is acknowledged.
+"""
 
-__all__ = ["holds", "sagas", "stock"]
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+
+from ..app import app, settings
+
+
+class DurableTable(faust.Table[str, Any]):
+    """A table whose writer sends each change to the changelog itself and waits for it.
+
+    Faust's own path (`send_soon` into the producer buffer) neither guarantees the change
+    is out before the offset commit nor, across a rebalance, that its future ever
+    resolves; here the agent awaits `written()` before its event is acknowledged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent: list[tuple[int, Any, Any]] = []
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        partition = self.partition_for_key(key)
+        assert partition is not None  # always the current event's partition
+        self._maybe_set_key_ttl(key, partition)
+        self._sensor_on_set(self, key, value)
+        self._unsent.append((partition, key, value))
+
+    def on_key_del(self, key: Any) -> None:
+        raise NotImplementedError("Orion keeps table entries; write a tombstone value instead")
+
+    async def written(self) -> None:
+        """Send every change made so far, in order, and wait for the broker (acks=all)."""
+        pending, self._unsent = self._unsent, []
+        futures = [
+            await self.changelog_topic.send(
+                key=key, value=value, partition=partition,
+                key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+            )
+            for partition, key, value in pending
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+
+
+def _table(name: str) -> DurableTable:
+    table = DurableTable(
+        app, name=name, default=None, partitions=settings.partitions, key_type=str,
+        beacon=app.tables.beacon,
+    )
+    app.tables.add(table)
+    return table
+
+
+# Saga state by order id: co-partitioned with `orders` and `order-events`.
+sagas = _table("sagas")
+# Stock by SKU (key "sku") and each order's hold on a SKU (key "sku\x1forder"), written only
+# by the reservation agent while it handles a `stock-requests` event for that SKU. One table,
+# so a SKU's stock row and the hold written after it share one changelog partition and
+# reach it in that order (see agents/reservation.py).
+inventory = _table("inventory")
+
+__all__ = ["DurableTable", "inventory", "sagas"]

@@ -12,7 +12,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,17 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from orion_streams.adapters.kafka_admin import ensure_topics
+from orion_streams.adapters.postgres import SqlAlchemyStore
+from orion_streams.cli import _migrate
 from orion_streams.config import Settings
-from orion_streams.devservices import free_port
+from orion_streams.devservices import KafkaBroker, LocalPostgres, free_port
+from orion_streams.domain.catalog import DEMO_PRODUCTS, Product
 from orion_streams.web.auth import issue_token
 
 PARTITIONS = 4
 PAYMENT_TIMEOUT = 2.0
+TEST_PRODUCTS = [Product(f"T-{i:03d}", f"Test product {i}", 1_000 + i) for i in range(1, 81)]
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
@@ -66,6 +72,34 @@ class Services:
 
     def token(self, subject: str, roles: tuple[str, ...] = ("customer",), ttl: float = 3600) -> str:
         return issue_token(self.settings, subject, roles, ttl=ttl)
+
+
+@contextmanager
+def running_services(root: Path) -> Iterator[Services]:
+    """A fresh Kafka broker and PostgreSQL server on free ports, migrated, topics created,
+    catalog loaded; both stopped on exit whatever happens."""
+    broker = KafkaBroker(root / "kafka", port=free_port())
+    pg = LocalPostgres(root / "postgres", port=free_port())
+    broker.start()
+    try:
+        pg.start()
+        try:
+            _migrate(pg.url)
+            asyncio.run(ensure_topics(broker.bootstrap, PARTITIONS))
+
+            async def seed() -> None:
+                store = SqlAlchemyStore(pg.url, pool_size=1)
+                try:
+                    await store.upsert_products([*DEMO_PRODUCTS, *TEST_PRODUCTS])
+                finally:
+                    await store.close()
+
+            asyncio.run(seed())
+            yield Services(broker.bootstrap, pg.url, root, f"orion-test-{uuid.uuid4().hex[:8]}")
+        finally:
+            pg.stop()
+    finally:
+        broker.stop()
 
 
 class Worker:
@@ -252,3 +286,32 @@ async def table_values(services: Services, table: str) -> dict[str, Any]:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+async def group_lag(services: Services) -> dict[str, int]:
+    """Unconsumed messages per source topic partition for Orion's consumer group
+    (a partition nobody ever committed counts from offset 0)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from orion_streams import topics
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(services.app_id)
+    finally:
+        await admin.close()
+    tps = [TopicPartition(spec.name, p) for spec in topics.ALL if spec is not topics.DEAD_LETTERS
+           for p in range(PARTITIONS)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=services.bootstrap)
+    await consumer.start()
+    try:
+        end = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    lag = {}
+    for tp in tps:
+        done = committed[tp].offset if tp in committed else 0
+        if end[tp] > done:
+            lag[f"{tp.topic}[{tp.partition}]"] = end[tp] - done
+    return lag

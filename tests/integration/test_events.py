@@ -71,8 +71,8 @@ async def test_redelivered_order_event_reserves_once_and_writes_one_order(
         assert await store.count_rows("order_events", order_id=order_id, type="OrderPlaced") == 1
     finally:
         await store.close()
-    stock = await table_values(services, "stock")
-    on_hand, reserved, _, _ = stock[sku]
+    stock = await table_values(services, "inventory")
+    on_hand, reserved = stock[sku][:2]
     assert (on_hand, reserved) == (10, 4)
 
 
