@@ -4,44 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from orion_streams.adapters.kafka_admin import ensure_topics
-from orion_streams.adapters.postgres import SqlAlchemyStore
-from orion_streams.cli import _migrate
-from orion_streams.config import Settings
-from orion_streams.devservices import KafkaBroker, LocalPostgres, free_port
-from orion_streams.domain.catalog import DEMO_PRODUCTS, Product
-from orion_streams.web.auth import issue_token
+from orion_streams.devservices.stack import Services, Worker, wait_until
+from orion_streams.devservices.stack import running_services as _running_services
+from orion_streams.domain.catalog import Product
 
 PARTITIONS = 4
 PAYMENT_TIMEOUT = 2.0
 TEST_PRODUCTS = [Product(f"T-{i:03d}", f"Test product {i}", 1_000 + i) for i in range(1, 81)]
+__all__ = ["Services", "Worker", "wait_until"]
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll a condition until it holds; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)  # poll until the deadline
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def running_services(root: Path) -> Any:
+    """The test stack: 4 partitions, a 2 s payment timeout and the test catalog."""
+    return _running_services(root, partitions=PARTITIONS, payment_timeout=PAYMENT_TIMEOUT, products=TEST_PRODUCTS)
 
 
 async def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -54,126 +38,6 @@ async def eventually(check: Callable[[], Any], timeout: float, what: str, interv
             return last
         await asyncio.sleep(interval)  # poll interval under a deadline
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw {last!r}")
-
-
-@dataclass
-class Services:
-    bootstrap: str
-    database_url: str
-    state_dir: Path
-    app_id: str
-    settings: Settings = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.settings = Settings(
-            kafka_bootstrap=self.bootstrap, database_url=self.database_url, partitions=PARTITIONS,
-            app_id=self.app_id,
-        )
-
-    def token(self, subject: str, roles: tuple[str, ...] = ("customer",), ttl: float = 3600) -> str:
-        return issue_token(self.settings, subject, roles, ttl=ttl)
-
-
-@contextmanager
-def running_services(root: Path) -> Iterator[Services]:
-    """A fresh Kafka broker and PostgreSQL server on free ports, migrated, topics created,
-    catalog loaded; both stopped on exit whatever happens."""
-    broker = KafkaBroker(root / "kafka", port=free_port())
-    pg = LocalPostgres(root / "postgres", port=free_port())
-    broker.start()
-    try:
-        pg.start()
-        try:
-            _migrate(pg.url)
-            asyncio.run(ensure_topics(broker.bootstrap, PARTITIONS))
-
-            async def seed() -> None:
-                store = SqlAlchemyStore(pg.url, pool_size=1)
-                try:
-                    await store.upsert_products([*DEMO_PRODUCTS, *TEST_PRODUCTS])
-                finally:
-                    await store.close()
-
-            asyncio.run(seed())
-            yield Services(broker.bootstrap, pg.url, root, f"orion-test-{uuid.uuid4().hex[:8]}")
-        finally:
-            pg.stop()
-    finally:
-        broker.stop()
-
-
-class Worker:
-    """One `orion worker` process with its own web port and state dir."""
-
-    def __init__(self, services: Services, name: str, extra_env: dict[str, str] | None = None) -> None:
-        self.services = services
-        self.name = name
-        self.port = free_port()
-        self.dir = services.state_dir / f"worker-{name}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.dir / "worker.log"
-        self.env = {
-            **os.environ,
-            "ORION_KAFKA_BOOTSTRAP": services.bootstrap,
-            "ORION_DATABASE_URL": services.database_url,
-            "ORION_WEB_PORT": str(self.port),
-            "ORION_STATE_DIR": str(self.dir),
-            "ORION_APP_ID": services.app_id,
-            "ORION_PARTITIONS": str(PARTITIONS),
-            "ORION_PAYMENT_TIMEOUT": str(PAYMENT_TIMEOUT),
-            "ORION_WORKER_ID": name,
-            "ORION_LOG_LEVEL": "info",
-            **(extra_env or {}),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90) -> Worker:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orion_streams.cli", "worker"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        try:
-            wait_until(self.ready, timeout, f"worker {self.name} /ready")
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"worker {self.name} did not get ready:\n{self.tail()}") from None
-        return self
-
-    def ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"worker {self.name} exited:\n{self.tail()}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
 
 class Api:

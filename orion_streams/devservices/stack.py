@@ -1,0 +1,171 @@
+"""A whole Orion stack as processes: Kafka, PostgreSQL and workers, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Settings
+from ..domain.catalog import DEMO_PRODUCTS, Product
+from ..web.auth import issue_token
+from .kafka import KafkaBroker
+from .ports import free_port
+from .postgres import LocalPostgres
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll a condition until it holds; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)  # poll until the deadline
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Services:
+    """Where the broker and database of one stack are, and the settings workers share."""
+
+    bootstrap: str
+    database_url: str
+    state_dir: Path
+    app_id: str
+    partitions: int
+    payment_timeout: float
+    settings: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = Settings(
+            kafka_bootstrap=self.bootstrap, database_url=self.database_url,
+            partitions=self.partitions, app_id=self.app_id,
+        )
+
+    def token(self, subject: str, roles: tuple[str, ...] = ("customer",), ttl: float = 3600) -> str:
+        return issue_token(self.settings, subject, roles, ttl=ttl)
+
+
+@contextmanager
+def running_services(
+    root: Path,
+    *,
+    partitions: int = 4,
+    payment_timeout: float = 2.0,
+    products: Iterable[Product] = (),
+) -> Iterator[Services]:
+    """A fresh Kafka broker and PostgreSQL server on free ports, migrated, topics created,
+    catalog loaded; both stopped on exit whatever happens."""
+    broker = KafkaBroker(root / "kafka", port=free_port())
+    pg = LocalPostgres(root / "postgres", port=free_port())
+    broker.start()
+    try:
+        pg.start()
+        try:
+            from ..adapters.kafka_admin import ensure_topics
+            from ..adapters.postgres import SqlAlchemyStore
+            from ..cli import _migrate
+
+            _migrate(pg.url)
+            asyncio.run(ensure_topics(broker.bootstrap, partitions))
+
+            async def seed() -> None:
+                store = SqlAlchemyStore(pg.url, pool_size=1)
+                try:
+                    await store.upsert_products([*DEMO_PRODUCTS, *products])
+                finally:
+                    await store.close()
+
+            asyncio.run(seed())
+            app_id = f"orion-{uuid.uuid4().hex[:8]}"
+            yield Services(broker.bootstrap, pg.url, root, app_id, partitions, payment_timeout)
+        finally:
+            pg.stop()
+    finally:
+        broker.stop()
+
+
+class Worker:
+    """One `orion worker` process with its own web port and state dir."""
+
+    def __init__(self, services: Services, name: str, extra_env: dict[str, str] | None = None) -> None:
+        self.services = services
+        self.name = name
+        self.port = free_port()
+        self.dir = services.state_dir / f"worker-{name}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "worker.log"
+        self.env = {
+            **os.environ,
+            "ORION_KAFKA_BOOTSTRAP": services.bootstrap,
+            "ORION_DATABASE_URL": services.database_url,
+            "ORION_WEB_PORT": str(self.port),
+            "ORION_STATE_DIR": str(self.dir),
+            "ORION_APP_ID": services.app_id,
+            "ORION_PARTITIONS": str(services.partitions),
+            "ORION_PAYMENT_TIMEOUT": str(services.payment_timeout),
+            "ORION_WORKER_ID": name,
+            "ORION_LOG_LEVEL": "info",
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> Worker:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orion_streams.cli", "worker"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_until(self.ready, timeout, f"worker {self.name} /ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"worker {self.name} did not get ready:\n{self.tail()}") from None
+        return self
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"worker {self.name} exited:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
