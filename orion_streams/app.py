@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import faust
 
+from . import faust_fixes
 from . import topics as t
 from .bootstrap import Runtime
 from .config import Settings
 from .web.middleware import correlation_and_problems
 
+faust_fixes.apply()
 settings = Settings.from_env()
 runtime = Runtime(settings)
 

@@ -20,6 +20,9 @@ from ..domain.saga import Clock
 log = logging.getLogger("orion.agents")
 
 CORRELATION_HEADER = "correlation-id"
+# Events handled per batch by the table-writing agents, and how long a batch may wait to fill.
+BATCH_SIZE = 256
+BATCH_WITHIN = 0.01
 ACTOR_HEADER = "actor"
 
 
@@ -52,17 +55,38 @@ def partition_for(key: str, partitions: int) -> int:
 
 
 async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> None:
-    """Send messages and wait until Kafka has them all (acks=all).
-
-    Agents call this before writing their table: if the process dies in between, the
-    input is redelivered and the sends repeat, which every consumer dedupes; the other
-    order could lose the sends while the table already says they happened.
-    """
+    """Send messages and wait until Kafka has them all (acks=all)."""
     futures = []
     for topic, key, message, headers in sends:
         futures.append(await topic.send(key=key.encode(), value=records.encode(message), headers=headers))
     if futures:
         await asyncio.gather(*futures)
+
+
+Send = tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]
+
+
+class Outbox:
+    """What a batch of events must send, then the table changes it made.
+
+    Agents handle events in batches and make one round trip to the broker for all the
+    sends and one for all the table changes, instead of two per event. Sends go first:
+    if the process dies in between, the whole batch is redelivered (it is acknowledged
+    only after `flush`), the sends repeat, and every consumer dedupes them.
+    """
+
+    def __init__(self, *tables: Any) -> None:
+        self.sends: list[Send] = []
+        self.tables = tables
+
+    def send(self, topic: faust.TopicT, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
+        self.sends.append((topic, key, message, headers))
+
+    async def flush(self) -> None:
+        sends, self.sends = self.sends, []
+        await send_all(sends)
+        for table in self.tables:
+            await table.written()
 
 
 async def dead_letter(event: faust.EventT[bytes], reason: str) -> None:

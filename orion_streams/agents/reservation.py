@@ -15,13 +15,15 @@ from ..domain import stock as rules
 from ..tables import inventory
 from .common import (
     ACTOR_HEADER,
+    BATCH_SIZE,
+    BATCH_WITHIN,
     CORRELATION_HEADER,
+    Outbox,
     dead_letter,
     header,
     key_text,
     make_headers,
     now,
-    send_all,
 )
 
 log = logging.getLogger("orion.reservation")
@@ -36,15 +38,18 @@ def _route(message: rules.StockEvent) -> tuple[faust.TopicT, str]:
 @app.agent(stock_requests_topic, concurrency=1)
 async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
     """Apply stock commands for the SKUs of this worker's partitions."""
-    async for event in stream.events():
-        try:
-            await handle_event(event)
-        except Exception:
-            log.exception("reservation failed on %s", event.message.tp)
-            await dead_letter(event, "internal error in the reservation agent")
+    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):  # type: ignore[attr-defined]
+        outbox = Outbox(inventory)
+        for event in batch:
+            try:
+                await handle_event(event, outbox)
+            except Exception:
+                log.exception("reservation failed on %s", event.message.tp)
+                await dead_letter(event, "internal error in the reservation agent")
+        await outbox.flush()
 
 
-async def handle_event(event: faust.EventT[bytes]) -> None:
+async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     sku = key_text(event)
     try:
         command = records.decode(event.value)
@@ -68,8 +73,7 @@ async def handle_event(event: faust.EventT[bytes]) -> None:
     # then answer from the holds without touching stock again.
     replay = applied_offset is not None and offset <= applied_offset
     if replay and offset == applied_offset and last_key and inventory.get(last_key) != last_value:
-        inventory[last_key] = last_value
-        await inventory.written()
+        inventory.put(event, last_key, last_value)
 
     if isinstance(command, c.AdjustStock):
         marker = records.adjustment_key(sku, command.adjustment_id)
@@ -93,9 +97,9 @@ async def handle_event(event: faust.EventT[bytes]) -> None:
         log.error("redelivered %s at offset %d would change stock again; ignored", type(command).__name__, offset)
         return
     headers = make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER))
-    await send_all((*_route(m), m, headers) for m in outputs)
+    for m in outputs:
+        outbox.send(*_route(m), m, headers)
     if new_level is not level:
-        inventory[sku] = records.stock_entry(new_level, offset, hold_key if hold_value else None, hold_value)
+        inventory.put(event, sku, records.stock_entry(new_level, offset, hold_key if hold_value else None, hold_value))
     if hold_value is not None:
-        inventory[hold_key] = hold_value
-    await inventory.written()
+        inventory.put(event, hold_key, hold_value)

@@ -29,7 +29,10 @@ from ..domain.errors import ValidationFailed
 from ..tables import sagas
 from .common import (
     ACTOR_HEADER,
+    BATCH_SIZE,
+    BATCH_WITHIN,
     CORRELATION_HEADER,
+    Outbox,
     dead_letter,
     header,
     key_text,
@@ -60,18 +63,21 @@ def _route(message: domain.SagaOutput) -> tuple[faust.TopicT, str]:
 
 @app.agent(saga_inputs, concurrency=1)
 async def order_saga(stream: faust.StreamT[bytes]) -> None:
-    """Place, reserve, pay, confirm, compensate: one order at a time per partition."""
+    """Place, reserve, pay, confirm, compensate: events in order, a batch at a time."""
     await runtime.ready()
-    async for event in stream.events():
-        try:
-            await handle_event(event)
-        except Exception:
-            # A bug must not wedge the partition forever; the message is parked with why.
-            log.exception("saga failed on %s", event.message.tp)
-            await dead_letter(event, "internal error in the order saga")
+    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):  # type: ignore[attr-defined]
+        outbox = Outbox(sagas)
+        for event in batch:
+            try:
+                await handle_event(event, outbox)
+            except Exception:
+                # A bug must not wedge the partition forever; the message is parked with why.
+                log.exception("saga failed on %s", event.message.tp)
+                await dead_letter(event, "internal error in the order saga")
+        await outbox.flush()
 
 
-async def handle_event(event: faust.EventT[bytes]) -> None:
+async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     order_id = key_text(event)
     try:
         message = records.decode(event.value, runtime.catalog)
@@ -128,9 +134,9 @@ async def handle_event(event: faust.EventT[bytes]) -> None:
     if not outputs:
         return
     headers = make_headers(correlation_id, actor)
-    await send_all((*_route(m), m, headers) for m in outputs)
-    sagas[order_id] = {"saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor}
-    await sagas.written()
+    for m in outputs:
+        outbox.send(*_route(m), m, headers)
+    sagas.put(event, order_id, {"saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor})
     if saga.status.value != "RESERVED":
         _timeouts_sent.discard(order_id)
 

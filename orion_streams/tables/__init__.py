@@ -28,10 +28,20 @@ class DurableTable(faust.Table[str, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unsent: list[tuple[int, Any, Any]] = []
+        self._partition: int | None = None
+
+    def put(self, event: faust.EventT[Any], key: str, value: Any) -> None:
+        """Set `key` for a change caused by `event`: its changelog entry goes to the
+        event's partition, also when a batch of events is handled at once."""
+        self._partition = event.message.partition
+        try:
+            self[key] = value
+        finally:
+            self._partition = None
 
     def on_key_set(self, key: Any, value: Any) -> None:
-        partition = self.partition_for_key(key)
-        assert partition is not None  # always the current event's partition
+        partition = self._partition if self._partition is not None else self.partition_for_key(key)
+        assert partition is not None  # always the causing event's partition
         self._maybe_set_key_ttl(key, partition)
         self._sensor_on_set(self, key, value)
         self._unsent.append((partition, key, value))
