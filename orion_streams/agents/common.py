@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,6 +87,23 @@ class Outbox:
         await send_all(sends)
         for table in self.tables:
             await table.written()
+
+
+Handler = Callable[[faust.EventT[bytes], Outbox], Awaitable[None]]
+
+
+async def handle_in_batches(stream: faust.StreamT[bytes], handle: Handler, *tables: Any, what: str) -> None:
+    """The loop of a table-writing agent: a batch of events, one outbox, then acks."""
+    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):  # type: ignore[attr-defined]
+        outbox = Outbox(*tables)
+        for event in batch:
+            try:
+                await handle(event, outbox)
+            except Exception:
+                # A bug must not wedge the partition forever; the message is parked with why.
+                log.exception("%s failed on %s", what, event.message.tp)
+                await dead_letter(event, f"internal error in the {what}")
+        await outbox.flush()
 
 
 async def dead_letter(event: faust.EventT[bytes], reason: str) -> None:

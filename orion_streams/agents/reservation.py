@@ -15,11 +15,10 @@ from ..domain import stock as rules
 from ..tables import inventory
 from .common import (
     ACTOR_HEADER,
-    BATCH_SIZE,
-    BATCH_WITHIN,
     CORRELATION_HEADER,
     Outbox,
     dead_letter,
+    handle_in_batches,
     header,
     key_text,
     make_headers,
@@ -38,15 +37,7 @@ def _route(message: rules.StockEvent) -> tuple[faust.TopicT, str]:
 @app.agent(stock_requests_topic, concurrency=1)
 async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
     """Apply stock commands for the SKUs of this worker's partitions."""
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):  # type: ignore[attr-defined]
-        outbox = Outbox(inventory)
-        for event in batch:
-            try:
-                await handle_event(event, outbox)
-            except Exception:
-                log.exception("reservation failed on %s", event.message.tp)
-                await dead_letter(event, "internal error in the reservation agent")
-        await outbox.flush()
+    await handle_in_batches(stream, handle_event, inventory, what="reservation agent")
 
 
 async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:

@@ -29,11 +29,10 @@ from ..domain.errors import ValidationFailed
 from ..tables import sagas
 from .common import (
     ACTOR_HEADER,
-    BATCH_SIZE,
-    BATCH_WITHIN,
     CORRELATION_HEADER,
     Outbox,
     dead_letter,
+    handle_in_batches,
     header,
     key_text,
     make_headers,
@@ -65,16 +64,7 @@ def _route(message: domain.SagaOutput) -> tuple[faust.TopicT, str]:
 async def order_saga(stream: faust.StreamT[bytes]) -> None:
     """Place, reserve, pay, confirm, compensate: events in order, a batch at a time."""
     await runtime.ready()
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):  # type: ignore[attr-defined]
-        outbox = Outbox(sagas)
-        for event in batch:
-            try:
-                await handle_event(event, outbox)
-            except Exception:
-                # A bug must not wedge the partition forever; the message is parked with why.
-                log.exception("saga failed on %s", event.message.tp)
-                await dead_letter(event, "internal error in the order saga")
-        await outbox.flush()
+    await handle_in_batches(stream, handle_event, sagas, what="order saga")
 
 
 async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
