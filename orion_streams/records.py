@@ -16,7 +16,7 @@ from .domain import commands as c
 from .domain import events as e
 from .domain.catalog import Catalog
 from .domain.errors import ValidationFailed
-from .domain.orders import OrderStatus, RequestedLine, parse_order_request
+from .domain.orders import OrderStatus, parse_order_request
 from .domain.saga import LineState, OrderSaga, SagaLine
 from .domain.stock import Hold, HoldState, StockLevel
 
@@ -254,7 +254,3 @@ def hold_from_value(sku: str, order_id: str, value: Any) -> Hold | None:
         return None
     quantity, state = value
     return Hold(order_id, sku, quantity, HoldState(state))
-
-
-def requested_lines(lines: Any) -> tuple[RequestedLine, ...]:
-    return tuple(RequestedLine(line["sku"], int(line["quantity"])) for line in lines)

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import faust
+import mode
 from faust.types import TP
 
 from .. import records
@@ -134,6 +135,14 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
 def _active(order_id: str) -> bool:
     partition = partition_for(order_id, settings.partitions)
     return TP(t.ORDERS.name, partition) in app.assignor.assigned_actives()
+
+
+@app.service
+class RuntimeLifecycle(mode.Service):
+    """Closes the database pool, the payment client and the admin client on shutdown."""
+
+    async def on_stop(self) -> None:
+        await runtime.close()
 
 
 @app.task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from ..domain.stock import ADJUSTMENT_REASONS
 from .auth import Principal, TokenVerifier
 from .problems import ApiError, bad_request, conflict, not_found, unavailable, unprocessable
 
+log = logging.getLogger("orion.web")
 ORDERS_ACCEPTED = Counter("orion_orders_accepted_total", "Orders acknowledged with 202")
 MAX_WAIT = 30.0
 _NAMESPACE = uuid.UUID("5b8f6f2e-7d8c-4f61-9a43-0c8d3c1f2a10")
@@ -65,7 +67,7 @@ async def _send(topic: Any, key: str, message: Any, headers: list[tuple[str, byt
     try:
         fut = await topic.send(key=key.encode(), value=records.encode(message), headers=headers)
         await asyncio.wait_for(fut, timeout=10)
-    except (TimeoutError, Exception) as exc:
+    except Exception as exc:  # timeout or broker error: the client may retry safely
         raise unavailable(f"could not reach Kafka: {type(exc).__name__}") from exc
 
 
@@ -172,9 +174,7 @@ class OrdersView(View):
                 currency=currency, created_at=now, idempotency_key=key, request_hash=digest,
             )
         except Exception:  # the event is in Kafka; the projection will write the order anyway
-            import logging
-
-            logging.getLogger("orion.web").warning("could not pre-record order %s", order_id, exc_info=True)
+            log.warning("could not pre-record order %s", order_id, exc_info=True)
         return await self._reply(order_id, wait)
 
     async def get(self, request: web.Request) -> web.Response:

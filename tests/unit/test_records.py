@@ -292,8 +292,3 @@ def test_missing_hold_value_is_none() -> None:
 def test_hold_keys_are_distinct_per_sku_and_order() -> None:
     keys = {records.hold_key(s, o) for s in ("A", "AB") for o in ("o1", "Bo1")}
     assert len(keys) == 4
-
-
-def test_requested_lines_from_plain_dicts() -> None:
-    got = records.requested_lines([{"sku": "A", "quantity": "2"}])
-    assert got == (RequestedLine("A", 2),)
