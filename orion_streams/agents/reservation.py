@@ -58,12 +58,14 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     level = records.stock_from_value(sku, stored)
     applied_offset, last_key, last_value = records.stock_entry_meta(stored)
     offset = event.message.offset
-    # Redelivered after a crash: this event's stock change already stands (the stock row
-    # records the offset that produced it). Its hold went out right after the stock row in
-    # the same changelog partition, so only the very last one can be missing: restore it,
-    # then answer from the holds without touching stock again.
-    replay = applied_offset is not None and offset <= applied_offset
-    if replay and offset == applied_offset and last_key and inventory.get(last_key) != last_value:
+    # The stock row records the offset of the event that last changed it and the hold
+    # written with it. If that event comes again (a crash after the row reached the
+    # changelog but before the hold did), restore the hold; the rules then see it and
+    # answer as before without moving stock. Any other redelivered event finds its own hold.
+    # Offsets are compared for equality only: after a rebalance Faust can deliver a
+    # partition's events out of order (agents/watchdog.py), so "older" proves nothing.
+    replay = applied_offset == offset
+    if replay and last_key and inventory.get(last_key) != last_value:
         inventory.put(event, last_key, last_value)
 
     if isinstance(command, c.AdjustStock):
