@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -161,20 +162,45 @@ async def refresh_catalog() -> None:
         log.warning("catalog refresh failed: %s", exc)
 
 
+# A saga waiting this long for a SKU owner's answer asks again. Reservation is idempotent
+# (the owner answers from the order's hold), so asking twice is harmless, and a request or
+# answer lost to a crash or a rebalance only delays the order instead of stranding it.
+# The wait doubles with each attempt so a backlog is not flooded with repeats.
+RESERVE_RETRY_AFTER = 10.0
+_reserve_asked: dict[str, tuple[float, int]] = {}
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
 @app.timer(interval=1.0)
-async def expire_payments() -> None:
-    """Time out payments that never answered: the saga, not the gateway, owns the deadline."""
+async def chase_overdue_sagas() -> None:
+    """Time out payments that never answered (the saga, not the gateway, owns the deadline)
+    and ask again for reservations that never answered."""
     now_ = now()
-    overdue: list[Any] = []
+    sends: list[Any] = []
     for order_id, state in list(sagas.items()):
-        if order_id in _timeouts_sent or not state:
+        if not state or not _active(order_id):
             continue
         value = state["saga"]
-        if value["status"] != "RESERVED" or value.get("payment_deadline") is None:
-            continue
-        if value["payment_deadline"] <= now_.epoch and _active(order_id):
-            overdue.append((order_id, state))
-    for order_id, state in overdue:
         headers = make_headers(state.get("correlation_id"), "service:orion-saga")
-        await send_all([(order_events_topic, order_id, e.PaymentTimedOut(order_id), headers)])
-        _timeouts_sent.add(order_id)
+        if value["status"] == "RESERVED" and value.get("payment_deadline") is not None:
+            if value["payment_deadline"] <= now_.epoch and order_id not in _timeouts_sent:
+                sends.append((order_events_topic, order_id, e.PaymentTimedOut(order_id), headers))
+                _timeouts_sent.add(order_id)
+        elif value["status"] == "PENDING":
+            last, attempts = _reserve_asked.get(order_id, (0.0, 0))
+            asked = max(last, _epoch(value["updated_at"]))
+            if now_.epoch - asked >= RESERVE_RETRY_AFTER * 2**attempts:
+                saga = records.saga_from_value(value)
+                for line in saga.lines:
+                    if line.state is domain.LineState.PENDING:
+                        command = c.ReserveLine(order_id, line.sku, line.quantity)
+                        sends.append((stock_requests_topic, line.sku, command, headers))
+                log.warning("order %s waited %.0fs for stock answers; asking again", order_id, now_.epoch - asked)
+                _reserve_asked[order_id] = (now_.epoch, attempts + 1)
+        else:
+            _reserve_asked.pop(order_id, None)
+    if sends:
+        await send_all(sends)
