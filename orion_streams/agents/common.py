@@ -93,17 +93,47 @@ Handler = Callable[[faust.EventT[bytes], Outbox], Awaitable[None]]
 
 
 async def handle_in_batches(stream: faust.StreamT[bytes], handle: Handler, *tables: Any, what: str) -> None:
-    """The loop of a table-writing agent: a batch of events, one outbox, then acks."""
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):  # type: ignore[attr-defined]
-        outbox = Outbox(*tables)
-        for event in batch:
-            try:
-                await handle(event, outbox)
-            except Exception:
-                # A bug must not wedge the partition forever; the message is parked with why.
-                log.exception("%s failed on %s", what, event.message.tp)
-                await dead_letter(event, f"internal error in the {what}")
-        await outbox.flush()
+    """The loop of a table-writing agent: events in order, acknowledged only after the
+    batch's sends and table changes are in Kafka.
+
+    Acks are manual (`noack`): Faust's own batching (`take_events`) acknowledges a batch in
+    a `finally`, so a batch cut short during a rebalance could be committed unprocessed.
+    A batch is flushed when it is full or the stream has been quiet for BATCH_WITHIN.
+    """
+    manual = stream.noack()  # type: ignore[attr-defined]
+    outbox = Outbox(*tables)
+    pending: list[faust.EventT[bytes]] = []
+    lock = asyncio.Lock()
+
+    async def flush() -> None:
+        nonlocal pending
+        batch, pending = pending, []
+        if batch:
+            await outbox.flush()
+            for event in batch:
+                await manual.ack(event)
+
+    async def flush_when_quiet() -> None:
+        while True:
+            await asyncio.sleep(BATCH_WITHIN)
+            async with lock:
+                await flush()
+
+    quiet = asyncio.ensure_future(flush_when_quiet())
+    try:
+        async for event in manual.events():
+            async with lock:
+                try:
+                    await handle(event, outbox)
+                except Exception:
+                    # A bug must not wedge the partition forever; the message is parked with why.
+                    log.exception("%s failed on %s", what, event.message.tp)
+                    await dead_letter(event, f"internal error in the {what}")
+                pending.append(event)
+                if len(pending) >= BATCH_SIZE:
+                    await flush()
+    finally:
+        quiet.cancel()
 
 
 async def dead_letter(event: faust.EventT[bytes], reason: str) -> None:

@@ -24,7 +24,7 @@ SOURCE_TOPICS = frozenset(spec.name for spec in t.ALL if spec is not t.DEAD_LETT
 # Longer than any legitimate wait on one event (a payment may take the payment timeout).
 STALL_AFTER = max(15.0, 2 * settings.payment_timeout)
 
-_progress: dict[object, tuple[int, float]] = {}
+_progress: dict[object, tuple[tuple[int, int], float]] = {}
 
 
 @app.timer(interval=2.0)
@@ -36,31 +36,35 @@ async def refetch_stalled_partitions() -> None:
     try:
         aio = consumer._thread._ensure_consumer()
         assignment = aio._subscription.subscription.assignment
-    except Exception:  # not started or between generations
+        tps = [tp for tp in consumer.assignment() if tp.topic in SOURCE_TOPICS]
+        ends = await consumer.highwaters(*tps)
+    except Exception:  # not started, between generations, or the broker is away
         return
     now = time.monotonic()
-    for tp in list(aio.assignment()):
-        if tp.topic not in SOURCE_TOPICS:
-            continue
+    for tp in tps:
         state = assignment.state_value(tp)
-        position = getattr(state, "position", None) if state is not None else None
         committed = consumer._committed_offset.get(tp) or 0
-        if position is None or committed >= position:
+        position = getattr(state, "position", None) if state is not None else None
+        position = committed if position is None else position
+        # Behind: records exist past the committed offset, fetched or not (a partition
+        # Faust stopped fetching keeps its position; one it dropped records of moves on).
+        if max(position, ends.get(tp, 0)) <= committed:
             _progress.pop(tp, None)
             continue
         seen = _progress.get(tp)
-        if seen is None or seen[0] != committed:
-            _progress[tp] = (committed, now)
+        if seen is None or seen[0] != (committed, position):
+            _progress[tp] = ((committed, position), now)
             continue
         if now - seen[1] >= STALL_AFTER:
             flow = consumer.flow_active, app.flow_control.is_active()
             log.error(
-                "partition %s[%d] fetched to %d but committed stays at %d for %.0fs "
+                "partition %s[%d] stands at committed %d, fetched %d, end %d for %.0fs "
                 "(consumer flow %s, flow control %s): re-fetching",
-                tp.topic, tp.partition, position, committed, now - seen[1], *flow,
+                tp.topic, tp.partition, committed, position, ends.get(tp, -1), now - seen[1], *flow,
             )
             if not all(flow):
                 consumer.resume_flow()
                 app.flow_control.resume()
+            consumer.resume_partitions([tp])
             await consumer.seek(tp, committed)
             _progress.pop(tp, None)
