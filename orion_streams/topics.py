@@ -45,8 +45,3 @@ ALL: tuple[TopicSpec, ...] = (
     DEAD_LETTERS,
 )
 
-
-def partitions_for(spec: TopicSpec, default: int) -> int:
-    """Every topic keyed by order id shares one count so the saga table stays
-    co-partitioned with `orders` and `order-events`; the rest use the same for simplicity."""
-    return default

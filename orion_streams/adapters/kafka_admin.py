@@ -42,7 +42,8 @@ async def ensure_topics(bootstrap: str, partitions: int, *, timeout: float = 60)
     admin = await _admin(bootstrap, timeout)
     try:
         existing = set(await admin.list_topics())
-        wanted = {spec.name: t.partitions_for(spec, partitions) for spec in t.ALL}
+        # One count for all: the saga table must match `orders` and `order-events`.
+        wanted = {spec.name: partitions for spec in t.ALL}
         missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
         if missing:
             try:

@@ -12,44 +12,60 @@ from .. import records
 from ..adapters.postgres import AuditContext
 from ..app import app, projection_inputs, runtime
 from ..domain import events as e
-from .common import ACTOR_HEADER, CORRELATION_HEADER, dead_letter, header
+from .common import ACTOR_HEADER, CORRELATION_HEADER, Outbox, dead_letter, handle_in_batches, header
 
 log = logging.getLogger("orion.projection")
 
-BATCH_SIZE = 500
-BATCH_WITHIN = 0.05
+
+class Projection:
+    """One batch of events bound for PostgreSQL. `written()` makes it one transaction, so
+    the batch loop acknowledges the events only once they are in the database."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.statuses: list[e.OrderStatusChanged] = []
+        self.audit: list[tuple[e.AuditEntry, AuditContext]] = []
+        self.levels: list[e.StockLevelChanged] = []
+        self.adjustments: list[e.StockAdjusted | e.AdjustmentRejected] = []
+
+    async def written(self) -> None:
+        if self.statuses or self.audit or self.levels or self.adjustments:
+            await _write_with_retry(self.statuses, self.audit, self.levels, self.adjustments)
+        self._reset()
+
+
+batch = Projection()
+
+
+async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
+    try:
+        message = records.decode(event.value)
+    except records.BadRecord as exc:
+        await dead_letter(event, str(exc))
+        return
+    match message:
+        case e.OrderStatusChanged():
+            batch.statuses.append(message)
+        case e.AuditEntry():
+            ctx = AuditContext(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER))
+            batch.audit.append((message, ctx))
+        case e.StockLevelChanged():
+            batch.levels.append(message)
+        case e.StockAdjusted() | e.AdjustmentRejected():
+            batch.adjustments.append(message)
+        case e.LowStockDetected():
+            pass  # alerts are the email and websocket agents' business
+        case _:
+            await dead_letter(event, f"{type(message).__name__} is not projected")
 
 
 @app.agent(projection_inputs, concurrency=1)
 async def project(stream: faust.StreamT[bytes]) -> None:
     """Batch events into one transaction each; retry while PostgreSQL is away."""
     await runtime.ready()
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):  # type: ignore[attr-defined]
-        statuses: list[e.OrderStatusChanged] = []
-        audit: list[tuple[e.AuditEntry, AuditContext]] = []
-        levels: list[e.StockLevelChanged] = []
-        adjustments: list[e.StockAdjusted | e.AdjustmentRejected] = []
-        for event in batch:
-            try:
-                message = records.decode(event.value)
-            except records.BadRecord as exc:
-                await dead_letter(event, str(exc))
-                continue
-            match message:
-                case e.OrderStatusChanged():
-                    statuses.append(message)
-                case e.AuditEntry():
-                    ctx = AuditContext(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER))
-                    audit.append((message, ctx))
-                case e.StockLevelChanged():
-                    levels.append(message)
-                case e.StockAdjusted() | e.AdjustmentRejected():
-                    adjustments.append(message)
-                case e.LowStockDetected():
-                    pass  # alerts are the email and websocket agents' business
-                case _:
-                    await dead_letter(event, f"{type(message).__name__} is not projected")
-        await _write_with_retry(statuses, audit, levels, adjustments)
+    await handle_in_batches(stream, handle_event, batch, what="projection")
 
 
 async def _write_with_retry(
