@@ -25,6 +25,8 @@ import aiohttp
 from sqlalchemy import text
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
+from orion_streams.devservices.ports import free_port
+from orion_streams.devservices.smtp import MailCatcher
 from orion_streams.devservices.stack import Services, Worker, running_services
 from orion_streams.domain.catalog import DEMO_PRODUCTS
 
@@ -136,7 +138,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="orion-bench-") as tmp, \
             running_services(Path(tmp), partitions=args.partitions, payment_timeout=10.0) as services:
-        workers = [Worker(services, f"w{i}", {"ORION_LOG_LEVEL": "warn"}).start() for i in range(args.workers)]
+        # Every order sends emails: a real SMTP server (aiosmtpd) takes them, as in production.
+        mail = MailCatcher(Path(tmp) / "mail", port=free_port())
+        mail.start()
+        env = {"ORION_LOG_LEVEL": "warn", "ORION_SMTP_URL": f"smtp://{mail.host}:{mail.port}"}
+        workers = [Worker(services, f"w{i}", env).start() for i in range(args.workers)]
         memory = PeakMemory(workers)
         memory.start()
         try:
@@ -145,6 +151,8 @@ def main() -> None:
             memory.done.set()
             for w in workers:
                 w.stop()
+            mail.stop()
+        report["emails_received"] = len(mail.messages)
         report["worker_peak_rss_mb"] = {k: round(v, 1) for k, v in memory.peak.items()}
         print(json.dumps(report, indent=2))
 

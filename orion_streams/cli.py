@@ -9,8 +9,12 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import DEV_JWT_SECRET, Settings
+
+if TYPE_CHECKING:
+    from .devservices.smtp import MailCatcher
 
 
 def _migrate(database_url: str) -> None:
@@ -52,9 +56,10 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     """Start one Faust worker in this process (blocks until it stops)."""
     os.environ["ORION_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     os.environ["ORION_DATABASE_URL"] = settings.database_url
+    os.environ["ORION_SMTP_URL"] = settings.smtp_url
     from . import agents  # noqa: F401  (registers the agents)
     from .app import app
-    from .web import views  # noqa: F401  (registers the views)
+    from .web import notifications, views, ws  # noqa: F401  (registers the views, /v1/ws and its feed)
 
     # Faust creates only the last level of its data directory.
     Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +91,28 @@ def local_services(settings: Settings) -> Iterator[Settings]:
             pg.start()
             stack.callback(pg.stop)
             url = pg.url
-        yield _replace(settings, kafka_bootstrap=bootstrap, database_url=url)
+        smtp_url = settings.smtp_url
+        if "ORION_SMTP_URL" not in os.environ:
+            catcher = _mail_catcher(settings.state_dir)
+            stack.callback(catcher.stop)
+            smtp_url = f"smtp://{catcher.host}:{catcher.port}"
+        yield _replace(settings, kafka_bootstrap=bootstrap, database_url=url, smtp_url=smtp_url)
+
+
+def _mail_catcher(state_dir: Path) -> MailCatcher:
+    """A local SMTP server that keeps every email (port 1025, or a free one if taken)."""
+    from .devservices import DevServiceError
+    from .devservices.ports import free_port
+    from .devservices.smtp import MailCatcher
+
+    try:
+        catcher = MailCatcher(state_dir, port=1025)
+        catcher.start()
+    except DevServiceError:
+        catcher = MailCatcher(state_dir, port=free_port())
+        catcher.start()
+    print(f"mail catcher on smtp://{catcher.host}:{catcher.port}; emails are saved in {catcher.mail_dir}", flush=True)
+    return catcher
 
 
 def _replace(settings: Settings, **changes: object) -> Settings:
@@ -112,6 +138,7 @@ def _banner(settings: Settings) -> None:
 Orion is starting on {base}
   Kafka:      {settings.kafka_bootstrap}
   PostgreSQL: {settings.database_url.split('@')[-1]}
+  SMTP:       {settings.smtp_url.split('@')[-1]}
 
 Demo customer token (sarah):
   export TOKEN={customer}

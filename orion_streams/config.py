@@ -32,6 +32,16 @@ class Settings:
     smtp_url: str = "smtp://127.0.0.1:1025"
     smtp_fallback_url: str | None = None
     mail_from: str = "orders@orion.local"
+    # Who gets low-stock alerts (comma-separated in ORION_ALERT_EMAILS).
+    alert_emails: tuple[str, ...] = ("ops@orion.local",)
+    smtp_timeout: float = 10.0
+    # Email retries: attempts in all, first delay and cap (seconds); delays grow x2 with jitter.
+    email_max_attempts: int = 6
+    email_retry_base: float = 2.0
+    email_retry_max: float = 300.0
+    # WebSocket: messages queued per socket before a slow client is dropped; ping interval.
+    ws_queue_size: int = 256
+    ws_heartbeat: float = 20.0
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     state_dir: Path = field(default_factory=_default_state_dir)
@@ -66,6 +76,15 @@ class Settings:
             smtp_url=_env("ORION_SMTP_URL", cls.smtp_url),
             smtp_fallback_url=os.environ.get("ORION_SMTP_FALLBACK_URL"),
             mail_from=_env("ORION_MAIL_FROM", cls.mail_from),
+            alert_emails=tuple(
+                a.strip() for a in _env("ORION_ALERT_EMAILS", ",".join(cls.alert_emails)).split(",") if a.strip()
+            ),
+            smtp_timeout=float(_env("ORION_SMTP_TIMEOUT", str(cls.smtp_timeout))),
+            email_max_attempts=int(_env("ORION_EMAIL_MAX_ATTEMPTS", str(cls.email_max_attempts))),
+            email_retry_base=float(_env("ORION_EMAIL_RETRY_BASE", str(cls.email_retry_base))),
+            email_retry_max=float(_env("ORION_EMAIL_RETRY_MAX", str(cls.email_retry_max))),
+            ws_queue_size=int(_env("ORION_WS_QUEUE_SIZE", str(cls.ws_queue_size))),
+            ws_heartbeat=float(_env("ORION_WS_HEARTBEAT", str(cls.ws_heartbeat))),
             web_host=_env("ORION_WEB_HOST", cls.web_host),
             web_port=int(_env("ORION_WEB_PORT", str(cls.web_port))),
             state_dir=_default_state_dir(),

@@ -98,3 +98,27 @@ order_events = Table(
     Column("actor", String(300)),
     PrimaryKeyConstraint("order_id", "seq"),
 )
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("idempotency_key", String(300), nullable=False, unique=True),
+    Column("order_id", String(100)),
+    Column("sku", String(64)),
+    Column("template", String(64), nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("subject", Text),
+    Column("context", JSONB, nullable=False),
+    Column("correlation_id", String(200)),
+    Column("status", String(16), nullable=False, server_default="queued"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("server", String(300)),
+    Column("message_id", String(300)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("sent_at", DateTime(timezone=True)),
+)

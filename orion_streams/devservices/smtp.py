@@ -1,4 +1,8 @@
-"""Development mail catcher: an aiosmtpd server that keeps every message it receives."""
+"""Development mail catcher: an aiosmtpd server that keeps every message it receives.
+
+Tests can script failures (``refuse``: the next DATA commands get an error reply), count
+delivery attempts (``attempts``) and require SMTP AUTH (``credentials``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
@@ -14,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from ._common import DevServiceError, wait_until
 from .ports import LOOPBACK
@@ -37,14 +43,41 @@ class _Handler:
             f"X-Envelope-From: {envelope.mail_from}\r\n"
             f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
         ).encode()
+        refusal = self._catcher._next_reply()
+        if refusal is not None:
+            return refusal
         self._catcher._store(header + raw)
         return "250 Message accepted for delivery"
 
 
-class MailCatcher:
-    """SMTP sink on 127.0.0.1:<port>; messages land in ``messages`` and ``<state_dir>/mail``."""
+class _Authenticator:
+    """aiosmtpd authenticator for LOGIN/PLAIN against a fixed user -> password map."""
 
-    def __init__(self, state_dir: Path, port: int = 1025) -> None:
+    def __init__(self, credentials: Mapping[str, str]) -> None:
+        self._credentials = dict(credentials)
+
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            user = auth_data.login.decode("utf-8", "replace")
+            password = auth_data.password.decode("utf-8", "replace")
+            if user in self._credentials and self._credentials[user] == password:
+                return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
+
+
+class MailCatcher:
+    """SMTP sink on 127.0.0.1:<port>; messages land in ``messages`` and ``<state_dir>/mail``.
+
+    With ``credentials`` (user -> password) the server offers AUTH PLAIN/LOGIN without TLS
+    and refuses mail from clients that did not log in (530). Refusals scripted with
+    ``refuse`` and the ``attempts`` counter are thread-safe.
+    """
+
+    def __init__(
+        self, state_dir: Path, port: int = 1025, *, credentials: Mapping[str, str] | None = None
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.mail_dir = self.state_dir / "mail"
         self._port = port
@@ -52,6 +85,10 @@ class MailCatcher:
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._controller: Controller | None = None
+        self._credentials = dict(credentials) if credentials else None
+        self._attempts = 0
+        self._refusals = 0  # DATA commands still to refuse; -1 = all of them
+        self._refusal_reply = ""
 
     @property
     def host(self) -> str:
@@ -65,8 +102,19 @@ class MailCatcher:
         if self._controller is not None:
             return
         self.mail_dir.mkdir(parents=True, exist_ok=True)
+        auth: dict[str, Any] = {}
+        if self._credentials is not None:
+            auth = {
+                "authenticator": _Authenticator(self._credentials),
+                "auth_required": True,
+                "auth_require_tls": False,
+            }
         controller = Controller(
-            _Handler(self), hostname=LOOPBACK, port=self._port, server_hostname="orion-mailcatcher"
+            _Handler(self),
+            hostname=LOOPBACK,
+            port=self._port,
+            server_hostname="orion-mailcatcher",
+            **auth,
         )
         try:
             controller.start()
@@ -94,6 +142,39 @@ class MailCatcher:
     def clear(self) -> None:
         with self._lock:
             self.messages.clear()
+
+    @property
+    def attempts(self) -> int:
+        """DATA commands received so far, accepted or refused."""
+        with self._lock:
+            return self._attempts
+
+    def refuse(self, count: int = 1, reply: str = "451 4.3.0 Try again later") -> None:
+        """Answer the next ``count`` DATA commands with ``reply`` (-1: all, until
+        ``accept_all``). ``reply`` must start with a 4xx or 5xx code."""
+        if count < -1:
+            raise ValueError("count must be -1 (forever), 0 or positive")
+        code = reply[:3]
+        if not (code.isdigit() and code[0] in "45" and reply[3:4] in ("", " ", "-")):
+            raise ValueError(f"reply {reply!r} must start with a 4xx or 5xx SMTP code")
+        with self._lock:
+            self._refusals = count
+            self._refusal_reply = reply
+
+    def accept_all(self) -> None:
+        """Stop refusing: accept every following message."""
+        with self._lock:
+            self._refusals = 0
+
+    def _next_reply(self) -> str | None:
+        """Count a DATA attempt; the scripted error reply for it, or None to accept."""
+        with self._lock:
+            self._attempts += 1
+            if self._refusals == 0:
+                return None
+            if self._refusals > 0:
+                self._refusals -= 1
+            return self._refusal_reply
 
     def __enter__(self) -> MailCatcher:
         self.start()

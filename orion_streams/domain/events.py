@@ -153,6 +153,8 @@ class LowStockDetected:
     available: int
     low_stock_threshold: int
     at: str
+    # The stock version at the crossing: one alert per crossing, however often it is delivered.
+    version: int = 0
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,9 @@ def _bump(before: StockLevel, after: StockLevel, at: str) -> tuple[StockLevel, l
     after = replace(after, version=before.version + 1)
     events: list[StockEvent] = [after.changed(at)]
     if after.low_stock and not before.low_stock:
-        events.append(LowStockDetected(after.sku, after.available, after.low_stock_threshold, at))
+        events.append(
+            LowStockDetected(after.sku, after.available, after.low_stock_threshold, at, after.version)
+        )
     return after, events
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 
@@ -21,6 +21,8 @@ class Principal:
 
     subject: str
     roles: frozenset[str]
+    # The token's `exp` (Unix seconds): long-lived connections end when it passes.
+    expires_at: float | None = field(default=None, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -79,7 +81,9 @@ class TokenVerifier:
             raise unauthorized("token 'sub' must be a non-empty string")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise unauthorized("token 'roles' must be a list of strings")
-        return Principal(subject, frozenset(r for r in roles if r in ROLES))
+        exp = claims.get("exp")
+        expires_at = float(exp) if isinstance(exp, int | float) else None  # checked by jwt
+        return Principal(subject, frozenset(r for r in roles if r in ROLES), expires_at)
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:

@@ -326,7 +326,12 @@ class AdjustmentsView(View):
             errors.append(FieldError("delta", "must be a non-zero whole number up to 1000000"))
         if reason not in ADJUSTMENT_REASONS - {"seed"}:
             errors.append(FieldError("reason", "one of restock, correction, damage, return"))
-        extra = sorted(set(body) - {"delta", "reason"})
+        threshold = body.get("low_stock_threshold")
+        if threshold is not None and (
+            not isinstance(threshold, int) or isinstance(threshold, bool) or not 0 <= threshold <= 1_000_000
+        ):
+            errors.append(FieldError("low_stock_threshold", "must be a whole number from 0 to 1000000"))
+        extra = sorted(set(body) - {"delta", "reason", "low_stock_threshold"})
         errors.extend(FieldError(k, "is not accepted") for k in extra)
         if errors:
             raise unprocessable(errors)
@@ -335,7 +340,7 @@ class AdjustmentsView(View):
         if level is not None and level["available"] + delta < 0:
             raise conflict(f"would leave {level['available'] + delta} available")
         adjustment_id = str(uuid.uuid4())
-        command = c.AdjustStock(sku, adjustment_id, delta, reason)
+        command = c.AdjustStock(sku, adjustment_id, delta, reason, threshold)
         await _send(stock_requests_topic, sku, command, _headers(request, principal))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

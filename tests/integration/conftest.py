@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
+
+from orion_streams.devservices.ports import free_port
+from orion_streams.devservices.smtp import MailCatcher
 
 from .harness import TEST_PRODUCTS, Api, Services, Worker, running_services
 
@@ -22,9 +26,41 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         yield svc
 
 
+@dataclass
+class MailServers:
+    """The worker's primary and fallback SMTP servers (real aiosmtpd, kept for the session)."""
+
+    primary: MailCatcher
+    fallback: MailCatcher
+
+
 @pytest.fixture(scope="session")
-def worker(services: Services) -> Iterator[Worker]:
-    w = Worker(services, "a").start()
+def mail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServers]:
+    root = tmp_path_factory.mktemp("mail")
+    primary = MailCatcher(root / "primary", port=free_port())
+    fallback = MailCatcher(root / "fallback", port=free_port())
+    primary.start()
+    try:
+        fallback.start()
+        try:
+            yield MailServers(primary, fallback)
+        finally:
+            fallback.stop()
+    finally:
+        primary.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(services: Services, mail: MailServers) -> Iterator[Worker]:
+    env = {
+        "ORION_SMTP_URL": f"smtp://{mail.primary.host}:{mail.primary.port}",
+        "ORION_SMTP_FALLBACK_URL": f"smtp://{mail.fallback.host}:{mail.fallback.port}",
+        "ORION_SMTP_TIMEOUT": "3",
+        "ORION_EMAIL_MAX_ATTEMPTS": "4",
+        "ORION_EMAIL_RETRY_BASE": "0.3",
+        "ORION_ALERT_EMAILS": "ops@orion.test",
+    }
+    w = Worker(services, "a", extra_env=env).start()
     try:
         yield w
     finally:

@@ -18,13 +18,13 @@ from orion_streams.devservices.stack import running_services as _running_service
 from orion_streams.domain.catalog import Product
 
 PARTITIONS = 4
-PAYMENT_TIMEOUT = 2.0
+PAYMENT_TIMEOUT = 5.0
 TEST_PRODUCTS = [Product(f"T-{i:03d}", f"Test product {i}", 1_000 + i) for i in range(1, 81)]
 __all__ = ["Services", "Worker", "wait_until"]
 
 
 def running_services(root: Path) -> Any:
-    """The test stack: 4 partitions, a 2 s payment timeout and the test catalog."""
+    """The test stack: 4 partitions, a 5 s payment timeout and the test catalog."""
     return _running_services(root, partitions=PARTITIONS, payment_timeout=PAYMENT_TIMEOUT, products=TEST_PRODUCTS)
 
 

@@ -80,7 +80,8 @@ async def test_three_hundred_orders_race_for_one_hundred_units(
             line["quantity"] for oid, (lines, _) in placed.items() if statuses[oid] == "CONFIRMED"
             for line in lines if line["sku"] == other
         )
-        assert sold_hot == HOT_STOCK, f"sold {sold_hot} of {HOT_STOCK}"
+        from collections import Counter
+        assert sold_hot == HOT_STOCK, f"sold {sold_hot} of {HOT_STOCK}: {Counter(statuses.values())}"
         assert all(statuses[oid] == "PAYMENT_FAILED" for oid, (_, pay) in placed.items() if pay == "tok_declined")
         confirmed_with_hot = [oid for oid, (lines, _) in placed.items()
                               if statuses[oid] == "CONFIRMED" and any(x["sku"] == hot for x in lines)]

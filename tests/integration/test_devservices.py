@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import smtplib
+import time
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -52,7 +53,11 @@ async def _kafka_roundtrip(bootstrap: str, topic: str) -> bytes:
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-        assert topic in await admin.list_topics()
+        # KRaft publishes new topics to the brokers' metadata a moment after creating them.
+        deadline = time.monotonic() + 10
+        while topic not in await admin.list_topics():
+            assert time.monotonic() < deadline, f"{topic} never listed"
+            await asyncio.sleep(0.1)  # poll until the deadline
     finally:
         await admin.close()
 

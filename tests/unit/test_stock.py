@@ -232,7 +232,7 @@ def test_low_stock_is_reported_once_per_crossing() -> None:
     for order in ("o1", "o2", "o3"):  # available 7, 4, 1
         lvl, _, events = reserve(lvl, None, ReserveLine(order, "A", 3), AT)
         seen.extend(e for e in events if isinstance(e, LowStockDetected))
-    assert seen == [LowStockDetected("A", 4, 5, AT)]
+    assert seen == [LowStockDetected("A", 4, 5, AT, version=2)]  # the second reservation crossed
 
 
 def test_low_stock_is_reported_again_after_recovering() -> None:
@@ -247,7 +247,7 @@ def test_low_stock_is_reported_again_after_recovering() -> None:
 
 def test_raising_the_threshold_can_report_low_stock() -> None:
     _, events = adjust(level(10, threshold=2), AdjustStock("A", "adj-1", 0, "correction", 10), AT)
-    assert of_type(events, LowStockDetected) == [LowStockDetected("A", 10, 10, AT)]
+    assert of_type(events, LowStockDetected) == [LowStockDetected("A", 10, 10, AT, version=1)]
 
 
 def test_version_grows_by_one_per_change_only() -> None:

@@ -1,0 +1,174 @@
+"""Email delivery tracking in PostgreSQL: a queue of messages with leases, and their history.
+
+Every message is one row, unique by its idempotency key, so a redelivered event adds
+nothing. Senders on any worker claim due rows with `FOR UPDATE SKIP LOCKED` and a lease:
+two workers never send the same row at once, and a row whose sender died is claimed again
+once its lease runs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..domain.notifications import Notification
+from . import schema as s
+from .postgres import iso
+
+n = s.notifications
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message a sender holds for one attempt; `attempts` counts this one."""
+
+    id: str
+    key: str
+    template: str
+    recipients: tuple[str, ...]
+    context: dict[str, Any]
+    order_id: str | None
+    sku: str | None
+    correlation_id: str | None
+    attempts: int
+    message_id: str | None
+
+
+class NotificationStore:
+    """The notifications table; all methods are safe to call from many workers at once."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def enqueue(self, notifications: Sequence[Notification]) -> list[str]:
+        """Queue messages not seen before; returns the ids of those actually added."""
+        if not notifications:
+            return []
+        rows = [
+            {
+                "id": x.id, "idempotency_key": x.key, "order_id": x.order_id, "sku": x.sku,
+                "template": x.template, "recipient": ", ".join(x.recipients), "context": dict(x.context),
+                "correlation_id": x.correlation_id,
+            }
+            for x in {x.key: x for x in notifications}.values()
+        ]
+        stmt = insert(n).values(rows).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(n.c.id)
+        async with self.engine.begin() as conn:
+            return [r.id for r in (await conn.execute(stmt)).all()]
+
+    async def claim_due(self, limit: int, lease: float) -> list[Claimed]:
+        """Take up to `limit` queued messages that are due and not held by another sender."""
+        if limit <= 0:
+            return []
+        due = (
+            select(n.c.id)
+            .where(
+                n.c.status == "queued",
+                n.c.next_attempt_at <= func.now(),
+                (n.c.locked_until.is_(None)) | (n.c.locked_until < func.now()),
+            )
+            .order_by(n.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(n)
+            .where(n.c.id.in_(due))
+            .values(
+                attempts=n.c.attempts + 1,
+                locked_until=func.now() + text(f"interval '{float(lease)} seconds'"),
+                updated_at=func.now(),
+            )
+            .returning(n)
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            Claimed(
+                id=r.id, key=r.idempotency_key, template=r.template,
+                recipients=tuple(a.strip() for a in r.recipient.split(",") if a.strip()),
+                context=r.context, order_id=r.order_id, sku=r.sku, correlation_id=r.correlation_id,
+                attempts=r.attempts, message_id=r.message_id,
+            )
+            for r in rows
+        ]
+
+    async def mark_sent(self, id: str, *, server: str, message_id: str, subject: str) -> None:
+        await self._set(
+            id, status="sent", server=server, message_id=message_id, subject=subject,
+            sent_at=func.now(), locked_until=None, last_error=None,
+        )
+
+    async def mark_retry(self, id: str, *, error: str, delay: float, server: str | None, subject: str | None) -> None:
+        await self._set(
+            id, last_error=error[:2000], server=server, subject=subject, locked_until=None,
+            next_attempt_at=func.now() + text(f"interval '{float(delay)} seconds'"),
+        )
+
+    async def mark_failed(self, id: str, *, error: str, server: str | None, subject: str | None) -> None:
+        await self._set(id, status="failed", last_error=error[:2000], server=server, subject=subject, locked_until=None)
+
+    async def _set(self, id: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(n).where(n.c.id == id).values(updated_at=func.now(), **values))
+
+    async def requeue(self, id: str) -> dict[str, Any] | None:
+        """Send a failed message again from a fresh count of attempts; None if not failed."""
+        stmt = (
+            update(n)
+            .where(n.c.id == id, n.c.status == "failed")
+            .values(status="queued", attempts=0, next_attempt_at=func.now(), locked_until=None, updated_at=func.now())
+            .returning(n)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _view(row._mapping) if row is not None else None
+
+    async def get(self, id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(n).where(n.c.id == id))).first()
+        return _view(row._mapping) if row is not None else None
+
+    async def for_order(self, order_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(n).where(n.c.order_id == order_id).order_by(n.c.created_at, n.c.id))
+            ).all()
+        return [_view(r._mapping) for r in rows]
+
+    async def by_key(self, key: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(n).where(n.c.idempotency_key == key))).first()
+        return _view(row._mapping) if row is not None else None
+
+
+def _view(row: Any) -> dict[str, Any]:
+    def when(name: str) -> str | None:
+        value: datetime | None = row[name]
+        return iso(value)
+
+    return {
+        "id": row["id"],
+        "order_id": row["order_id"],
+        "sku": row["sku"],
+        "template": row["template"],
+        "recipient": row["recipient"],
+        "subject": row["subject"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "last_error": row["last_error"],
+        "server": row["server"],
+        "message_id": row["message_id"],
+        "correlation_id": row["correlation_id"],
+        "created_at": when("created_at"),
+        "updated_at": when("updated_at"),
+        "next_attempt_at": when("next_attempt_at") if row["status"] == "queued" else None,
+        "sent_at": when("sent_at"),
+    }

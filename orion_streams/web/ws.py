@@ -1,0 +1,262 @@
+"""`GET /v1/ws`: live order and stock updates over a WebSocket (see API.md).
+
+Importing this module (the worker does, next to the views) registers the route on Faust's
+aiohttp application, before the web server starts and freezes the router, and registers
+`LiveUpdates`, the app service that runs this worker's `LiveFeed` (a group-less consumer of
+every partition of `order-status` and `stock-levels`). When the worker stops, the service
+and aiohttp's `on_shutdown` close every socket with 1001.
+
+Authentication uses the API's JWTs, from `Authorization: Bearer` or the `token` query
+parameter. A refused token still gets the upgrade, then a close with 4401 and the reason,
+because browsers cannot read an HTTP 401 answer to an upgrade; the same close ends a
+connection when its token expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, cast
+
+import mode
+from aiohttp import WSMsgType, web
+
+from ..adapters.live import (
+    GOING_AWAY,
+    UNAUTHORIZED,
+    Connection,
+    Dispatcher,
+    Hub,
+    LiveFeed,
+    hello_message,
+    is_open,
+    order_snapshot_message,
+)
+from ..app import app, runtime, settings
+from .auth import Principal
+from .middleware import CORRELATION_ID
+from .problems import ApiError
+from .views import verifier
+
+log = logging.getLogger("orion.ws")
+
+PATH = "/v1/ws"
+# A send that takes longer than this drops the client as too slow.
+SEND_TIMEOUT = 10.0
+# How long a close waits for the client's close frame, and for the whole close.
+CLOSE_HANDSHAKE = 3.0
+CLOSE_TIMEOUT = 5.0
+SYNC_LIMIT = 100
+SYNC_INTERVAL = 1.0
+MAX_CLIENT_MESSAGE = 64 * 1024
+
+hub = Hub(queue_size=settings.ws_queue_size, send_timeout=SEND_TIMEOUT, close_timeout=CLOSE_TIMEOUT)
+feed = LiveFeed(
+    settings.kafka_bootstrap, Dispatcher(hub), client_id=f"orion-live-{settings.worker_id}"
+)
+
+
+def _reason(text: str) -> bytes:
+    """A close reason fits in 123 bytes of UTF-8."""
+    return text.encode()[:123].decode(errors="ignore").encode()
+
+
+class AiohttpSocket:
+    """aiohttp's WebSocketResponse as the hub's `Socket`; a close that hangs (a client that
+    reads nothing, so the close frame never drains) aborts the TCP connection."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.request = request
+
+    async def send_str(self, data: str) -> None:
+        await self.ws.send_str(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=_reason(reason)), CLOSE_TIMEOUT)
+        except Exception as exc:  # timed out or the transport broke: cut the connection
+            log.debug("close %d did not complete (%s); aborting", code, type(exc).__name__)
+            self.abort()
+
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+
+def _authenticate(request: web.Request) -> Principal:
+    header = request.headers.get("Authorization")
+    if header:
+        return verifier().authenticate(header)
+    token = request.query.get("token", "").strip()
+    if not token:
+        return verifier().authenticate(None)  # raises: no credentials
+    return verifier().verify(token)
+
+
+def _error(detail: str) -> dict[str, Any]:
+    return {"type": "error", "detail": detail}
+
+
+class LiveSession:
+    """What one connected client asked for: answers its messages on its own connection."""
+
+    def __init__(self, conn: Connection, principal: Principal) -> None:
+        self.conn = conn
+        self.principal = principal
+        self._last_sync = float("-inf")
+
+    async def handle(self, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            await self.conn.send(_error("messages must be JSON objects with a 'type'"))
+            return
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "ping":
+            await self.conn.send({"type": "pong"})
+        elif kind == "sync":
+            await self.sync()
+        elif isinstance(kind, str):
+            await self.conn.send(
+                _error(f"unknown message type {kind[:50]!r}; send 'ping' or 'sync'")
+            )
+        else:
+            await self.conn.send(_error("messages must be JSON objects with a string 'type'"))
+
+    async def sync(self) -> None:
+        """The user's open orders (among the latest SYNC_LIMIT) as snapshots, then sync.done.
+        A sync asked within SYNC_INTERVAL of the end of the previous one is refused, so a
+        client cannot keep PostgreSQL busy."""
+        if time.monotonic() - self._last_sync < SYNC_INTERVAL:
+            await self.conn.send(_error(f"sync at most once per {SYNC_INTERVAL:g} s"))
+            return
+        try:
+            await self._sync()
+        finally:
+            self._last_sync = time.monotonic()
+
+    async def _sync(self) -> None:
+        try:
+            await runtime.ready()
+            items, _ = await runtime.store.list_orders(
+                user_id=self.principal.subject, status=None, limit=SYNC_LIMIT, cursor=None
+            )
+        except Exception as exc:  # PostgreSQL away: the client may ask again
+            log.warning("sync for %s failed: %s", self.principal.subject, exc)
+            await self.conn.send(_error("sync failed: orders are unavailable right now; try again"))
+            return
+        open_orders = [order for order in items if is_open(order["status"])]
+        for order in open_orders:
+            if not await self.conn.send(order_snapshot_message(order)):
+                return
+        await self.conn.send({"type": "sync.done", "count": len(open_orders)})
+
+
+def _flag(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """The WebSocket endpoint: authenticate, register with the hub, answer client messages."""
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_heartbeat or None,
+        timeout=CLOSE_HANDSHAKE,
+        max_msg_size=MAX_CLIENT_MESSAGE,
+    )
+    if not ws.can_prepare(request):
+        raise ApiError(
+            426,
+            "Upgrade Required",
+            f"GET {PATH} needs a WebSocket upgrade",
+            headers={"Upgrade": "websocket"},
+        )
+    principal: Principal | None = None
+    refusal = ""
+    try:
+        principal = _authenticate(request)
+    except ApiError as exc:
+        refusal = exc.detail
+    cid = request.get("correlation_id")
+    if cid:
+        ws.headers[CORRELATION_ID] = cid
+    await ws.prepare(request)
+    if principal is None:
+        with contextlib.suppress(Exception):
+            await ws.close(code=UNAUTHORIZED, message=_reason(refusal))
+        return ws
+
+    hello = hello_message(principal.subject, principal.roles, principal.expires_at)
+    conn = hub.connect(
+        principal.subject, AiohttpSocket(ws, request), admin=principal.is_admin, first=hello
+    )
+    expiry: asyncio.TimerHandle | None = None
+    if principal.expires_at is not None:
+        expiry = asyncio.get_running_loop().call_later(
+            max(principal.expires_at - time.time(), 0.0),
+            hub.drop,
+            conn,
+            "expired",
+            UNAUTHORIZED,
+            "token expired",
+        )
+    session = LiveSession(conn, principal)
+    dropped: str | None = None
+    try:
+        if _flag(request.query.get("sync")):
+            await session.sync()
+        while not conn.closed:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                await session.handle(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await conn.send(_error("send JSON as text messages"))
+            else:
+                if msg.type is WSMsgType.ERROR:
+                    # No pong within half the heartbeat: a dead client, or a broken connection.
+                    dropped = "heartbeat" if isinstance(ws.exception(), TimeoutError) else "error"
+                break  # CLOSE, CLOSING, CLOSED or ERROR
+    except Exception:  # never let an error escape a prepared WebSocket into the middleware
+        log.exception("WebSocket handler for %s failed", principal.subject)
+        dropped = dropped or "error"
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        await hub.disconnect(conn, dropped)
+        if not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code=GOING_AWAY), CLOSE_TIMEOUT)
+    return ws
+
+
+async def _close_sockets(_: web.Application) -> None:
+    await hub.close_all(GOING_AWAY, "server shutting down")
+
+
+@app.service
+class LiveUpdates(mode.Service):
+    """Runs this worker's live feed; closes every socket with 1001 when the worker stops."""
+
+    _feed_task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._feed_task = asyncio.create_task(feed.run(), name="orion-live-feed")
+
+    async def on_stop(self) -> None:
+        task, self._feed_task = self._feed_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10)
+        await hub.close_all(GOING_AWAY, "server shutting down")
+
+
+# Faust's aiohttp driver freezes the router when its server starts (after table recovery),
+# so the route and the shutdown hook go in now, at import, like the @app.page views.
+_web_app = cast(Any, app.web).web_app
+_web_app.router.add_get(PATH, websocket, allow_head=False)
+_web_app.on_shutdown.append(_close_sockets)
