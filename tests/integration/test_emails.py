@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from email.message import EmailMessage
 from typing import Any
 
+from orion_streams.adapters.postgres import parse_time
 from orion_streams.agents.common import partition_for
 from orion_streams.devservices.smtp import MailCatcher
 
@@ -46,6 +47,21 @@ def parts(msg: EmailMessage) -> tuple[str, str]:
     text, html = msg.get_body(("plain",)), msg.get_body(("html",))
     assert text is not None and html is not None, "both a text and an HTML part"
     return text.get_content(), html.get_content()
+
+
+def assert_lists_lines(msg: EmailMessage, order_id: str, sku: str, quantity: int) -> None:
+    """An order email: both parts name the order, its line (name, SKU, prices) and total."""
+    number = int(sku.split("-")[1])
+    unit = f"{(1000 + number) / 100:.2f} EUR"
+    total = f"{quantity * (1000 + number) / 100:.2f} EUR"
+    assert msg["To"] == "sarah@example.com" and msg["From"] == "orders@orion.local"
+    assert order_id[:8] in msg["Subject"]
+    assert msg.get_content_type() == "multipart/alternative"
+    text, html = parts(msg)
+    for body in (text, html):
+        assert order_id in body and f"Test product {number}" in body and sku in body
+        assert unit in body and total in body
+    assert "<table" in html and "style=" in html and "<style" not in html
 
 
 async def order(api: Api, token: str, sku: str, quantity: int, payment: str = "tok_ok",
@@ -102,22 +118,11 @@ async def test_a_confirmed_and_fulfilled_order_gets_three_emails(
     by_template = {m["X-Orion-Template"]: m for m in got}
     assert sorted(by_template) == ["order_fulfilled", "order_processing", "order_received"]
     assert len(got) == 3, [m["Subject"] for m in got]
-    number = int(sku.split("-")[1])
-    unit = f"{(1000 + number) / 100:.2f} EUR"
-    total = f"{3 * (1000 + number) / 100:.2f} EUR"
     for template, msg in by_template.items():
-        assert msg["To"] == "sarah@example.com"
-        assert msg["From"] == "orders@orion.local"
-        assert order_id[:8] in msg["Subject"]
+        assert_lists_lines(msg, order_id, sku, 3)
         # each email carries the id of the request that caused it
         expected = "mail-corr-2" if template == "order_fulfilled" else "mail-corr-1"
         assert msg["X-Correlation-ID"] == expected, template
-        assert msg.get_content_type() == "multipart/alternative"
-        text, html = parts(msg)
-        assert order_id in text and order_id in html
-        assert f"Test product {number}" in html and sku in html and unit in html and total in html
-        assert f"Test product {number}" in text and unit in text and total in text
-        assert "<table" in html and "style=" in html
     assert "received" in by_template["order_received"]["Subject"].lower()
 
     sent = await notifications(api, customer, order_id)
@@ -147,13 +152,16 @@ async def test_failed_and_cancelled_orders_are_told_why(
     assert status == 202, body
 
     (pay,) = await arrived(mail, 1, order_id=declined, template="order_failed")
+    assert_lists_lines(pay, declined, sku, 1)
     text, html = parts(pay)
     assert "declined" in text and "declined" in html and "did not go through" in pay["Subject"]
     (rej,) = await arrived(mail, 1, order_id=rejected, template="order_failed")
-    text, _ = parts(rej)
-    assert "no longer in stock" in text and sku in text
+    assert_lists_lines(rej, rejected, sku, 5)
+    text, html = parts(rej)
+    assert "no longer in stock" in text and "no longer in stock" in html
     (can,) = await arrived(mail, 1, order_id=cancelled, template="order_cancelled")
-    assert cancelled[:8] in can["Subject"]
+    assert_lists_lines(can, cancelled, sku, 1)
+    assert "cancelled" in can["Subject"].lower()
     # every order also got its confirmation of receipt, and nothing else
     for order_id, count in ((declined, 2), (rejected, 2), (cancelled, 3)):
         assert len(await arrived(mail, count, order_id=order_id)) == count
@@ -211,6 +219,9 @@ async def test_both_servers_down_retries_then_dead_letters_and_an_admin_can_rese
         order_id = await order(api, customer, sku, 1, payment="tok_declined")
         failed = await row(api, customer, order_id, "order_received", status="failed")
         assert failed["attempts"] == 4  # ORION_EMAIL_MAX_ATTEMPTS in the session worker
+        # backoff from 0.3 s, doubling, jitter in the upper half: at least 0.15 + 0.3 + 0.6 s
+        spent = parse_time(failed["updated_at"]) - parse_time(failed["created_at"])
+        assert spent.total_seconds() >= 1.05, spent
         assert "gave up after 4 attempts" in failed["last_error"]
         assert str(mail.primary.port) in failed["last_error"] and str(mail.fallback.port) in failed["last_error"]
         assert mails(mail, order_id=order_id) == []
@@ -274,9 +285,12 @@ async def test_low_stock_alerts_once_per_crossing(
         assert (await api.decided(customer, order_id))["status"] == "CONFIRMED"
     (alert,) = await arrived(mail, 1, sku=sku, template="low_stock")
     assert alert["To"] == "ops@orion.test"
+    number = int(sku.split("-")[1])
+    assert alert["Subject"] == f"Low stock: Test product {number} ({sku}) has 3 left"
     text, html = parts(alert)
-    assert sku in alert["Subject"] or sku in text
-    assert sku in html and "3" in text
+    for body in (text, html):
+        assert sku in body and f"Test product {number}" in body
+    assert "Available:       3" in text and "Alert threshold: 3" in text
     partition = f"stock-levels[{partition_for(sku, PARTITIONS)}]"
 
     async def consumed() -> bool:
