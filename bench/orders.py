@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -27,7 +28,7 @@ from sqlalchemy import text
 from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.devservices.ports import free_port
 from orion_streams.devservices.smtp import MailCatcher
-from orion_streams.devservices.stack import Services, Worker, running_services
+from orion_streams.devservices.stack import Mailer, Services, Worker, running_services
 from orion_streams.domain.catalog import DEMO_PRODUCTS
 
 
@@ -44,6 +45,15 @@ def _rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 class PeakMemory(threading.Thread):
@@ -135,6 +145,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--stock", type=int, default=100_000, help="units restocked per SKU")
+    parser.add_argument("--no-mailer", action="store_true",
+                        help="queue emails but run no mailer (the pipeline alone, as with mailers on other machines)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="orion-bench-") as tmp, \
             running_services(Path(tmp), partitions=args.partitions, payment_timeout=10.0) as services:
@@ -142,17 +154,29 @@ def main() -> None:
         mail = MailCatcher(Path(tmp) / "mail", port=free_port())
         mail.start()
         env = {"ORION_LOG_LEVEL": "warn", "ORION_SMTP_URL": f"smtp://{mail.host}:{mail.port}"}
-        workers = [Worker(services, f"w{i}", env).start() for i in range(args.workers)]
+        workers: list[Worker] = []
+        mailer: Mailer | None = None
         memory = PeakMemory(workers)
-        memory.start()
+        cpu: dict[str, float] = {}
         try:
+            # Every process started is stopped in `finally`, even if a later one fails to start.
+            for i in range(args.workers):
+                workers.append(Worker(services, f"w{i}", env).start())
+            mailer = None if args.no_mailer else Mailer(services, "m0", env).start()
+            memory.start()
             report = asyncio.run(_place_all(services, workers, args.orders, args.clients, args.stock))
         finally:
             memory.done.set()
+            cpu = {w.name: _cpu_seconds(w.proc.pid) for w in workers if w.proc is not None}
+            if mailer is not None and mailer.proc is not None:
+                cpu["mailer"] = _cpu_seconds(mailer.proc.pid)
             for w in workers:
                 w.stop()
+            if mailer is not None:
+                mailer.stop()
             mail.stop()
         report["emails_received"] = len(mail.messages)
+        report["cpu_seconds"] = {k: round(v, 1) for k, v in cpu.items()}
         report["worker_peak_rss_mb"] = {k: round(v, 1) for k, v in memory.peak.items()}
         print(json.dumps(report, indent=2))
 

@@ -8,7 +8,6 @@ import time
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from .adapters.email import EmailRenderer, SmtpSender, SmtpServer
 from .adapters.notification_store import NotificationStore
 from .adapters.payments import HttpPaymentGateway, SandboxPaymentGateway
 from .adapters.postgres import SqlAlchemyStore
@@ -36,8 +35,6 @@ class Runtime:
         self._catalog_loaded_at = 0.0
         self._admin: AIOKafkaAdminClient | None = None
         self._notifications: NotificationStore | None = None
-        self._mailer: SmtpSender | None = None
-        self.renderer = EmailRenderer()
 
     @property
     def store(self) -> SqlAlchemyStore:
@@ -57,12 +54,6 @@ class Runtime:
             raise RuntimeError("runtime not started")
         return self._notifications
 
-    @property
-    def mailer(self) -> SmtpSender:
-        if self._mailer is None:
-            raise RuntimeError("runtime not started")
-        return self._mailer
-
     async def ready(self) -> Runtime:
         if self._started:
             return self
@@ -78,8 +69,6 @@ class Runtime:
             raise RuntimeError("ORION_DATABASE_URL is not set (orion run/worker sets it)")
         self._store = SqlAlchemyStore(s.database_url, pool_size=s.db_pool_size)
         self._notifications = NotificationStore(self._store.engine)
-        fallback = SmtpServer.from_url(s.smtp_fallback_url) if s.smtp_fallback_url else None
-        self._mailer = SmtpSender(SmtpServer.from_url(s.smtp_url), fallback, timeout=s.smtp_timeout)
         if s.payment_gateway == "http":
             if not s.payment_url:
                 raise RuntimeError("ORION_PAYMENT_GATEWAY=http needs ORION_PAYMENT_URL")

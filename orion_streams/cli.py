@@ -99,6 +99,30 @@ def local_services(settings: Settings) -> Iterator[Settings]:
         yield _replace(settings, kafka_bootstrap=bootstrap, database_url=url, smtp_url=smtp_url)
 
 
+@contextlib.contextmanager
+def _mailer_process(settings: Settings) -> Iterator[None]:
+    """`orion mailer` beside the worker, stopped when the worker stops."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "ORION_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "ORION_DATABASE_URL": settings.database_url,
+        "ORION_SMTP_URL": settings.smtp_url,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "orion_streams.cli", "mailer"], env=env)
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
 def _mail_catcher(state_dir: Path) -> MailCatcher:
     """A local SMTP server that keeps every email (port 1025, or a free one if taken)."""
     from .devservices import DevServiceError
@@ -160,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("run", help="start Kafka, PostgreSQL, migrate, seed and run one worker")
     worker = sub.add_parser("worker", help="run one worker against configured services")
     worker.add_argument("--loglevel", default=None)
+    sub.add_parser("mailer", help="send the queued emails (run one or more next to the workers)")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("topics", help="create Orion's topics")
     sub.add_parser("seed", help="load the demo catalog and stock")
@@ -175,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         with local_services(settings) as ready:
             _prepare(ready, seed=True)
             _banner(ready)
-            run_worker(ready)
+            with _mailer_process(ready):
+                run_worker(ready)
     elif args.command == "services":
         with local_services(settings) as ready:
             _prepare(ready, seed=False)
@@ -188,6 +214,12 @@ def main(argv: list[str] | None = None) -> None:
         if not settings.database_url:
             parser.error("ORION_DATABASE_URL must be set for a worker")
         run_worker(settings, args.loglevel)
+    elif args.command == "mailer":
+        from .mailer import main as mailer_main
+
+        if not settings.database_url:
+            parser.error("ORION_DATABASE_URL must be set for a mailer")
+        mailer_main(settings)
     elif args.command == "migrate":
         _migrate(settings.database_url)
     elif args.command == "topics":

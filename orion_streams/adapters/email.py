@@ -423,11 +423,13 @@ class SmtpSender:
     async def send(self, message: EmailMessage) -> Delivery:
         """Send ``message``; raises TemporaryEmailError or PermanentEmailError when every
         server failed (permanent only if every failure was permanent)."""
-        base = copy.deepcopy(message)
-        if base["Message-ID"] is None:
-            base["Message-ID"] = make_msgid(domain=_domain_of(base["From"]))
-        if base["Date"] is None:
-            base["Date"] = format_datetime(datetime.now(UTC))
+        base = message
+        if message["Message-ID"] is None or message["Date"] is None:
+            base = copy.deepcopy(message)  # never change the caller's message
+            if base["Message-ID"] is None:
+                base["Message-ID"] = make_msgid(domain=_domain_of(base["From"]))
+            if base["Date"] is None:
+                base["Date"] = format_datetime(datetime.now(UTC))
         message_id = str(base["Message-ID"])
 
         failures: list[str] = []

@@ -413,7 +413,11 @@ class LiveFeed:
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
         consumer_factory: ConsumerFactory = AIOKafkaConsumer,
+        idle: Callable[[], bool] = lambda: False,
+        lookback: float = 2.0,
     ) -> None:
+        self.idle = idle
+        self.lookback = lookback
         self.bootstrap = bootstrap
         self.dispatch = dispatch
         self.topics = tuple(topics)
@@ -455,6 +459,16 @@ class LiveFeed:
             await asyncio.sleep(delay * (0.5 + random.random()))  # backoff before reconnecting
             delay = min(delay * 2, self.max_backoff)
 
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        since = int((time.time() - self.lookback) * 1000)
+        found = await consumer.offsets_for_times({tp: since for tp in self.assigned})
+        ends = await consumer.end_offsets(list(self.assigned))
+        for tp in self.assigned:
+            hit = found.get(tp)
+            offset = hit.offset if hit is not None else ends[tp]
+            consumer.seek(tp, offset)
+            self.positions[tp] = offset
+
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         # A consumer without a subscription learns about topics only when asked; aiokafka's
         # public topics() returns names only, so ask the client for the whole metadata.
@@ -492,7 +506,21 @@ class LiveFeed:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         next_refresh = time.monotonic() + self.refresh_every
+        paused = False
         while True:
+            # Nobody connected: fetch nothing (fetching costs the pipeline's CPU). The first
+            # client makes the feed go back `lookback` seconds by record time, so an update
+            # published while it was connecting is not missed (the dispatcher drops repeats).
+            if self.idle():
+                if not paused:
+                    consumer.pause(*self.assigned)
+                    paused = True
+                await asyncio.sleep(0.1)  # poll for the first client
+                continue
+            if paused:
+                await self._rewind(consumer)
+                consumer.resume(*self.assigned)
+                paused = False
             batch = await consumer.getmany(timeout_ms=1000, max_records=1000)
             for tp, msgs in batch.items():
                 for msg in msgs:

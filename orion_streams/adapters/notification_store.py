@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..domain.notifications import Notification
 from . import schema as s
@@ -60,7 +60,10 @@ class NotificationStore:
         ]
         stmt = insert(n).values(rows).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(n.c.id)
         async with self.engine.begin() as conn:
-            return [r.id for r in (await conn.execute(stmt)).all()]
+            added = [r.id for r in (await conn.execute(stmt)).all()]
+            if added:
+                await _notify(conn)
+        return added
 
     async def claim_due(self, limit: int, lease: float) -> list[Claimed]:
         """Take up to `limit` queued messages that are due and not held by another sender."""
@@ -129,6 +132,8 @@ class NotificationStore:
         )
         async with self.engine.begin() as conn:
             row = (await conn.execute(stmt)).first()
+            if row is not None:
+                await _notify(conn)
         return _view(row._mapping) if row is not None else None
 
     async def get(self, id: str) -> dict[str, Any] | None:
@@ -147,6 +152,14 @@ class NotificationStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(n).where(n.c.idempotency_key == key))).first()
         return _view(row._mapping) if row is not None else None
+
+
+# Senders LISTEN on this channel; a commit that queues messages wakes them at once.
+CHANNEL = "orion_notifications"
+
+
+async def _notify(conn: AsyncConnection) -> None:
+    await conn.execute(text(f"NOTIFY {CHANNEL}"))
 
 
 def _view(row: Any) -> dict[str, Any]:

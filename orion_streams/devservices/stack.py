@@ -169,3 +169,57 @@ class Worker:
             self.proc.wait(10)
 
 
+
+
+class Mailer:
+    """One `orion mailer` process: sends the emails the workers queue."""
+
+    def __init__(self, services: Services, name: str, extra_env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.dir = services.state_dir / f"mailer-{name}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "mailer.log"
+        self.env = {
+            **os.environ,
+            "ORION_KAFKA_BOOTSTRAP": services.bootstrap,
+            "ORION_DATABASE_URL": services.database_url,
+            "ORION_STATE_DIR": str(self.dir),
+            "ORION_LOG_LEVEL": "info",
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> Mailer:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orion_streams.cli", "mailer"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_until(self.listening, timeout, f"mailer {self.name} to listen")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"mailer {self.name} did not start:\n{self.tail()}") from None
+        return self
+
+    def listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"mailer {self.name} exited:\n{self.tail()}")
+        return "listening for queued emails" in self.tail(200)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -52,6 +53,27 @@ class Queue(Protocol):
 
 
 DeadLetter = Callable[[Claimed, str], Awaitable[None]]
+
+
+def dead_letter_record(message: Claimed, reason: str, at: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers of the `dead-letters` record for an email given up on."""
+    body = {
+        "reason": reason,
+        "source_topic": "notifications",
+        "notification_id": message.id,
+        "idempotency_key": message.key,
+        "template": message.template,
+        "recipients": list(message.recipients),
+        "order_id": message.order_id,
+        "sku": message.sku,
+        "attempts": message.attempts,
+        "at": at,
+    }
+    headers = [("reason", reason.encode()[:1000]), ("source-topic", b"notifications")]
+    if message.correlation_id:
+        headers.append(("correlation-id", message.correlation_id.encode()))
+    key = (message.order_id or message.sku or message.id).encode()
+    return key, json.dumps(body).encode(), headers
 
 
 class NotificationDispatcher:
@@ -136,8 +158,7 @@ class NotificationDispatcher:
 
     async def _deliver(self, m: Claimed) -> None:
         try:
-            # Rendering and MIME building are CPU work: off the event loop the agents share.
-            rendered = await asyncio.to_thread(self.renderer.render, m.template, m.context)
+            rendered = self.renderer.render(m.template, m.context)
         except Exception as exc:  # a template bug never fixes itself by retrying
             await self._give_up(m, f"cannot render {m.template}: {exc}", None, None)
             return
@@ -151,9 +172,7 @@ class NotificationDispatcher:
             headers["X-Orion-Order-Id"] = m.order_id
         if m.sku:
             headers["X-Orion-SKU"] = m.sku
-        email = await asyncio.to_thread(
-            compose, rendered, sender=self.sender, to=m.recipients, message_id=message_id, headers=headers
-        )
+        email = compose(rendered, sender=self.sender, to=m.recipients, message_id=message_id, headers=headers)
         try:
             delivery = await self.mailer.send(email)
         except PermanentEmailError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 from faust.web import View
 
-from ..agents.notify import wake_sender
 from ..app import app, runtime
 from .problems import conflict, not_found
 from .views import _visible_order, json_response, principal_of
@@ -36,7 +35,8 @@ class NotificationView(View):
 @app.page("/v1/notifications/{notification_id}/retry")
 class RetryNotificationView(View):
     async def post(self, request: web.Request, notification_id: str) -> web.Response:
-        """Queue a failed email again with a fresh count of attempts (admin): 202, or 409
+        """Queue a failed email again with a fresh count of attempts (admin; the mailers are
+        woken by NOTIFY): 202, or 409
         when it is not failed (sent, or still being tried)."""
         principal_of(request).require("admin")
         await runtime.ready()
@@ -46,5 +46,4 @@ class RetryNotificationView(View):
             if current is None:
                 raise not_found(f"no notification {notification_id}")
             raise conflict(f"notification {notification_id} is {current['status']}; only failed ones can be retried")
-        wake_sender()
         return json_response(row, 202)

@@ -55,7 +55,10 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 
 hub = Hub(queue_size=settings.ws_queue_size, send_timeout=SEND_TIMEOUT, close_timeout=CLOSE_TIMEOUT)
 feed = LiveFeed(
-    settings.kafka_bootstrap, Dispatcher(hub), client_id=f"orion-live-{settings.worker_id}"
+    settings.kafka_bootstrap,
+    Dispatcher(hub),
+    client_id=f"orion-live-{settings.worker_id}",
+    idle=lambda: hub.idle,
 )
 
 

@@ -11,7 +11,7 @@ import pytest
 from orion_streams.devservices.ports import free_port
 from orion_streams.devservices.smtp import MailCatcher
 
-from .harness import TEST_PRODUCTS, Api, Services, Worker, running_services
+from .harness import TEST_PRODUCTS, Api, Mailer, Services, Worker, running_services
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -62,7 +62,11 @@ def worker(services: Services, mail: MailServers) -> Iterator[Worker]:
     }
     w = Worker(services, "a", extra_env=env).start()
     try:
-        yield w
+        mailer = Mailer(services, "a", extra_env=env).start()
+        try:
+            yield w
+        finally:
+            mailer.stop()
     finally:
         w.stop()
 

@@ -13,14 +13,14 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from orion_streams.devservices.stack import Services, Worker, wait_until
+from orion_streams.devservices.stack import Mailer, Services, Worker, wait_until
 from orion_streams.devservices.stack import running_services as _running_services
 from orion_streams.domain.catalog import Product
 
 PARTITIONS = 4
 PAYMENT_TIMEOUT = 5.0
 TEST_PRODUCTS = [Product(f"T-{i:03d}", f"Test product {i}", 1_000 + i) for i in range(1, 81)]
-__all__ = ["Services", "Worker", "wait_until"]
+__all__ = ["Mailer", "Services", "Worker", "wait_until"]
 
 
 def running_services(root: Path) -> Any:

@@ -320,3 +320,27 @@ async def test_a_slow_send_does_not_hold_up_other_messages() -> None:
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
+
+
+# --- the mailer process's pieces ---------------------------------------------------
+
+
+def test_dead_letter_record_names_the_email_and_why() -> None:
+    import json
+
+    from orion_streams.services.notifications import dead_letter_record
+
+    claimed = Claimed("n1", "order:o1:PENDING", "order_received", ("a@x.test",), {}, "o1", None, "cid-3", 4, None)
+    key, value, headers = dead_letter_record(claimed, "gave up after 4 attempts", AT)
+    body = json.loads(value)
+    assert key == b"o1"
+    assert body["notification_id"] == "n1" and body["attempts"] == 4 and body["source_topic"] == "notifications"
+    assert ("correlation-id", b"cid-3") in headers and ("reason", b"gave up after 4 attempts") in headers
+
+
+def test_the_mailer_listens_with_a_plain_asyncpg_dsn() -> None:
+    from orion_streams.mailer import asyncpg_dsn
+
+    assert asyncpg_dsn("postgresql+asyncpg://orion:s%40cret@127.0.0.1:5433/orion") == (
+        "postgresql://orion:s%40cret@127.0.0.1:5433/orion"
+    )

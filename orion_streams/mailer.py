@@ -1,0 +1,159 @@
+"""`orion mailer`: the process that sends the emails the email agent queued.
+
+Workers only queue emails (rows in `notifications`); mailers claim due rows with
+`FOR UPDATE SKIP LOCKED` and a lease, render, send over SMTP (primary, then fallback), retry
+with backoff and dead-letter what cannot be delivered. A separate process keeps rendering
+and SMTP off the workers' CPU and event loop, and any number of mailers may run.
+
+A mailer LISTENs on the `orion_notifications` channel, which every commit that queues
+emails NOTIFYs, so new emails go out at once; it also polls, for retries that come due and
+in case the listening connection is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.engine import make_url
+
+from . import topics
+from .adapters.email import EmailRenderer, SmtpSender, SmtpServer
+from .adapters.notification_store import CHANNEL, Claimed, NotificationStore
+from .adapters.postgres import SqlAlchemyStore
+from .config import Settings
+from .domain.notifications import RetryPolicy
+from .services.notifications import NotificationDispatcher, dead_letter_record
+
+log = logging.getLogger("orion.mailer")
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """A SQLAlchemy URL (postgresql+asyncpg://...) as a plain DSN for asyncpg."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> None:
+    """Wake the dispatcher on every NOTIFY; reconnect with backoff when the connection drops."""
+    delay = 0.5
+    first = True
+    while not stop.is_set():
+        conn: Any = None
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+            await conn.add_listener(CHANNEL, lambda *_args: wake())
+            if first:
+                # Always printed, whatever the log level: process managers and tests wait for it.
+                print(f"orion mailer: listening for queued emails on {CHANNEL}", flush=True)
+                first = False
+            else:
+                log.info("listening again for queued emails on %s", CHANNEL)
+            delay = 0.5
+            wake()  # whatever was queued while not listening
+            waiters = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if not stop.is_set():
+                log.warning("lost the LISTEN connection; polling until it is back")
+        except Exception as exc:  # PostgreSQL away: polling carries on meanwhile
+            log.warning("cannot LISTEN (%s); again in %.1fs", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):  # backoff, cut short by stop
+                    await stop.wait()
+            delay = min(delay * 2, 30.0)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=2)
+
+
+class KafkaDeadLetters:
+    """Publishes emails given up on to `dead-letters`; the producer starts on first use."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __call__(self, message: Claimed, reason: str) -> None:
+        from .agents.common import now
+
+        if self._producer is None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", request_timeout_ms=10_000)
+            await producer.start()
+            self._producer = producer
+        key, value, headers = dead_letter_record(message, reason, now().iso)
+        await self._producer.send_and_wait(topics.DEAD_LETTERS.name, value, key=key, headers=headers)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+def dispatcher_for(settings: Settings, queue: NotificationStore, dead_letter: Any) -> NotificationDispatcher:
+    fallback = SmtpServer.from_url(settings.smtp_fallback_url) if settings.smtp_fallback_url else None
+    mailer = SmtpSender(SmtpServer.from_url(settings.smtp_url), fallback, timeout=settings.smtp_timeout)
+    return NotificationDispatcher(
+        queue,
+        EmailRenderer(),
+        mailer,
+        sender=settings.mail_from,
+        policy=RetryPolicy(settings.email_max_attempts, settings.email_retry_base, settings.email_retry_max),
+        dead_letter=dead_letter,
+        # Retries come due between NOTIFYs: look at least twice per base delay.
+        poll=max(0.1, min(1.0, settings.email_retry_base / 2)),
+        # Primary and fallback, each up to a timeout per SMTP step: the lease outlasts both.
+        lease=max(60.0, 12 * settings.smtp_timeout),
+    )
+
+
+async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
+    """Send queued emails until `stop` is set."""
+    if not settings.database_url:
+        raise SystemExit("ORION_DATABASE_URL must be set for the mailer")
+    store = SqlAlchemyStore(settings.database_url, pool_size=4)
+    dead_letters = KafkaDeadLetters(settings.kafka_bootstrap)
+    dispatcher = dispatcher_for(settings, NotificationStore(store.engine), dead_letters)
+    log.info(
+        "mailer sending through %s%s", SmtpServer.from_url(settings.smtp_url).label,
+        f", fallback {SmtpServer.from_url(settings.smtp_fallback_url).label}" if settings.smtp_fallback_url else "",
+    )
+    tasks = [
+        asyncio.ensure_future(dispatcher.run()),
+        asyncio.ensure_future(listen(asyncpg_dsn(settings.database_url), dispatcher.wake, stop)),
+    ]
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await dead_letters.close()
+        await store.close()
+        log.info("mailer stopped")
+
+
+def main(settings: Settings) -> None:
+    """Run a mailer in this process until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+    )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_mailer(settings, stop)
+
+    asyncio.run(serve())
