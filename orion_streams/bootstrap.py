@@ -8,6 +8,7 @@ import time
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from .adapters.apikeys import ApiKeyStore
 from .adapters.notification_store import NotificationStore
 from .adapters.payments import HttpPaymentGateway, SandboxPaymentGateway
 from .adapters.postgres import SqlAlchemyStore
@@ -35,6 +36,7 @@ class Runtime:
         self._catalog_loaded_at = 0.0
         self._admin: AIOKafkaAdminClient | None = None
         self._notifications: NotificationStore | None = None
+        self._api_keys: ApiKeyStore | None = None
 
     @property
     def store(self) -> SqlAlchemyStore:
@@ -47,6 +49,12 @@ class Runtime:
         if self._gateway is None:
             raise RuntimeError("runtime not started")
         return self._gateway
+
+    @property
+    def api_keys(self) -> ApiKeyStore:
+        if self._api_keys is None:
+            raise RuntimeError("runtime not started")
+        return self._api_keys
 
     @property
     def notifications(self) -> NotificationStore:
@@ -69,6 +77,7 @@ class Runtime:
             raise RuntimeError("ORION_DATABASE_URL is not set (orion run/worker sets it)")
         self._store = SqlAlchemyStore(s.database_url, pool_size=s.db_pool_size)
         self._notifications = NotificationStore(self._store.engine)
+        self._api_keys = ApiKeyStore(self._store.engine)
         if s.payment_gateway == "http":
             if not s.payment_url:
                 raise RuntimeError("ORION_PAYMENT_GATEWAY=http needs ORION_PAYMENT_URL")

@@ -41,6 +41,32 @@ async def _seed(settings: Settings) -> None:
     await publish_seed_stock(settings.kafka_bootstrap, list(DEMO_STOCK))
 
 
+async def _apikey(settings: Settings, args: argparse.Namespace) -> str:
+    import json
+
+    from .adapters.apikeys import ApiKeyStore
+    from .adapters.postgres import SqlAlchemyStore
+
+    store = SqlAlchemyStore(settings.database_url, pool_size=1)
+    try:
+        keys = ApiKeyStore(store.engine)
+        if args.action == "create":
+            scopes = [x.strip() for x in args.scopes.split(",") if x.strip()]
+            try:
+                key, record = await keys.create(args.name, scopes, f"cli:{os.environ.get('USER', 'unknown')}")
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from exc
+            return f"{json.dumps(record, indent=2)}\nkey (shown once, store it now): {key}"
+        if args.action == "revoke":
+            revoked = await keys.revoke(args.key_id)
+            if revoked is None:
+                raise SystemExit(f"no API key {args.key_id}")
+            return json.dumps(revoked, indent=2)
+        return json.dumps(await keys.list(), indent=2)
+    finally:
+        await store.close()
+
+
 def _prepare(settings: Settings, *, seed: bool) -> None:
     from .adapters.kafka_admin import ensure_topics
 
@@ -59,7 +85,7 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     os.environ["ORION_SMTP_URL"] = settings.smtp_url
     from . import agents  # noqa: F401  (registers the agents)
     from .app import app
-    from .web import notifications, views, ws  # noqa: F401  (registers the views, /v1/ws and its feed)
+    from .web import apikeys, notifications, openapi, views, ws  # noqa: F401  (registers the views, /v1/ws and its feed)
 
     # Faust creates only the last level of its data directory.
     Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +211,14 @@ def main(argv: list[str] | None = None) -> None:
     worker = sub.add_parser("worker", help="run one worker against configured services")
     worker.add_argument("--loglevel", default=None)
     sub.add_parser("mailer", help="send the queued emails (run one or more next to the workers)")
+    apikey = sub.add_parser("apikey", help="create, list or revoke service API keys")
+    apikey_sub = apikey.add_subparsers(dest="action", required=True)
+    create = apikey_sub.add_parser("create", help="create a key and print it (shown once)")
+    create.add_argument("name")
+    create.add_argument("--scopes", required=True, help="comma-separated, e.g. orders:write,orders:read")
+    apikey_sub.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = apikey_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("topics", help="create Orion's topics")
     sub.add_parser("seed", help="load the demo catalog and stock")
@@ -220,6 +254,10 @@ def main(argv: list[str] | None = None) -> None:
         if not settings.database_url:
             parser.error("ORION_DATABASE_URL must be set for a mailer")
         mailer_main(settings)
+    elif args.command == "apikey":
+        if not settings.database_url:
+            parser.error("ORION_DATABASE_URL must be set")
+        print(asyncio.run(_apikey(settings, args)))
     elif args.command == "migrate":
         _migrate(settings.database_url)
     elif args.command == "topics":

@@ -29,6 +29,10 @@ class Settings:
     jwt_public_key: str | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # RS/PS/ES keys as a local JWKS file (the token's `kid` picks the key); instead of a PEM key.
+    jwt_jwks_file: str | None = None
+    # Clock leeway (seconds) when checking a token's exp, nbf and iat.
+    jwt_leeway: float = 5.0
     smtp_url: str = "smtp://127.0.0.1:1025"
     smtp_fallback_url: str | None = None
     mail_from: str = "orders@orion.local"
@@ -42,6 +46,13 @@ class Settings:
     # WebSocket: messages queued per socket before a slow client is dropped; ping interval.
     ws_queue_size: int = 256
     ws_heartbeat: float = 20.0
+    ws_max_per_user: int = 10
+    # Order creation per caller, per worker: sustained rate and burst, for users and for
+    # services (API keys and service tokens place orders for many people).
+    order_rate_per_minute: float = 120.0
+    order_burst: int = 30
+    service_order_rate_per_minute: float = 12_000.0
+    service_order_burst: int = 1_000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     state_dir: Path = field(default_factory=_default_state_dir)
@@ -73,6 +84,8 @@ class Settings:
             jwt_public_key=os.environ.get("ORION_JWT_PUBLIC_KEY"),
             jwt_issuer=os.environ.get("ORION_JWT_ISSUER"),
             jwt_audience=os.environ.get("ORION_JWT_AUDIENCE"),
+            jwt_jwks_file=os.environ.get("ORION_JWT_JWKS_FILE"),
+            jwt_leeway=float(_env("ORION_JWT_LEEWAY", str(cls.jwt_leeway))),
             smtp_url=_env("ORION_SMTP_URL", cls.smtp_url),
             smtp_fallback_url=os.environ.get("ORION_SMTP_FALLBACK_URL"),
             mail_from=_env("ORION_MAIL_FROM", cls.mail_from),
@@ -85,6 +98,13 @@ class Settings:
             email_retry_max=float(_env("ORION_EMAIL_RETRY_MAX", str(cls.email_retry_max))),
             ws_queue_size=int(_env("ORION_WS_QUEUE_SIZE", str(cls.ws_queue_size))),
             ws_heartbeat=float(_env("ORION_WS_HEARTBEAT", str(cls.ws_heartbeat))),
+            ws_max_per_user=int(_env("ORION_WS_MAX_PER_USER", str(cls.ws_max_per_user))),
+            order_rate_per_minute=float(_env("ORION_ORDER_RATE_PER_MINUTE", str(cls.order_rate_per_minute))),
+            order_burst=int(_env("ORION_ORDER_BURST", str(cls.order_burst))),
+            service_order_rate_per_minute=float(
+                _env("ORION_SERVICE_ORDER_RATE_PER_MINUTE", str(cls.service_order_rate_per_minute))
+            ),
+            service_order_burst=int(_env("ORION_SERVICE_ORDER_BURST", str(cls.service_order_burst))),
             web_host=_env("ORION_WEB_HOST", cls.web_host),
             web_port=int(_env("ORION_WEB_PORT", str(cls.web_port))),
             state_dir=_default_state_dir(),

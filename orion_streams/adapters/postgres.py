@@ -45,6 +45,7 @@ class AuditContext:
 
     correlation_id: str | None
     actor: str | None
+    actor_roles: str | None = None
 
 
 class InvalidCursor(ValueError):
@@ -172,6 +173,7 @@ class SqlAlchemyStore:
                     {
                         "order_id": a.order_id, "seq": a.seq, "type": a.kind, "at": parse_time(a.at),
                         "data": dict(a.data), "correlation_id": ctx.correlation_id, "actor": ctx.actor,
+                        "actor_roles": ctx.actor_roles,
                     }
                     for a, ctx in {(a.order_id, a.seq): (a, ctx) for a, ctx in audit}.values()
                 ]
@@ -298,7 +300,8 @@ class SqlAlchemyStore:
             rows = (await conn.execute(select(e).where(e.c.order_id == order_id).order_by(e.c.seq))).all()
         return [
             {"seq": r.seq, "type": r.type, "at": iso(r.at), "data": r.data,
-             "correlation_id": r.correlation_id, "actor": r.actor}
+             "correlation_id": r.correlation_id, "actor": r.actor,
+             "actor_roles": r.actor_roles.split(",") if r.actor_roles else []}
             for r in rows
         ]
 

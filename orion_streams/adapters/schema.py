@@ -96,6 +96,7 @@ order_events = Table(
     Column("data", JSONB, nullable=False),
     Column("correlation_id", String(200)),
     Column("actor", String(300)),
+    Column("actor_roles", String(200)),
     PrimaryKeyConstraint("order_id", "seq"),
 )
 
@@ -121,4 +122,18 @@ notifications = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("locked_until", DateTime(timezone=True)),
     Column("sent_at", DateTime(timezone=True)),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(20), nullable=False),
+    Column("scopes", JSONB, nullable=False),
+    Column("created_by", String(300), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
 )

@@ -24,6 +24,10 @@ CORRELATION_HEADER = "correlation-id"
 BATCH_SIZE = 256
 BATCH_WITHIN = 0.01
 ACTOR_HEADER = "actor"
+# Comma-separated roles of the actor (e.g. "customer", "service"); absent when unknown.
+ROLES_HEADER = "actor-roles"
+# What the audit trail says when a producer identified nobody.
+UNIDENTIFIED = "external:unidentified"
 
 
 def now() -> Clock:
@@ -40,13 +44,23 @@ def header(event: faust.EventT[bytes], name: str) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def make_headers(correlation_id: str | None, actor: str | None) -> list[tuple[str, bytes]]:
+def make_headers(
+    correlation_id: str | None, actor: str | None, roles: str | None = None
+) -> list[tuple[str, bytes]]:
+    """The identity headers every Orion event carries on to the events it causes."""
     out = []
     if correlation_id:
         out.append((CORRELATION_HEADER, correlation_id.encode()))
     if actor:
         out.append((ACTOR_HEADER, actor.encode()))
+    if roles:
+        out.append((ROLES_HEADER, roles.encode()))
     return out
+
+
+def identity(event: faust.EventT[bytes]) -> list[tuple[str, bytes]]:
+    """An incoming event's correlation id, actor and roles, to pass on unchanged."""
+    return make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER))
 
 
 def partition_for(key: str, partitions: int) -> int:

@@ -12,7 +12,7 @@ from ..app import app, order_events_topic, payment_requests_topic, runtime, sett
 from ..domain import commands as c
 from ..domain import events as e
 from ..services.ports import PaymentError
-from .common import ACTOR_HEADER, CORRELATION_HEADER, dead_letter, header, make_headers, send_all
+from .common import dead_letter, identity, send_all
 
 log = logging.getLogger("orion.payment")
 
@@ -53,5 +53,5 @@ async def take_payment(stream: faust.StreamT[bytes]) -> None:
             await dead_letter(event, f"{type(command).__name__} does not belong on payment-requests")
             continue
         outcome = await authorize(command)
-        headers = make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER))
+        headers = identity(event)
         await send_all([(order_events_topic, command.order_id, outcome, headers)])

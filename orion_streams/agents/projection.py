@@ -12,7 +12,15 @@ from .. import records
 from ..adapters.postgres import AuditContext
 from ..app import app, projection_inputs, runtime
 from ..domain import events as e
-from .common import ACTOR_HEADER, CORRELATION_HEADER, Outbox, dead_letter, handle_in_batches, header
+from .common import (
+    ACTOR_HEADER,
+    CORRELATION_HEADER,
+    ROLES_HEADER,
+    Outbox,
+    dead_letter,
+    handle_in_batches,
+    header,
+)
 
 log = logging.getLogger("orion.projection")
 
@@ -49,7 +57,9 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         case e.OrderStatusChanged():
             batch.statuses.append(message)
         case e.AuditEntry():
-            ctx = AuditContext(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER))
+            ctx = AuditContext(
+                header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER)
+            )
             batch.audit.append((message, ctx))
         case e.StockLevelChanged():
             batch.levels.append(message)

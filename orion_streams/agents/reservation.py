@@ -14,14 +14,11 @@ from ..domain import events as e
 from ..domain import stock as rules
 from ..tables import inventory
 from .common import (
-    ACTOR_HEADER,
-    CORRELATION_HEADER,
     Outbox,
     dead_letter,
     handle_in_batches,
-    header,
+    identity,
     key_text,
-    make_headers,
     now,
 )
 
@@ -89,7 +86,7 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     if replay and new_level is not level:
         log.error("redelivered %s at offset %d would change stock again; ignored", type(command).__name__, offset)
         return
-    headers = make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER))
+    headers = identity(event)
     for m in outputs:
         outbox.send(*_route(m), m, headers)
     if new_level is not level:

@@ -32,6 +32,8 @@ from ..tables import sagas
 from .common import (
     ACTOR_HEADER,
     CORRELATION_HEADER,
+    ROLES_HEADER,
+    UNIDENTIFIED,
     Outbox,
     dead_letter,
     handle_in_batches,
@@ -85,6 +87,7 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
             return
     correlation_id = header(event, CORRELATION_HEADER)
     actor = header(event, ACTOR_HEADER)
+    roles = header(event, ROLES_HEADER)
     if getattr(message, "order_id", None) != order_id:
         await dead_letter(event, "the message key must equal its order_id")
         return
@@ -95,7 +98,7 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         log.info("re-partitioning %s from %d to %d", order_id, event.message.partition, expected)
         fut = await orders_topic.send(
             key=order_id.encode(), value=event.value, partition=expected,
-            headers=make_headers(correlation_id, actor),
+            headers=make_headers(correlation_id, actor, roles),
         )
         await fut
         return
@@ -112,7 +115,8 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
             await dead_letter(event, f"invalid order: {exc}")
             return
         correlation_id = correlation_id or message.event_id
-        actor = actor or f"user:{message.user_id}"
+        if not actor:  # a producer that identified nobody is recorded as such
+            actor, roles = UNIDENTIFIED, None
     else:
         if current is None:
             await dead_letter(event, f"no order {order_id} is known to the saga")
@@ -122,13 +126,16 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
             records.saga_from_value(state["saga"]), message, now_, settings.payment_timeout
         )
         correlation_id = correlation_id or state.get("correlation_id")
-        actor = actor or state.get("actor")
+        if not actor:
+            actor, roles = state.get("actor"), state.get("actor_roles")
     if not outputs:
         return
-    headers = make_headers(correlation_id, actor)
+    headers = make_headers(correlation_id, actor, roles)
     for m in outputs:
         outbox.send(*_route(m), m, headers)
-    sagas.put(event, order_id, {"saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor})
+    sagas.put(event, order_id, {
+        "saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor, "actor_roles": roles,
+    })
     if saga.status.value != "RESERVED":
         _timeouts_sent.discard(order_id)
 
@@ -184,7 +191,7 @@ async def chase_overdue_sagas() -> None:
         if not state or not _active(order_id):
             continue
         value = state["saga"]
-        headers = make_headers(state.get("correlation_id"), "service:orion-saga")
+        headers = make_headers(state.get("correlation_id"), "service:orion-saga", "service")
         if value["status"] == "RESERVED" and value.get("payment_deadline") is not None:
             if value["payment_deadline"] <= now_.epoch and order_id not in _timeouts_sent:
                 sends.append((order_events_topic, order_id, e.PaymentTimedOut(order_id), headers))

@@ -116,6 +116,9 @@ class Worker:
             "ORION_PAYMENT_TIMEOUT": str(services.payment_timeout),
             "ORION_WORKER_ID": name,
             "ORION_LOG_LEVEL": "info",
+            # Test and benchmark clients place orders far faster than shoppers do.
+            "ORION_ORDER_RATE_PER_MINUTE": "600000",
+            "ORION_ORDER_BURST": "10000",
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

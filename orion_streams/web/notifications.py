@@ -6,6 +6,7 @@ from aiohttp import web
 from faust.web import View
 
 from ..app import app, runtime
+from .identity import allow
 from .problems import conflict, not_found
 from .views import _visible_order, json_response, principal_of
 
@@ -14,7 +15,8 @@ from .views import _visible_order, json_response, principal_of
 class OrderNotificationsView(View):
     async def get(self, request: web.Request, order_id: str) -> web.Response:
         """Every email queued for the order (owner or admin), oldest first."""
-        principal = principal_of(request)
+        principal = await principal_of(request)
+        allow(principal, scope="orders:read")
         await runtime.ready()
         await _visible_order(principal, order_id)
         return json_response({"items": await runtime.notifications.for_order(order_id), "next_cursor": None})
@@ -24,7 +26,7 @@ class OrderNotificationsView(View):
 class NotificationView(View):
     async def get(self, request: web.Request, notification_id: str) -> web.Response:
         """One email's delivery record (admin)."""
-        principal_of(request).require("admin")
+        allow(await principal_of(request), "admin")
         await runtime.ready()
         row = await runtime.notifications.get(notification_id)
         if row is None:
@@ -38,7 +40,7 @@ class RetryNotificationView(View):
         """Queue a failed email again with a fresh count of attempts (admin; the mailers are
         woken by NOTIFY): 202, or 409
         when it is not failed (sent, or still being tried)."""
-        principal_of(request).require("admin")
+        allow(await principal_of(request), "admin")
         await runtime.ready()
         row = await runtime.notifications.requeue(notification_id)
         if row is None:

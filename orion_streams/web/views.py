@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -24,13 +25,17 @@ from ..domain.errors import FieldError, ValidationFailed
 from ..domain.orders import OrderStatus, order_currency, parse_order_request, priced_lines
 from ..domain.stock import ADJUSTMENT_REASONS
 from .auth import Principal, TokenVerifier
+from .identity import allow, authenticate, sees_all_orders
 from .problems import ApiError, bad_request, conflict, not_found, unavailable, unprocessable
+from .ratelimit import TokenBuckets
 
 log = logging.getLogger("orion.web")
 ORDERS_ACCEPTED = Counter("orion_orders_accepted_total", "Orders acknowledged with 202")
 MAX_WAIT = 30.0
 _NAMESPACE = uuid.UUID("5b8f6f2e-7d8c-4f61-9a43-0c8d3c1f2a10")
 _verifier: TokenVerifier | None = None
+order_limits = TokenBuckets(settings.order_rate_per_minute / 60.0, settings.order_burst)
+service_order_limits = TokenBuckets(settings.service_order_rate_per_minute / 60.0, settings.service_order_burst)
 
 
 def verifier() -> TokenVerifier:
@@ -40,8 +45,8 @@ def verifier() -> TokenVerifier:
     return _verifier
 
 
-def principal_of(request: web.Request) -> Principal:
-    return verifier().authenticate(request.headers.get("Authorization"))
+async def principal_of(request: web.Request) -> Principal:
+    return await authenticate(request, verifier())
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -59,7 +64,12 @@ async def read_json(request: web.Request) -> Any:
 
 
 def _headers(request: web.Request, principal: Principal) -> list[tuple[str, bytes]]:
-    return [("correlation-id", request["correlation_id"].encode()), ("actor", principal.actor.encode())]
+    """Every event from HTTP carries who asked (actor and roles) and the correlation id."""
+    return [
+        ("correlation-id", request["correlation_id"].encode()),
+        ("actor", principal.actor.encode()),
+        ("actor-roles", ",".join(sorted(principal.roles)).encode()),
+    ]
 
 
 async def _send(topic: Any, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
@@ -87,8 +97,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 async def _visible_order(principal: Principal, order_id: str) -> dict[str, Any]:
     """The order if the caller may see it; 404 otherwise, so ids of others never leak."""
     order = await runtime.store.get_order(order_id)
-    if order is None or (not principal.is_admin and "service" not in principal.roles
-                         and order["user_id"] != principal.subject):
+    if order is None or (not sees_all_orders(principal) and order["user_id"] != principal.subject):
         raise not_found(f"no order {order_id}")
     return order
 
@@ -125,8 +134,19 @@ def _accepted(order_id: str) -> web.Response:
 @app.page("/v1/orders")
 class OrdersView(View):
     async def post(self, request: web.Request) -> web.Response:
-        principal = principal_of(request)
-        principal.require("customer", "admin")
+        principal = await principal_of(request)
+        allow(principal, "customer", "admin", scope="orders:write")
+        service = "service" in principal.roles
+        retry_after = (service_order_limits if service else order_limits).take(principal.subject)
+        if retry_after > 0:
+            rate, burst = (
+                (settings.service_order_rate_per_minute, settings.service_order_burst) if service
+                else (settings.order_rate_per_minute, settings.order_burst)
+            )
+            raise ApiError(
+                429, "Too Many Requests", f"at most {rate:g} orders a minute (bursts of {burst})",
+                headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+            )
         wait = self._wait_param(request)
         body = await read_json(request)
         await runtime.ready()
@@ -178,13 +198,14 @@ class OrdersView(View):
         return await self._reply(order_id, wait)
 
     async def get(self, request: web.Request) -> web.Response:
-        principal = principal_of(request)
+        principal = await principal_of(request)
+        allow(principal, scope="orders:read")
         limit = _int_param(request, "limit", 20, 1, 100)
         status = request.query.get("status")
         if status is not None and status not in OrderStatus.__members__:
             raise unprocessable([FieldError("status", f"one of {', '.join(OrderStatus)}")])
         user_id: str | None = principal.subject
-        if principal.is_admin:
+        if sees_all_orders(principal):
             user_id = request.query.get("user_id")
         await runtime.ready()
         try:
@@ -218,7 +239,8 @@ class OrdersView(View):
 @app.page("/v1/orders/{order_id}")
 class OrderView(View):
     async def get(self, request: web.Request, order_id: str) -> web.Response:
-        principal = principal_of(request)
+        principal = await principal_of(request)
+        allow(principal, scope="orders:read")
         await runtime.ready()
         return json_response(await _visible_order(principal, order_id))
 
@@ -226,7 +248,8 @@ class OrderView(View):
 @app.page("/v1/orders/{order_id}/events")
 class OrderEventsView(View):
     async def get(self, request: web.Request, order_id: str) -> web.Response:
-        principal = principal_of(request)
+        principal = await principal_of(request)
+        allow(principal, scope="orders:read")
         await runtime.ready()
         await _visible_order(principal, order_id)
         return json_response({"items": await runtime.store.order_events(order_id), "next_cursor": None})
@@ -235,7 +258,8 @@ class OrderEventsView(View):
 @app.page("/v1/orders/{order_id}/cancel")
 class CancelView(View):
     async def post(self, request: web.Request, order_id: str) -> web.Response:
-        principal = principal_of(request)
+        principal = await principal_of(request)
+        allow(principal, scope="orders:write")
         await runtime.ready()
         order = await _visible_order(principal, order_id)
         status = OrderStatus(order["status"])
@@ -253,8 +277,8 @@ class CancelView(View):
 @app.page("/v1/orders/{order_id}/fulfil")
 class FulfilView(View):
     async def post(self, request: web.Request, order_id: str) -> web.Response:
-        principal = principal_of(request)
-        principal.require("admin", "service")
+        principal = await principal_of(request)
+        allow(principal, "admin", "service", scope="orders:fulfil")
         await runtime.ready()
         order = await _visible_order(principal, order_id)
         status = OrderStatus(order["status"])
@@ -269,7 +293,7 @@ class FulfilView(View):
 @app.page("/v1/products")
 class ProductsView(View):
     async def get(self, request: web.Request) -> web.Response:
-        principal_of(request)
+        allow(await principal_of(request), scope="inventory:read")
         await runtime.ready()
         return json_response({"items": await runtime.store.list_products(), "next_cursor": None})
 
@@ -277,7 +301,7 @@ class ProductsView(View):
 @app.page("/v1/products/{sku}")
 class ProductView(View):
     async def get(self, request: web.Request, sku: str) -> web.Response:
-        principal_of(request)
+        allow(await principal_of(request), scope="inventory:read")
         await runtime.ready()
         product = await runtime.store.get_product(sku)
         if product is None:
@@ -288,7 +312,7 @@ class ProductView(View):
 @app.page("/v1/inventory")
 class InventoryListView(View):
     async def get(self, request: web.Request) -> web.Response:
-        principal_of(request).require("admin", "service")
+        allow(await principal_of(request), "admin", "service", scope="inventory:read")
         limit = _int_param(request, "limit", 50, 1, 500)
         await runtime.ready()
         try:
@@ -301,7 +325,7 @@ class InventoryListView(View):
 @app.page("/v1/inventory/{sku}")
 class InventoryView(View):
     async def get(self, request: web.Request, sku: str) -> web.Response:
-        principal_of(request)
+        allow(await principal_of(request), scope="inventory:read")
         await runtime.ready()
         level = await runtime.store.get_stock(sku)
         if level is None:
@@ -312,8 +336,8 @@ class InventoryView(View):
 @app.page("/v1/inventory/{sku}/adjustments")
 class AdjustmentsView(View):
     async def post(self, request: web.Request, sku: str) -> web.Response:
-        principal = principal_of(request)
-        principal.require("admin", "service")
+        principal = await principal_of(request)
+        allow(principal, "admin", "service", scope="inventory:write")
         body = await read_json(request)
         await runtime.ready()
         if sku not in runtime.catalog:

@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import mode
 from aiohttp import WSMsgType, web
+from prometheus_client import Counter
 
 from ..adapters.live import (
     GOING_AWAY,
@@ -44,6 +45,9 @@ from .views import verifier
 log = logging.getLogger("orion.ws")
 
 PATH = "/v1/ws"
+# Close code for a user who already has ORION_WS_MAX_PER_USER sockets open.
+TOO_MANY = 4429
+WS_REFUSED = Counter("orion_websocket_refused_total", "WebSocket connections refused", ["reason"])
 # A send that takes longer than this drops the client as too slow.
 SEND_TIMEOUT = 10.0
 # How long a close waits for the client's close frame, and for the whole close.
@@ -191,6 +195,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if principal is None:
         with contextlib.suppress(Exception):
             await ws.close(code=UNAUTHORIZED, message=_reason(refusal))
+        return ws
+
+    if len(hub.connections(principal.subject)) >= settings.ws_max_per_user:
+        WS_REFUSED.labels("too_many").inc()
+        with contextlib.suppress(Exception):
+            await ws.close(
+                code=TOO_MANY, message=_reason(f"at most {settings.ws_max_per_user} connections per user")
+            )
         return ws
 
     hello = hello_message(principal.subject, principal.roles, principal.expires_at)

@@ -290,7 +290,7 @@ async def _scenario(s: Stack) -> None:
     # Refused tokens: the upgrade is accepted, then closed with 4401 and the reason.
     for token, reason in [
         (None, "missing Authorization"),
-        ("not-a-jwt", "token is invalid"),
+        ("not-a-jwt", "not a JWT"),
         (s.services.token("alice", ttl=-60), "token has expired"),
     ]:
         refused = await s.client(s.a, token, f"refused: {reason}", via_query=True)

@@ -59,6 +59,9 @@ def worker(services: Services, mail: MailServers) -> Iterator[Worker]:
         "ORION_EMAIL_MAX_ATTEMPTS": "4",
         "ORION_EMAIL_RETRY_BASE": "0.3",
         "ORION_ALERT_EMAILS": "ops@orion.test",
+        # Realistic limits: the abuse tests hit them with users of their own.
+        "ORION_ORDER_RATE_PER_MINUTE": "120",
+        "ORION_ORDER_BURST": "30",
     }
     w = Worker(services, "a", extra_env=env).start()
     try:
