@@ -99,7 +99,8 @@ def _b64_json(segment: str, what: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:  # bad base64, bad UTF-8 and bad JSON alike
+    # Bad base64, bad UTF-8, bad JSON and absurdly deep JSON alike.
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise unauthorized(f"token is not a JWT: the {what} is not base64url-encoded JSON") from exc
     if not isinstance(value, dict):
         raise unauthorized(f"token is not a JWT: the {what} is not a JSON object")
@@ -174,7 +175,7 @@ def _load_jwks(path: str, algorithm: str) -> dict[str | None, PublicKey]:
         if entry.get("alg", algorithm) != algorithm or entry.get("use", "sig") != "sig":
             continue
         ops = entry.get("key_ops")
-        if ops is not None and "verify" not in ops:
+        if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
             continue
         if kid is not None and not isinstance(kid, str):
             raise ValueError(f"{where}: 'kid' must be a string")

@@ -222,3 +222,31 @@ async def test_websocket_connections_per_user_are_bounded(worker: Worker, servic
         finally:
             for ws in sockets:
                 await ws.close()
+
+
+async def test_the_apikey_command_creates_lists_and_revokes(api: Api, services: Services) -> None:
+    import os
+    import sys
+
+    env = {**os.environ, "ORION_DATABASE_URL": services.database_url}
+
+    async def orion(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orion_streams.cli", "apikey", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, out.decode()
+        return out.decode()
+
+    created = await orion("create", "warehouse", "--scopes", "orders:read,orders:fulfil")
+    key = created.rsplit("key (shown once, store it now): ", 1)[1].strip()
+    record = json.loads(created.split("\nkey (shown once")[0])
+    assert record["scopes"] == ["orders:fulfil", "orders:read"] and record["name"] == "warehouse"
+    status, _ = await key_call(api, key, "GET", "/v1/orders")
+    assert status == 200
+    listed = json.loads(await orion("list"))
+    assert any(item["id"] == record["id"] for item in listed) and key not in json.dumps(listed)
+    await orion("revoke", record["id"])
+    status, _ = await key_call(api, key, "GET", "/v1/orders")
+    assert status == 401

@@ -338,6 +338,21 @@ def test_properly_signed_non_json_payload_is_refused() -> None:
     )
 
 
+def test_deeply_nested_header_is_refused() -> None:
+    token = f"{b64(b'[' * 3000)}.e30.c2ln"
+    assert refused(TokenVerifier(HS), token) == (
+        "token is not a JWT: the header is not base64url-encoded JSON"
+    )
+
+
+def test_infinite_expiry_is_refused() -> None:
+    payload = json.dumps(claims()).replace(json.dumps(claims()["exp"]), "1e400")
+    token = jwt.api_jws.encode(payload.encode(), SECRET, algorithm="HS256")
+    assert refused(TokenVerifier(HS), token) == (
+        "token is invalid: Expiration Time claim (exp) must be an integer."
+    )
+
+
 def test_oversized_token_is_refused() -> None:
     token = hs_token(pad="x" * MAX_TOKEN_LENGTH)
     assert refused(TokenVerifier(HS), token) == f"token is longer than {MAX_TOKEN_LENGTH} characters"
