@@ -50,6 +50,23 @@ def encode(message: Any) -> bytes:
     return json.dumps(to_dict(message), separators=(",", ":")).encode()
 
 
+def storable(value: Any) -> bool:
+    """Whether every string in parsed JSON is text PostgreSQL can store: no U+0000 and no
+    unpaired surrogates, which JSON escapes can spell."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item or any("\ud800" <= ch <= "\udfff" for ch in item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
 def _loads(raw: bytes | str | None) -> dict[str, Any]:
     if raw is None:
         raise BadRecord("empty value")
@@ -57,8 +74,13 @@ def _loads(raw: bytes | str | None) -> dict[str, Any]:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRecord(f"value is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRecord("value is nested too deeply") from exc
     if not isinstance(data, dict):
         raise BadRecord("value must be a JSON object")
+    if not storable(data):
+        # PostgreSQL cannot store it: the projection would retry the write forever.
+        raise BadRecord("text must not contain U+0000 or unpaired surrogates")
     if not isinstance(data.get("type"), str):
         raise BadRecord("value has no string 'type'")
     return data

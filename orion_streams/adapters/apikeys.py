@@ -83,7 +83,7 @@ class ApiKeyStore:
 
     async def check(self, key: str) -> ApiKey | None:
         """The key's grant if it exists and is not revoked; records when it was last used."""
-        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        if not key.startswith(KEY_PREFIX) or len(key) > 200 or not key.isascii():
             return None
         digest = hash_key(key)
         async with self.engine.connect() as conn:

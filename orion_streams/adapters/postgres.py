@@ -61,8 +61,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, key = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created), str(key)
-    except (ValueError, TypeError) as exc:
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None or not 1970 <= when.astimezone(UTC).year <= 9000 or "\x00" in str(key):
+            raise ValueError("out of range")
+        return when, str(key)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidCursor("cursor is not valid") from exc
 
 

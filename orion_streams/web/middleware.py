@@ -38,6 +38,8 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
     token = correlation_id.set(cid)
     try:
         try:
+            if "\x00" in request.path or "\x00" in request.query_string:
+                raise ApiError(400, "Bad Request", "the path or query must not contain NUL")
             response = await handler(request)
         except ApiError as exc:
             response = problem_response(exc)

@@ -41,15 +41,15 @@ REASONS = sorted(ADJUSTMENT_REASONS - {"seed"})
 STATUSES = [s.value for s in OrderStatus]
 NOTIFICATION_STATUSES = ["queued", "sent", "failed"]
 
+# Titles of the problems Orion raises (problems.py, views.py, ws.py); a 413 comes from aiohttp
+# with the reason phrase of the Python it runs on, so its title is left open.
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     409: "Conflict",
-    413: "Request Entity Too Large",
     415: "Unsupported Media Type",
-    422: "Unprocessable Content",
     426: "Upgrade Required",
     429: "Too Many Requests",
     503: "Service Unavailable",
@@ -62,6 +62,7 @@ def ref(kind: str, name: str) -> dict[str, str]:
 
 
 def schema_ref(name: str) -> dict[str, str]:
+    """A `$ref` to a component schema."""
     return ref("schemas", name)
 
 
@@ -89,10 +90,12 @@ TIMESTAMP: dict[str, Any] = {"type": "string", "format": "date-time"}
 
 
 def _correlation_header() -> dict[str, Any]:
+    """The X-Correlation-ID every response carries (the middleware sets it)."""
     return ref("headers", "X-Correlation-ID")
 
 
 def json_response(description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An application/json response."""
     return {
         "description": description,
         "headers": {CORRELATION_ID: _correlation_header(), **(headers or {})},
@@ -102,8 +105,13 @@ def json_response(description: str, schema: dict[str, Any], headers: dict[str, A
 
 def problem(status: int, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """A problem+json response with this status; only 422 lists field errors."""
+    exact: dict[str, Any] = {"status": {"const": status}}
+    if status in TITLES:
+        title = TITLES[status]
+        exact["title"] = {"const": title}
+        exact["type"] = {"const": f"https://orion.dev/problems/{title.lower().replace(' ', '-')}"}
     schema = schema_ref("ValidationProblem") if status == 422 else {
-        "allOf": [schema_ref("Problem"), {"properties": {"status": {"const": status}}}]
+        "allOf": [schema_ref("Problem"), {"properties": exact}]
     }
     return {
         "description": description,
@@ -112,28 +120,36 @@ def problem(status: int, description: str, headers: dict[str, Any] | None = None
     }
 
 
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+}
 
 
 def unauthorized() -> dict[str, Any]:
+    """401: problems.unauthorized (JWTs) or identity.authenticate (API keys)."""
     return problem(401, "Missing, malformed, expired or badly signed credentials", {
         "WWW-Authenticate": {"description": 'Bearer realm="orion" (JWT failures)', "schema": STRING},
     })
 
 
-def forbidden(roles: str | None) -> dict[str, Any]:
+def forbidden(roles: str | None, scope: str | None) -> dict[str, Any]:
+    """identity.allow: a JWT needs one of `roles` (any role when None), an API key `scope`
+    (no key may call an endpoint without one)."""
+    keys = f"an API key without the scope {scope}" if scope else "any API key (keys cannot use this endpoint)"
     if roles is None:
-        return problem(403, "The API key lacks the scope this operation needs")
-    return problem(403, f"Needs one of the roles {roles} (or an API key with the scope)")
+        return problem(403, keys[0].upper() + keys[1:])
+    return problem(403, f"A JWT without one of the roles {roles}, or {keys}")
 
 
 def rate_limited() -> dict[str, Any]:
+    """429 from the per-caller order rate limit, with the seconds to wait."""
     return problem(429, "Too many orders from this caller (per worker); retry later", {
         **RETRY_AFTER, "Retry-After": {**RETRY_AFTER["Retry-After"], "required": True},
     })
 
 
 def unavailable(what: str) -> dict[str, Any]:
+    """503 from problems.unavailable (Retry-After: 1)."""
     return problem(503, f"{what}; safe to retry", RETRY_AFTER)
 
 
@@ -144,17 +160,19 @@ def v1(
     *,
     tag: str,
     roles: str | None = None,
+    scope: str | None = None,
     parameters: list[dict[str, Any]] | None = None,
     request_body: dict[str, Any] | None = None,
     description: str | None = None,
 ) -> dict[str, Any]:
-    """An authenticated /v1 operation: 401 and 403 come with every one of them (a JWT without
-    the role, or an API key without the scope or on an endpoint that takes no keys)."""
+    """An authenticated /v1 operation: a JWT (needing one of `roles`, when given) or, where
+    `scope` is given, an API key with that scope (OpenAPI 3.1 lets the requirement name it).
+    401 and 403 come with every one of them."""
     op: dict[str, Any] = {
         "operationId": operation_id,
         "tags": [tag],
         "summary": summary,
-        "security": [{"bearerAuth": []}, {"apiKeyAuth": []}],
+        "security": [{"bearerAuth": []}, *([{"apiKeyAuth": [scope]}] if scope else [])],
         "parameters": [ref("parameters", "CorrelationId"), *(parameters or [])],
     }
     if description:
@@ -164,23 +182,27 @@ def v1(
     all_responses = {
         **responses,
         "401": unauthorized(),
-        "403": forbidden(roles),
+        "403": forbidden(roles, scope),
     }
     op["responses"] = dict(sorted(all_responses.items()))
     return op
 
 
 def path_param(name: str, description: str) -> dict[str, Any]:
+    """A path parameter: any non-empty string reaches the view."""
     return {"name": name, "in": "path", "required": True, "description": description,
             "schema": {"type": "string", "minLength": 1}}
 
 
 def json_body(schema_name: str, example: dict[str, Any]) -> dict[str, Any]:
+    """A required application/json request body (views.read_json)."""
     return {"required": True, "content": {JSON: {"schema": schema_ref(schema_name), "example": example}}}
 
 
+# Every JSON body: text holding U+0000 or unpaired surrogates (which JSON escapes can spell)
+# is a 422 on "body", whatever the schema of the field.
 BODY_PROBLEMS: dict[str, Any] = {
-    "400": problem(400, "The body is not valid JSON"),
+    "400": problem(400, "The body is not valid JSON, or is nested too deeply"),
     "413": problem(413, "The body is larger than 256 KiB"),
     "415": problem(415, "The Content-Type is not application/json"),
 }
@@ -356,7 +378,7 @@ ORDER_EXAMPLE = {"lines": [{"sku": "SKU-001", "quantity": 2}], "payment": {"toke
 PATHS: dict[str, Any] = {
     "/v1/orders": {
         "post": v1(
-            "placeOrder", "Place an order", tag="orders", roles="customer, admin",
+            "placeOrder", "Place an order", tag="orders", scope="orders:write", roles="customer, admin",
             description="202 once the OrderPlaced event is in Kafka. With `wait`, holds the answer up to that "
                         "many seconds and answers 200 with the order once it is decided (no longer PENDING). "
                         "An `Idempotency-Key` makes a retry return the same order.",
@@ -366,7 +388,7 @@ PATHS: dict[str, Any] = {
                  "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT}},
                 {"name": "Idempotency-Key", "in": "header", "required": False,
                  "description": "Retries with the same key (per user) and request return the same order; "
-                                "the same key with another request is a 422",
+                                "the same key with another request is a 422, and so is a key that is not UTF-8",
                  "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
             ],
             request_body=json_body("OrderRequest", ORDER_EXAMPLE),
@@ -374,20 +396,21 @@ PATHS: dict[str, Any] = {
                 "200": json_response("Decided within `wait` seconds", schema_ref("Order")),
                 "202": json_response("Accepted: the order is PENDING", schema_ref("OrderAccepted")),
                 **BODY_PROBLEMS,
-                "422": problem(422, "Invalid fields, unknown SKUs, a bad `wait` or a reused Idempotency-Key"),
+                "422": problem(422, "Invalid fields, unknown SKUs, a bad `wait`, a bad or reused Idempotency-Key, "
+                                    "or text with U+0000 or unpaired surrogates"),
                 "429": rate_limited(),
                 "503": unavailable("Kafka could not be reached"),
             },
         ),
         "get": v1(
-            "listOrders", "Your orders, newest first (admins: everyone's)", tag="orders",
+            "listOrders", "Your orders, newest first (admins and services: everyone's)", tag="orders", scope="orders:read",
             parameters=[
                 {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": STATUSES}},
                 {"name": "limit", "in": "query", "required": False, "description": LIMIT,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
                 CURSOR,
                 {"name": "user_id", "in": "query", "required": False, "schema": STRING,
-                 "description": "Admins only: one user's orders; ignored for everyone else"},
+                 "description": "Admins and services: one user's orders; ignored for everyone else"},
             ],
             responses={
                 "200": json_response("A page of orders", schema_ref("OrderPage")),
@@ -398,7 +421,7 @@ PATHS: dict[str, Any] = {
     "/v1/orders/{order_id}": {
         "parameters": [ORDER_ID],
         "get": v1(
-            "getOrder", "One order (owner, admin, service)", tag="orders",
+            "getOrder", "One order (owner, admin, service)", tag="orders", scope="orders:read",
             responses={
                 "200": json_response("The order", schema_ref("Order")),
                 "404": problem(404, "No such order, or someone else's"),
@@ -408,7 +431,7 @@ PATHS: dict[str, Any] = {
     "/v1/orders/{order_id}/events": {
         "parameters": [ORDER_ID],
         "get": v1(
-            "listOrderEvents", "The order's audit trail, oldest first", tag="orders",
+            "listOrderEvents", "The order's audit trail, oldest first", tag="orders", scope="orders:read",
             responses={
                 "200": json_response("Every audit entry", schema_ref("OrderEventList")),
                 "404": problem(404, "No such order, or someone else's"),
@@ -418,7 +441,7 @@ PATHS: dict[str, Any] = {
     "/v1/orders/{order_id}/cancel": {
         "parameters": [ORDER_ID],
         "post": v1(
-            "cancelOrder", "Cancel an order", tag="orders",
+            "cancelOrder", "Cancel an order", tag="orders", scope="orders:write",
             responses={
                 "202": json_response("Cancelling (or already cancelled)", schema_ref("CancelAccepted")),
                 "404": problem(404, "No such order, or someone else's"),
@@ -430,7 +453,8 @@ PATHS: dict[str, Any] = {
     "/v1/orders/{order_id}/fulfil": {
         "parameters": [ORDER_ID],
         "post": v1(
-            "fulfilOrder", "Mark a CONFIRMED order fulfilled", tag="orders", roles="admin, service",
+            "fulfilOrder", "Mark a CONFIRMED order fulfilled", tag="orders", scope="orders:fulfil",
+            roles="admin, service",
             responses={
                 "202": json_response("Fulfilling (or already fulfilled)", schema_ref("FulfilAccepted")),
                 "404": problem(404, "No such order"),
@@ -443,6 +467,7 @@ PATHS: dict[str, Any] = {
         "parameters": [ORDER_ID],
         "get": v1(
             "listOrderNotifications", "Every email queued for the order, oldest first", tag="notifications",
+            scope="orders:read",
             responses={
                 "200": json_response("The order's emails", schema_ref("NotificationList")),
                 "404": problem(404, "No such order, or someone else's"),
@@ -473,14 +498,14 @@ PATHS: dict[str, Any] = {
     },
     "/v1/products": {
         "get": v1(
-            "listProducts", "The catalog", tag="catalog",
+            "listProducts", "The catalog", tag="catalog", scope="inventory:read",
             responses={"200": json_response("Every product", schema_ref("ProductList"))},
         ),
     },
     "/v1/products/{sku}": {
         "parameters": [SKU],
         "get": v1(
-            "getProduct", "One product", tag="catalog",
+            "getProduct", "One product", tag="catalog", scope="inventory:read",
             responses={
                 "200": json_response("The product", schema_ref("Product")),
                 "404": problem(404, "No such product"),
@@ -489,7 +514,8 @@ PATHS: dict[str, Any] = {
     },
     "/v1/inventory": {
         "get": v1(
-            "listStock", "Every stock level, by SKU", tag="inventory", roles="admin, service",
+            "listStock", "Every stock level, by SKU", tag="inventory", scope="inventory:read",
+            roles="admin, service",
             parameters=[
                 {"name": "limit", "in": "query", "required": False, "description": LIMIT,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
@@ -504,7 +530,7 @@ PATHS: dict[str, Any] = {
     "/v1/inventory/{sku}": {
         "parameters": [SKU],
         "get": v1(
-            "getStock", "One SKU's stock level", tag="inventory",
+            "getStock", "One SKU's stock level", tag="inventory", scope="inventory:read",
             responses={
                 "200": json_response("The stock level", schema_ref("StockLevel")),
                 "404": problem(404, "No stock record for this SKU"),
@@ -514,7 +540,8 @@ PATHS: dict[str, Any] = {
     "/v1/inventory/{sku}/adjustments": {
         "parameters": [SKU],
         "post": v1(
-            "adjustStock", "Add or remove stock", tag="inventory", roles="admin, service",
+            "adjustStock", "Add or remove stock", tag="inventory", scope="inventory:write",
+            roles="admin, service",
             description="Waits up to 10 s for the SKU's owner to apply the adjustment: 200 with the new "
                         "level, else 202 (still pending).",
             request_body=json_body("AdjustmentRequest", {"delta": 50, "reason": "restock", "low_stock_threshold": 20}),
@@ -524,7 +551,7 @@ PATHS: dict[str, Any] = {
                 **BODY_PROBLEMS,
                 "404": problem(404, "No such product"),
                 "409": problem(409, "Available stock would go negative"),
-                "422": problem(422, "Invalid fields"),
+                "422": problem(422, "Invalid fields, or text with U+0000 or unpaired surrogates"),
                 "503": unavailable("Kafka could not be reached"),
             },
         ),
@@ -536,7 +563,7 @@ PATHS: dict[str, Any] = {
             responses={
                 "201": json_response("The key and its record", schema_ref("ApiKeyCreated")),
                 **BODY_PROBLEMS,
-                "422": problem(422, "Invalid fields"),
+                "422": problem(422, "Invalid fields, or text with U+0000 or unpaired surrogates"),
             },
         ),
         "get": v1(
@@ -657,7 +684,9 @@ DOCUMENT: dict[str, Any] = {
             "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                            "description": "Claims sub, roles (customer, admin, service) and exp"},
             "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                           "description": "An API key; its scopes limit what it may call"},
+                           "description": "A service API key (role service); an operation that takes keys names "
+                                          "the scope it needs in its security requirement. An X-API-Key header "
+                                          "is used instead of Authorization when both are sent."},
             "wsToken": {"type": "apiKey", "in": "query", "name": "token",
                         "description": "The JWT as a query parameter (browsers cannot set headers on /v1/ws)"},
         },
@@ -674,6 +703,8 @@ def document() -> dict[str, Any]:
 
 @app.page(PATH)
 class OpenApiView(View):
+    """Serves the document (the same bytes every time)."""
+
     async def get(self, request: web.Request) -> web.Response:
         """The OpenAPI document; no authentication."""
         return web.Response(body=_BODY, content_type=JSON)

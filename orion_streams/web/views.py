@@ -24,6 +24,7 @@ from ..domain import events as e
 from ..domain.errors import FieldError, ValidationFailed
 from ..domain.orders import OrderStatus, order_currency, parse_order_request, priced_lines
 from ..domain.stock import ADJUSTMENT_REASONS
+from ..records import storable
 from .auth import Principal, TokenVerifier
 from .identity import allow, authenticate, sees_all_orders
 from .problems import ApiError, bad_request, conflict, not_found, unavailable, unprocessable
@@ -58,9 +59,14 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(415, "Unsupported Media Type", "send application/json")
     raw = await request.read()
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_request(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise bad_request("body is nested too deeply") from exc
+    if not storable(body):
+        raise unprocessable([FieldError("body", "text must not contain U+0000 or unpaired surrogates")])
+    return body
 
 
 def _headers(request: web.Request, principal: Principal) -> list[tuple[str, bytes]]:
@@ -166,8 +172,8 @@ class OrdersView(View):
         except ValidationFailed as exc:
             raise unprocessable(exc.errors) from exc
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not 1 <= len(key) <= 200:
-            raise unprocessable([FieldError("Idempotency-Key", "must be 1 to 200 characters")])
+        if key is not None and (not 1 <= len(key) <= 200 or not storable(key)):
+            raise unprocessable([FieldError("Idempotency-Key", "must be 1 to 200 characters of UTF-8")])
         digest = _request_hash(order)
         if key:
             existing = await runtime.store.find_by_idempotency_key(principal.subject, key)

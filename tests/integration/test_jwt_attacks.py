@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
 
-from .harness import Api, Services, Worker, wait_until
+from .harness import Api, Services, Worker, running_services
 
 BODY = {"lines": [{"sku": "SKU-001", "quantity": 1}], "payment": {"token": "tok_ok"},
         "email": "mallory@example.com"}
@@ -209,22 +209,27 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> RsaIdentity:
 
 
 @pytest.fixture(scope="module")
-def rs_worker(services: Services, worker: Worker, identity: RsaIdentity) -> Iterator[Worker]:
-    """A second worker in the same group, same mail settings, RS256 + JWKS + iss + aud."""
-    env = {k: v for k, v in worker.env.items() if k.startswith(("ORION_SMTP", "ORION_EMAIL", "ORION_ALERT"))}
-    env.update({
+def rs_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """A stack of its own: a second worker in the session worker's consumer group would make
+    Kafka move the session worker's partitions, and Faust can stall in table recovery then."""
+    with running_services(tmp_path_factory.mktemp("jwt-rs")) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def rs_worker(rs_services: Services, identity: RsaIdentity) -> Iterator[Worker]:
+    """A worker configured for RS256 + a JWKS file + required iss and aud."""
+    env = {
         "ORION_JWT_ALGORITHM": "RS256",
         "ORION_JWT_JWKS_FILE": str(identity.jwks_file),
         "ORION_JWT_ISSUER": ISSUER,
         "ORION_JWT_AUDIENCE": AUDIENCE,
-    })
-    rs = Worker(services, "jwt-rs256", extra_env=env)
+    }
+    rs = Worker(rs_services, "jwt-rs256", extra_env=env)
     try:
         yield rs.start()
     finally:
         rs.stop()
-        # Leave the stack as found: the session worker takes its partitions back.
-        wait_until(worker.ready, 90, "the session worker to be ready again")
 
 
 @pytest.fixture
@@ -272,12 +277,12 @@ def _rs_attacks(identity: RsaIdentity, secret: bytes, subject: str) -> dict[str,
 
 
 async def test_rs256_worker_refuses_forged_tokens_and_writes_nothing(
-    rs_api: Api, services: Services, identity: RsaIdentity
+    rs_api: Api, rs_services: Services, identity: RsaIdentity
 ) -> None:
     subject = "jwt-rs-forged"
-    attacks = _rs_attacks(identity, services.settings.jwt_secret.encode(), subject)
+    attacks = _rs_attacks(identity, rs_services.settings.jwt_secret.encode(), subject)
     for name, (token, detail) in attacks.items():
         try:
-            await _assert_refused(rs_api, services, token, detail, subject)
+            await _assert_refused(rs_api, rs_services, token, detail, subject)
         except AssertionError as exc:
             raise AssertionError(f"{name}: {exc}") from exc

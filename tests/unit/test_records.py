@@ -292,3 +292,11 @@ def test_missing_hold_value_is_none() -> None:
 def test_hold_keys_are_distinct_per_sku_and_order() -> None:
     keys = {records.hold_key(s, o) for s in ("A", "AB") for o in ("o1", "Bo1")}
     assert len(keys) == 4
+
+
+def test_text_postgresql_cannot_store_is_a_bad_record() -> None:
+    for bad in ("a\u0000b", "\ud800"):
+        raw = json.dumps({"type": "StockLevelChanged", "sku": bad, "on_hand": 1, "reserved": 0,
+                           "low_stock_threshold": 0, "version": 1, "at": "x"}).encode()
+        with pytest.raises(records.BadRecord, match="U\\+0000"):
+            records.decode(raw)
