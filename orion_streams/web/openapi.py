@@ -180,6 +180,8 @@ def v1(
     if request_body is not None:
         op["requestBody"] = request_body
     all_responses = {
+        # The middleware refuses U+0000 anywhere in the path or query before any view runs.
+        "400": problem(400, "The path or query contains U+0000"),
         **responses,
         "401": unauthorized(),
         "403": forbidden(roles, scope),
@@ -202,7 +204,7 @@ def json_body(schema_name: str, example: dict[str, Any]) -> dict[str, Any]:
 # Every JSON body: text holding U+0000 or unpaired surrogates (which JSON escapes can spell)
 # is a 422 on "body", whatever the schema of the field.
 BODY_PROBLEMS: dict[str, Any] = {
-    "400": problem(400, "The body is not valid JSON, or is nested too deeply"),
+    "400": problem(400, "The body is not valid JSON or is nested too deeply, or the path or query contains U+0000"),
     "413": problem(413, "The body is larger than 256 KiB"),
     "415": problem(415, "The Content-Type is not application/json"),
 }
@@ -603,6 +605,7 @@ PATHS: dict[str, Any] = {
                  "description": "1, true or yes: send the open orders as snapshots first"},
             ],
             "responses": {
+                "400": problem(400, "The path or query contains U+0000"),
                 "101": {"description": "Switching to the WebSocket protocol",
                         "headers": {CORRELATION_ID: _correlation_header()}},
                 "426": problem(426, "Not a WebSocket upgrade request", {
