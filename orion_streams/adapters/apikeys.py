@@ -12,7 +12,6 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -103,18 +102,14 @@ class ApiKeyStore:
 
 
 def _view(row: Any) -> dict[str, Any]:
-    def when(name: str) -> str | None:
-        value: datetime | None = row[name]
-        return iso(value)
-
     return {
         "id": row["id"],
         "name": row["name"],
         "prefix": row["prefix"],
         "scopes": list(row["scopes"]),
         "created_by": row["created_by"],
-        "created_at": when("created_at"),
-        "last_used_at": when("last_used_at"),
-        "revoked_at": when("revoked_at"),
+        "created_at": iso(row["created_at"]),
+        "last_used_at": iso(row["last_used_at"]),
+        "revoked_at": iso(row["revoked_at"]),
         "active": row["revoked_at"] is None,
     }

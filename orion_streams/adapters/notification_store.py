@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -163,10 +162,6 @@ async def _notify(conn: AsyncConnection) -> None:
 
 
 def _view(row: Any) -> dict[str, Any]:
-    def when(name: str) -> str | None:
-        value: datetime | None = row[name]
-        return iso(value)
-
     return {
         "id": row["id"],
         "order_id": row["order_id"],
@@ -180,8 +175,8 @@ def _view(row: Any) -> dict[str, Any]:
         "server": row["server"],
         "message_id": row["message_id"],
         "correlation_id": row["correlation_id"],
-        "created_at": when("created_at"),
-        "updated_at": when("updated_at"),
-        "next_attempt_at": when("next_attempt_at") if row["status"] == "queued" else None,
-        "sent_at": when("sent_at"),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+        "next_attempt_at": iso(row["next_attempt_at"]) if row["status"] == "queued" else None,
+        "sent_at": iso(row["sent_at"]),
     }

@@ -95,60 +95,44 @@ def running_services(
         broker.stop()
 
 
-class Worker:
-    """One `orion worker` process with its own web port and state dir."""
+class OrionProcess:
+    """An `orion <command>` process with its own state dir and log, stopped with its group."""
 
-    def __init__(self, services: Services, name: str, extra_env: dict[str, str] | None = None) -> None:
+    command = ""
+    kind = ""
+
+    def __init__(self, services: Services, name: str, env: dict[str, str]) -> None:
         self.services = services
         self.name = name
-        self.port = free_port()
-        self.dir = services.state_dir / f"worker-{name}"
+        self.dir = services.state_dir / f"{self.kind}-{name}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.dir / "worker.log"
+        self.log_path = self.dir / f"{self.kind}.log"
         self.env = {
             **os.environ,
             "ORION_KAFKA_BOOTSTRAP": services.bootstrap,
             "ORION_DATABASE_URL": services.database_url,
-            "ORION_WEB_PORT": str(self.port),
             "ORION_STATE_DIR": str(self.dir),
-            "ORION_APP_ID": services.app_id,
-            "ORION_PARTITIONS": str(services.partitions),
-            "ORION_PAYMENT_TIMEOUT": str(services.payment_timeout),
-            "ORION_WORKER_ID": name,
             "ORION_LOG_LEVEL": "info",
-            # Test and benchmark clients place orders far faster than shoppers do.
-            "ORION_ORDER_RATE_PER_MINUTE": "600000",
-            "ORION_ORDER_BURST": "10000",
-            **(extra_env or {}),
+            **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90) -> Worker:
+    def _spawn(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orion_streams.cli", "worker"],
+            [sys.executable, "-m", "orion_streams.cli", self.command],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
         try:
-            wait_until(self.ready, timeout, f"worker {self.name} /ready")
+            wait_until(ready, timeout, f"{self.kind} {self.name} {what}")
         except AssertionError:
             self.stop()
-            raise AssertionError(f"worker {self.name} did not get ready:\n{self.tail()}") from None
-        return self
+            raise AssertionError(f"{self.kind} {self.name} did not start:\n{self.tail()}") from None
 
-    def ready(self) -> bool:
+    def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"worker {self.name} exited:\n{self.tail()}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+            raise AssertionError(f"{self.kind} {self.name} exited:\n{self.tail()}")
 
     def tail(self, lines: int = 60) -> str:
         try:
@@ -172,57 +156,56 @@ class Worker:
             self.proc.wait(10)
 
 
+class Worker(OrionProcess):
+    """One `orion worker` process with its own web port and state dir."""
 
-
-class Mailer:
-    """One `orion mailer` process: sends the emails the workers queue."""
+    command = "worker"
+    kind = "worker"
 
     def __init__(self, services: Services, name: str, extra_env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.dir = services.state_dir / f"mailer-{name}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.dir / "mailer.log"
-        self.env = {
-            **os.environ,
-            "ORION_KAFKA_BOOTSTRAP": services.bootstrap,
-            "ORION_DATABASE_URL": services.database_url,
-            "ORION_STATE_DIR": str(self.dir),
-            "ORION_LOG_LEVEL": "info",
+        self.port = free_port()
+        super().__init__(services, name, {
+            "ORION_WEB_PORT": str(self.port),
+            "ORION_APP_ID": services.app_id,
+            "ORION_PARTITIONS": str(services.partitions),
+            "ORION_PAYMENT_TIMEOUT": str(services.payment_timeout),
+            "ORION_WORKER_ID": name,
+            # Test and benchmark clients place orders far faster than shoppers do.
+            "ORION_ORDER_RATE_PER_MINUTE": "600000",
+            "ORION_ORDER_BURST": "10000",
             **(extra_env or {}),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+        })
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> Worker:
+        self._spawn(self.ready, "/ready", timeout)
+        return self
+
+    def ready(self) -> bool:
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+class Mailer(OrionProcess):
+    """One `orion mailer` process: sends the emails the workers queue."""
+
+    command = "mailer"
+    kind = "mailer"
+
+    def __init__(self, services: Services, name: str, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(services, name, dict(extra_env or {}))
 
     def start(self, timeout: float = 30) -> Mailer:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orion_streams.cli", "mailer"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        try:
-            wait_until(self.listening, timeout, f"mailer {self.name} to listen")
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"mailer {self.name} did not start:\n{self.tail()}") from None
+        self._spawn(self.listening, "to listen", timeout)
         return self
 
     def listening(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"mailer {self.name} exited:\n{self.tail()}")
+        self._check_alive()
         return "listening for queued emails" in self.tail(200)
-
-    def tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)

@@ -309,7 +309,6 @@ async def test_a_slow_send_does_not_hold_up_other_messages() -> None:
                     return
                 await asyncio.sleep(0.01)  # poll interval
 
-        await asyncio.sleep(0)
         queue.add("fast")
         dispatcher.wake()
         await asyncio.wait_for(sent("fast"), 5)
