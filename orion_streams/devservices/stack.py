@@ -44,6 +44,8 @@ class Services:
     app_id: str
     partitions: int
     payment_timeout: float
+    # The stack's own database server, for tests that take it away and bring it back.
+    postgres: LocalPostgres | None = field(default=None, repr=False)
     settings: Settings = field(init=False)
 
     def __post_init__(self) -> None:
@@ -88,7 +90,7 @@ def running_services(
 
             asyncio.run(seed())
             app_id = f"orion-{uuid.uuid4().hex[:8]}"
-            yield Services(broker.bootstrap, pg.url, root, app_id, partitions, payment_timeout)
+            yield Services(broker.bootstrap, pg.url, root, app_id, partitions, payment_timeout, postgres=pg)
         finally:
             pg.stop()
     finally:
