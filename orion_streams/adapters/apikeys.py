@@ -12,9 +12,10 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import schema as s
@@ -23,7 +24,7 @@ from .postgres import iso
 SCOPES = frozenset({"orders:read", "orders:write", "orders:fulfil", "inventory:read", "inventory:write"})
 KEY_PREFIX = "orion_"
 # last_used_at is written at most this often per key, so busy keys cause no row contention.
-TOUCH_EVERY = "60 seconds"
+TOUCH_EVERY = timedelta(seconds=60)
 
 k = s.api_keys
 
@@ -91,13 +92,9 @@ class ApiKeyStore:
             ).first()
         if row is None:
             return None
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(k)
-                .where(k.c.id == row.id)
-                .where((k.c.last_used_at.is_(None)) | (k.c.last_used_at < func.now() - text(f"interval '{TOUCH_EVERY}'")))
-                .values(last_used_at=func.now())
-            )
+        if row.last_used_at is None or datetime.now(UTC) - row.last_used_at > TOUCH_EVERY:
+            async with self.engine.begin() as conn:
+                await conn.execute(update(k).where(k.c.id == row.id).values(last_used_at=func.now()))
         return ApiKey(row.id, row.name, frozenset(row.scopes))
 
 

@@ -36,7 +36,6 @@ class Claimed:
     sku: str | None
     correlation_id: str | None
     attempts: int
-    message_id: str | None
 
 
 class NotificationStore:
@@ -97,7 +96,7 @@ class NotificationStore:
                 id=r.id, key=r.idempotency_key, template=r.template,
                 recipients=tuple(a.strip() for a in r.recipient.split(",") if a.strip()),
                 context=r.context, order_id=r.order_id, sku=r.sku, correlation_id=r.correlation_id,
-                attempts=r.attempts, message_id=r.message_id,
+                attempts=r.attempts,
             )
             for r in rows
         ]

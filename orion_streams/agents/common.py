@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -104,6 +105,21 @@ class Outbox:
 
 
 Handler = Callable[[faust.EventT[bytes], Outbox], Awaitable[None]]
+T = TypeVar("T")
+
+
+async def until_done(write: Callable[[], Awaitable[T]], what: str) -> T:
+    """Retry a database write with backoff until it succeeds: the batch it belongs to is
+    acknowledged only afterwards, so nothing is dropped while PostgreSQL is away."""
+    delay, attempt = 0.1, 0
+    while True:
+        attempt += 1
+        try:
+            return await write()
+        except Exception as exc:  # the database is away or refused: never drop the batch
+            log.warning("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))  # backoff while the database is away
+            delay = min(delay * 2, 5.0)
 
 
 async def handle_in_batches(stream: faust.StreamT[bytes], handle: Handler, *tables: Any, what: str) -> None:

@@ -8,9 +8,7 @@ slow or failing mail server never holds up the stream, and mailers scale on thei
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 
 import faust
 
@@ -18,7 +16,7 @@ from .. import records
 from ..app import app, notification_inputs, runtime, settings
 from ..domain import events as e
 from ..domain import notifications as domain
-from .common import CORRELATION_HEADER, Outbox, handle_in_batches, header
+from .common import CORRELATION_HEADER, Outbox, handle_in_batches, header, until_done
 
 log = logging.getLogger("orion.email")
 
@@ -33,16 +31,7 @@ class Queued:
         items, self.items = self.items, []
         if not items:
             return
-        delay, attempt = 0.1, 0
-        while True:
-            attempt += 1
-            try:
-                added = await runtime.notifications.enqueue(items)
-                break
-            except Exception as exc:  # PostgreSQL away: never drop an email, never ack early
-                log.warning("could not queue %d email(s) (attempt %d): %s", len(items), attempt, exc)
-                await asyncio.sleep(delay * (0.5 + random.random()))  # backoff while the database is away
-                delay = min(delay * 2, 5.0)
+        added = await until_done(lambda: runtime.notifications.enqueue(items), f"queueing {len(items)} email(s)")
         if added:
             log.debug("queued %d email(s)", len(added))
 

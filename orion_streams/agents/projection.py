@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 
 import faust
 
@@ -20,6 +18,7 @@ from .common import (
     dead_letter,
     handle_in_batches,
     header,
+    until_done,
 )
 
 log = logging.getLogger("orion.projection")
@@ -40,7 +39,10 @@ class Projection:
 
     async def written(self) -> None:
         if self.statuses or self.audit or self.levels or self.adjustments:
-            await _write_with_retry(self.statuses, self.audit, self.levels, self.adjustments)
+            await until_done(
+                lambda: runtime.store.project(self.statuses, self.audit, self.levels, self.adjustments),
+                "projection write",
+            )
         self._reset()
 
 
@@ -76,23 +78,3 @@ async def project(stream: faust.StreamT[bytes]) -> None:
     """Batch events into one transaction each; retry while PostgreSQL is away."""
     await runtime.ready()
     await handle_in_batches(stream, handle_event, batch, what="projection")
-
-
-async def _write_with_retry(
-    statuses: list[e.OrderStatusChanged],
-    audit: list[tuple[e.AuditEntry, AuditContext]],
-    levels: list[e.StockLevelChanged],
-    adjustments: list[e.StockAdjusted | e.AdjustmentRejected],
-) -> None:
-    delay = 0.1
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            await runtime.store.project(statuses, audit, levels, adjustments)
-            return
-        except Exception as exc:  # the database is away or refused: never drop the batch
-            log.warning("projection write failed (attempt %d): %s; retrying in %.1fs", attempt, exc, delay)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 5.0)
-

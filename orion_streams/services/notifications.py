@@ -164,7 +164,7 @@ class NotificationDispatcher:
             return
         # One Message-ID per message for every attempt, so a resend after a crash mid-send
         # is recognised as the same email by mail clients.
-        message_id = m.message_id or f"<{m.id}@{self.sender.rpartition('@')[2] or 'orion.local'}>"
+        message_id = f"<{m.id}@{self.sender.rpartition('@')[2] or 'orion.local'}>"
         headers = {"X-Orion-Notification-Id": m.id, "X-Orion-Template": m.template}
         if m.correlation_id:
             headers["X-Correlation-ID"] = m.correlation_id

@@ -162,7 +162,7 @@ class FakeQueue:
 
     def add(self, id: str, template: str = "order_received") -> None:
         self.rows[id] = Row(Claimed(id, f"key-{id}", template, ("sarah@example.com",), {"x": 1},
-                                    "order-1", None, "cid-9", 0, None))
+                                    "order-1", None, "cid-9", 0))
 
     async def claim_due(self, limit: int, lease: float) -> list[Claimed]:
         out = []
@@ -329,7 +329,7 @@ def test_dead_letter_record_names_the_email_and_why() -> None:
 
     from orion_streams.services.notifications import dead_letter_record
 
-    claimed = Claimed("n1", "order:o1:PENDING", "order_received", ("a@x.test",), {}, "o1", None, "cid-3", 4, None)
+    claimed = Claimed("n1", "order:o1:PENDING", "order_received", ("a@x.test",), {}, "o1", None, "cid-3", 4)
     key, value, headers = dead_letter_record(claimed, "gave up after 4 attempts", AT)
     body = json.loads(value)
     assert key == b"o1"
