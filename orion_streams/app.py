@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import faust
 
-from . import faust_fixes
+from . import faust_fixes, logs
 from . import topics as t
 from .bootstrap import Runtime
 from .config import Settings
@@ -36,6 +36,7 @@ app = faust.App(
     broker_commit_interval=1.0,
     stream_buffer_maxsize=4096,
     autodiscover=False,
+    logging_config=logs.dict_config(settings.log_format, settings.log_level, settings.worker_id),
     # Requests larger than this are refused with 413 before a handler runs.
     web_application_options={"middlewares": [correlation_and_problems], "client_max_size": 256 * 1024},
 )

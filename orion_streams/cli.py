@@ -83,6 +83,8 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     os.environ["ORION_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     os.environ["ORION_DATABASE_URL"] = settings.database_url
     os.environ["ORION_SMTP_URL"] = settings.smtp_url
+    if loglevel:
+        os.environ["ORION_LOG_LEVEL"] = loglevel
     from . import agents  # noqa: F401  (registers the agents)
     from .app import app
     from .web import apikeys, notifications, openapi, views, ws  # noqa: F401  (registers the views, /v1/ws and its feed)
@@ -92,8 +94,10 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     # Faust creates only the last level of its data directory.
     Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
     level = (loglevel or settings.log_level).lower()
+    # JSON logs are for machines: no banner on stdout between the lines.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
     sys.argv = [
-        "orion", "worker", "--loglevel", level,
+        "orion", *quiet, "worker", "--loglevel", level,
         "--web-host", settings.web_host, "--web-port", str(settings.web_port),
     ]
     app.main()
@@ -125,6 +129,16 @@ def local_services(settings: Settings) -> Iterator[Settings]:
             stack.callback(catcher.stop)
             smtp_url = f"smtp://{catcher.host}:{catcher.port}"
         yield _replace(settings, kafka_bootstrap=bootstrap, database_url=url, smtp_url=smtp_url)
+
+
+def _share_metrics(directory: Path) -> None:
+    """The worker and the mailer count into one directory, so the worker's /metrics shows
+    both (set before prometheus_client is imported; emptied so old runs do not add up)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        from .metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir(str(directory))
 
 
 @contextlib.contextmanager
@@ -236,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
 
     if args.command == "run":
+        _share_metrics(settings.state_dir / "metrics")
         with local_services(settings) as ready:
             _prepare(ready, seed=True)
             _banner(ready)

@@ -66,6 +66,10 @@ class Settings:
     worker_id: str = "w1"
     processing_guarantee: str = "at_least_once"
     db_pool_size: int = 10
+    # The mailer serves /metrics and /health on this port; 0 for none.
+    mailer_metrics_port: int = 0
+    # SQL statements slower than this (milliseconds) are logged, without their parameters.
+    db_slow_query_ms: float = 200.0
     session_timeout: float = 30.0
     standby_replicas: int = 1
 
@@ -118,6 +122,8 @@ class Settings:
             worker_id=_env("ORION_WORKER_ID", cls.worker_id),
             processing_guarantee=_env("ORION_PROCESSING_GUARANTEE", cls.processing_guarantee),
             db_pool_size=int(_env("ORION_DB_POOL_SIZE", str(cls.db_pool_size))),
+            mailer_metrics_port=int(_env("ORION_MAILER_METRICS_PORT", "0")),
+            db_slow_query_ms=float(_env("ORION_DB_SLOW_QUERY_MS", str(cls.db_slow_query_ms))),
             standby_replicas=int(_env("ORION_STANDBY_REPLICAS", str(cls.standby_replicas))),
             session_timeout=float(_env("ORION_SESSION_TIMEOUT", str(cls.session_timeout))),
         )

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import make_url
 
-from . import topics
+from . import logs, metrics, topics
 from .adapters.email import EmailRenderer, SmtpSender, SmtpServer
 from .adapters.notification_store import CHANNEL, Claimed, NotificationStore
 from .adapters.postgres import SqlAlchemyStore
@@ -51,8 +52,8 @@ async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> Non
             conn.add_termination_listener(lambda _c, lost=lost: lost.set())
             await conn.add_listener(CHANNEL, lambda *_args: wake())
             if first:
-                # Always printed, whatever the log level: process managers and tests wait for it.
-                print(f"orion mailer: listening for queued emails on {CHANNEL}", flush=True)
+                # Process managers and tests wait for this line (logged at info).
+                log.info("listening for queued emails on %s", CHANNEL)
                 first = False
             else:
                 log.info("listening again for queued emails on %s", CHANNEL)
@@ -121,13 +122,14 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
     """Send queued emails until `stop` is set."""
     if not settings.database_url:
         raise SystemExit("ORION_DATABASE_URL must be set for the mailer")
-    store = SqlAlchemyStore(settings.database_url, pool_size=4)
+    store = SqlAlchemyStore(settings.database_url, pool_size=4, slow_query_ms=settings.db_slow_query_ms)
     dead_letters = KafkaDeadLetters(settings.kafka_bootstrap)
     dispatcher = dispatcher_for(settings, NotificationStore(store.engine), dead_letters)
     log.info(
         "mailer sending through %s%s", SmtpServer.from_url(settings.smtp_url).label,
         f", fallback {SmtpServer.from_url(settings.smtp_fallback_url).label}" if settings.smtp_fallback_url else "",
     )
+    web = await _serve_metrics(settings.web_host, settings.mailer_metrics_port) if settings.mailer_metrics_port else None
     tasks = [
         asyncio.ensure_future(dispatcher.run()),
         asyncio.ensure_future(listen(asyncpg_dsn(settings.database_url), dispatcher.wake, stop)),
@@ -140,14 +142,34 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await dead_letters.close()
         await store.close()
+        if web is not None:
+            await web.cleanup()
+        metrics.process_exited()
         log.info("mailer stopped")
+
+
+async def _serve_metrics(host: str, port: int) -> web.AppRunner:
+    """`/metrics` and `/health` of this mailer, for Prometheus when mailers run apart from workers."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", scrape), web.get("/health", health)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("mailer metrics on http://%s:%d/metrics", host, port)
+    return runner
 
 
 def main(settings: Settings) -> None:
     """Run a mailer in this process until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_format, settings.log_level, f"mailer-{settings.worker_id}")
 
     async def serve() -> None:
         stop = asyncio.Event()

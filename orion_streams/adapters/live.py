@@ -27,27 +27,17 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import Counter, Gauge
 
-from .. import records
+from .. import metrics, records
 from .. import topics as t
 from ..domain import events as e
 
 log = logging.getLogger("orion.live")
 
-CONNECTIONS = Gauge("orion_websocket_connections", "Open WebSocket connections on this worker")
-MESSAGES = Counter(
-    "orion_websocket_messages_total", "Messages written to WebSocket clients, by type", ["type"]
-)
-DROPPED = Counter(
-    "orion_websocket_dropped_total",
-    "WebSocket clients dropped by the server (slow, expired, heartbeat, error)",
-    ["reason"],
-)
-FEED_PARTITIONS = Gauge(
-    "orion_live_feed_partitions",
-    "Partitions the live-update consumer is assigned and positioned on",
-)
+CONNECTIONS = metrics.WS_CONNECTIONS
+MESSAGES = metrics.WS_MESSAGES
+DROPPED = metrics.WS_DROPPED
+FEED_PARTITIONS = metrics.LIVE_FEED_PARTITIONS
 
 # Close codes: 1001 going away, 1011 server error, 1013 try again later, 4401 unauthorised.
 GOING_AWAY = 1001

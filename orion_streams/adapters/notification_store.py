@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -36,6 +37,7 @@ class Claimed:
     sku: str | None
     correlation_id: str | None
     attempts: int
+    created_at: datetime | None = None
 
 
 class NotificationStore:
@@ -96,7 +98,7 @@ class NotificationStore:
                 id=r.id, key=r.idempotency_key, template=r.template,
                 recipients=tuple(a.strip() for a in r.recipient.split(",") if a.strip()),
                 context=r.context, order_id=r.order_id, sku=r.sku, correlation_id=r.correlation_id,
-                attempts=r.attempts,
+                attempts=r.attempts, created_at=r.created_at,
             )
             for r in rows
         ]

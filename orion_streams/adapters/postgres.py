@@ -23,6 +23,7 @@ from ..domain.events import (
     StockLevelChanged,
 )
 from . import schema as s
+from .db_monitoring import instrument
 
 log = logging.getLogger("orion.postgres")
 
@@ -72,11 +73,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 class SqlAlchemyStore:
     """Orion's system of record. Writes are idempotent: replays add nothing."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, slow_query_ms: float = 200.0) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
             url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
         )
+        # Statement times, slow statements (logged without parameters), errors, pool use.
+        instrument(self.engine, slow_threshold_ms=slow_query_ms)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -89,7 +92,8 @@ class SqlAlchemyStore:
 
     async def upsert_products(self, products: Iterable[Product]) -> None:
         rows = [
-            {"sku": p.sku, "name": p.name, "unit_price": p.unit_price, "currency": p.currency, "active": p.active}
+            {"sku": p.sku, "name": p.name, "unit_price": p.unit_price, "currency": p.currency, "active": p.active,
+             "category": p.category}
             for p in products
         ]
         if not rows:
@@ -97,7 +101,7 @@ class SqlAlchemyStore:
         stmt = insert(s.products).values(rows)
         stmt = stmt.on_conflict_do_update(
             index_elements=["sku"],
-            set_={c: stmt.excluded[c] for c in ("name", "unit_price", "currency", "active")},
+            set_={c: stmt.excluded[c] for c in ("name", "unit_price", "currency", "active", "category")},
         )
         async with self.engine.begin() as conn:
             await conn.execute(stmt)
@@ -105,7 +109,7 @@ class SqlAlchemyStore:
     async def products(self) -> list[Product]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(s.products).order_by(s.products.c.sku))).all()
-        return [Product(r.sku, r.name, r.unit_price, r.currency, r.active) for r in rows]
+        return [Product(r.sku, r.name, r.unit_price, r.currency, r.active, r.category) for r in rows]
 
     # -- the write side used by the HTTP API ----------------------------------------
 
@@ -376,7 +380,7 @@ def _order_view(row: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _product_view(row: Any) -> dict[str, Any]:
     return {"sku": row["sku"], "name": row["name"], "unit_price": row["unit_price"],
-            "currency": row["currency"], "active": row["active"]}
+            "currency": row["currency"], "active": row["active"], "category": row["category"]}
 
 
 def _stock_view(row: Any) -> dict[str, Any]:

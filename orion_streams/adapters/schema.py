@@ -31,6 +31,8 @@ products = Table(
     Column("currency", String(3), nullable=False),
     Column("active", Boolean, nullable=False, server_default="true"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # What metrics group SKUs by ("SKU class"): a handful of values, never one per SKU.
+    Column("category", String(64), nullable=False, server_default="general"),
 )
 
 stock_levels = Table(

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import faust
 from aiokafka.partitioner import murmur2
 
-from .. import records
+from .. import logs, metrics, records
 from ..app import dead_letters_topic
 from ..domain.saga import Clock
 
@@ -154,11 +154,12 @@ async def handle_in_batches(stream: faust.StreamT[bytes], handle: Handler, *tabl
         async for event in manual.events():
             async with lock:
                 try:
-                    await handle(event, outbox)
+                    with logs.bound(correlation_id=header(event, CORRELATION_HEADER)):
+                        await handle(event, outbox)
                 except Exception:
                     # A bug must not wedge the partition forever; the message is parked with why.
                     log.exception("%s failed on %s", what, event.message.tp)
-                    await dead_letter(event, f"internal error in the {what}")
+                    await dead_letter(event, f"internal error in the {what}", kind="internal_error")
                 pending.append(event)
                 if len(pending) >= BATCH_SIZE:
                     await flush()
@@ -166,13 +167,17 @@ async def handle_in_batches(stream: faust.StreamT[bytes], handle: Handler, *tabl
         quiet.cancel()
 
 
-async def dead_letter(event: faust.EventT[bytes], reason: str) -> None:
-    """Park a message that cannot be processed, with why and where it came from."""
+async def dead_letter(event: faust.EventT[bytes], reason: str, *, kind: str) -> None:
+    """Park a message that cannot be processed, with why and where it came from.
+
+    `kind` is a fixed class of the reason (bad_record, invalid_order, wrong_key, ...) for
+    metrics and alerts; `reason` is the words for people."""
     msg = event.message
     raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
     key = event.key if isinstance(event.key, bytes) else (str(event.key).encode() if event.key is not None else None)
     body = {
         "reason": reason,
+        "reason_class": kind,
         "source_topic": msg.topic,
         "partition": msg.partition,
         "offset": msg.offset,
@@ -182,6 +187,7 @@ async def dead_letter(event: faust.EventT[bytes], reason: str) -> None:
     }
     headers = [
         ("reason", reason.encode()[:1000]),
+        ("reason-class", kind.encode()),
         ("source-topic", msg.topic.encode()),
         ("source-partition", str(msg.partition).encode()),
         ("source-offset", str(msg.offset).encode()),
@@ -189,9 +195,10 @@ async def dead_letter(event: faust.EventT[bytes], reason: str) -> None:
     correlation = header(event, CORRELATION_HEADER)
     if correlation:
         headers.append((CORRELATION_HEADER, correlation.encode()))
+    metrics.DEAD_LETTERS.labels(kind, msg.topic).inc()
     log.warning(
-        "dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason,
-        extra={"correlation_id": correlation},
+        "dead-lettered %s[%d]@%d (%s): %s", msg.topic, msg.partition, msg.offset, kind, reason,
+        extra={"correlation_id": correlation, "reason_class": kind},
     )
     fut = await dead_letters_topic.send(key=key, value=json.dumps(body).encode(), headers=headers)
     await fut

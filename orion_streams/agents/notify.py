@@ -12,7 +12,7 @@ import logging
 
 import faust
 
-from .. import records
+from .. import logs, records
 from ..app import app, notification_inputs, runtime, settings
 from ..domain import events as e
 from ..domain import notifications as domain
@@ -31,9 +31,14 @@ class Queued:
         items, self.items = self.items, []
         if not items:
             return
-        added = await until_done(lambda: runtime.notifications.enqueue(items), f"queueing {len(items)} email(s)")
-        if added:
-            log.debug("queued %d email(s)", len(added))
+        added = set(await until_done(lambda: runtime.notifications.enqueue(items), f"queueing {len(items)} email(s)"))
+        for note in items:
+            with logs.bound(correlation_id=note.correlation_id, order_id=note.order_id, sku=note.sku,
+                            notification_id=note.id):
+                if note.id in added:
+                    log.info("email %s queued", note.template)
+                else:
+                    log.debug("email %s was queued before", note.template)
 
 
 batch = Queued()

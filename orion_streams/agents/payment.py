@@ -7,12 +7,12 @@ import logging
 
 import faust
 
-from .. import records
+from .. import logs, records
 from ..app import app, order_events_topic, payment_requests_topic, runtime, settings
 from ..domain import commands as c
 from ..domain import events as e
 from ..services.ports import PaymentError
-from .common import dead_letter, identity, send_all
+from .common import CORRELATION_HEADER, dead_letter, header, identity, send_all
 
 log = logging.getLogger("orion.payment")
 
@@ -47,11 +47,19 @@ async def take_payment(stream: faust.StreamT[bytes]) -> None:
         try:
             command = records.decode(event.value)
         except records.BadRecord as exc:
-            await dead_letter(event, str(exc))
+            await dead_letter(event, str(exc), kind="bad_record")
             continue
         if not isinstance(command, c.AuthorizePayment):
-            await dead_letter(event, f"{type(command).__name__} does not belong on payment-requests")
+            await dead_letter(event, f"{type(command).__name__} does not belong on payment-requests", kind="wrong_topic")
             continue
-        outcome = await authorize(command)
+        with logs.bound(correlation_id=header(event, CORRELATION_HEADER), order_id=command.order_id):
+            outcome = await authorize(command)
+            match outcome:
+                case e.PaymentAuthorized():
+                    log.info("payment authorised (%s)", outcome.authorization_id)
+                case e.PaymentDeclined():
+                    log.info("payment declined: %s", outcome.reason)
+                case e.PaymentTimedOut():
+                    log.warning("payment provider did not answer within %.1fs", settings.payment_timeout)
         headers = identity(event)
         await send_all([(order_events_topic, command.order_id, outcome, headers)])

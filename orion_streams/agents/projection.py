@@ -6,7 +6,7 @@ import logging
 
 import faust
 
-from .. import records
+from .. import logs, records
 from ..adapters.postgres import AuditContext
 from ..app import app, projection_inputs, runtime
 from ..domain import events as e
@@ -36,6 +36,7 @@ class Projection:
         self.audit: list[tuple[e.AuditEntry, AuditContext]] = []
         self.levels: list[e.StockLevelChanged] = []
         self.adjustments: list[e.StockAdjusted | e.AdjustmentRejected] = []
+        self.correlation_ids: list[str | None] = []  # of each status change, for the log
 
     async def written(self) -> None:
         if self.statuses or self.audit or self.levels or self.adjustments:
@@ -43,6 +44,9 @@ class Projection:
                 lambda: runtime.store.project(self.statuses, self.audit, self.levels, self.adjustments),
                 "projection write",
             )
+            for change, cid in zip(self.statuses, self.correlation_ids, strict=True):
+                with logs.bound(correlation_id=cid, order_id=change.order_id):
+                    log.info("stored order status %s (version %d)", change.status.value, change.version)
         self._reset()
 
 
@@ -53,11 +57,12 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     try:
         message = records.decode(event.value)
     except records.BadRecord as exc:
-        await dead_letter(event, str(exc))
+        await dead_letter(event, str(exc), kind="bad_record")
         return
     match message:
         case e.OrderStatusChanged():
             batch.statuses.append(message)
+            batch.correlation_ids.append(header(event, CORRELATION_HEADER))
         case e.AuditEntry():
             ctx = AuditContext(
                 header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER)
@@ -70,7 +75,7 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         case e.LowStockDetected():
             pass  # alerts are the email and websocket agents' business
         case _:
-            await dead_letter(event, f"{type(message).__name__} is not projected")
+            await dead_letter(event, f"{type(message).__name__} is not projected", kind="wrong_topic")
 
 
 @app.agent(projection_inputs, concurrency=1)

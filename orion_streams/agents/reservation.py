@@ -7,8 +7,8 @@ from typing import Any
 
 import faust
 
-from .. import records
-from ..app import app, order_events_topic, stock_levels_topic, stock_requests_topic
+from .. import logs, metrics, records
+from ..app import app, order_events_topic, runtime, stock_levels_topic, stock_requests_topic
 from ..domain import commands as c
 from ..domain import events as e
 from ..domain import stock as rules
@@ -31,6 +31,30 @@ def _route(message: rules.StockEvent) -> tuple[faust.TopicT, str]:
     return stock_levels_topic, message.sku
 
 
+def _sku_class(sku: str) -> str:
+    product = runtime.catalog.get(sku)
+    return product.category if product is not None else "unknown"
+
+
+def _observe(message: rules.StockEvent, *, changed: bool) -> None:
+    """Count and log what this command did; a repeated ask answered from its hold moved
+    no stock and is not counted again."""
+    match message:
+        case e.LineReserved() if changed:
+            metrics.RESERVATIONS.labels(_sku_class(message.sku), "accepted").inc()
+            log.info("reserved %d of %s", message.quantity, message.sku)
+        case e.LineRejected():
+            metrics.RESERVATIONS.labels(_sku_class(message.sku), "rejected").inc()
+            log.info("refused %d of %s (%d available): %s", message.quantity, message.sku, message.available, message.reason)
+        case e.LineReleased():
+            log.info("released %d of %s", message.quantity, message.sku)
+        case e.LineCommitted():
+            log.info("sold %d of %s", message.quantity, message.sku)
+        case e.LowStockDetected():
+            metrics.LOW_STOCK_ALERTS.inc()
+            log.warning("low stock of %s: %d available (threshold %d)", message.sku, message.available, message.low_stock_threshold)
+
+
 @app.agent(stock_requests_topic, concurrency=1)
 async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
     """Apply stock commands for the SKUs of this worker's partitions."""
@@ -42,14 +66,15 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     try:
         command = records.decode(event.value)
     except records.BadRecord as exc:
-        await dead_letter(event, str(exc))
+        await dead_letter(event, str(exc), kind="bad_record")
         return
     if not isinstance(command, c.ReserveLine | c.ReleaseLine | c.CommitLine | c.AdjustStock):
-        await dead_letter(event, f"{type(command).__name__} does not belong on stock-requests")
+        await dead_letter(event, f"{type(command).__name__} does not belong on stock-requests", kind="wrong_topic")
         return
     if command.sku != sku:
-        await dead_letter(event, "the message key must equal its sku")
+        await dead_letter(event, "the message key must equal its sku", kind="wrong_key")
         return
+    logs.bind(sku=sku, order_id=getattr(command, "order_id", None))
     at = now().iso
     stored = inventory.get(sku)
     level = records.stock_from_value(sku, stored)
@@ -89,6 +114,7 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     headers = identity(event)
     for m in outputs:
         outbox.send(*_route(m), m, headers)
+        _observe(m, changed=new_level is not level)
     if new_level is not level:
         inventory.put(event, sku, records.stock_entry(new_level, offset, hold_key if hold_value else None, hold_value))
     if hold_value is not None:

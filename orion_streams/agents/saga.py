@@ -10,7 +10,7 @@ import faust
 import mode
 from faust.types import TP
 
-from .. import records
+from .. import logs, metrics, records
 from .. import topics as t
 from ..app import (
     app,
@@ -78,18 +78,18 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     except records.BadRecord as exc:
         # A product added since the catalog was loaded is not a bad record: look again.
         if "unknown SKU" not in str(exc) or not await runtime.refresh_catalog_if_stale():
-            await dead_letter(event, str(exc))
+            await dead_letter(event, str(exc), kind="bad_record")
             return
         try:
             message = records.decode(event.value, runtime.catalog)
         except records.BadRecord as again:
-            await dead_letter(event, str(again))
+            await dead_letter(event, str(again), kind="bad_record")
             return
     correlation_id = header(event, CORRELATION_HEADER)
     actor = header(event, ACTOR_HEADER)
     roles = header(event, ROLES_HEADER)
     if getattr(message, "order_id", None) != order_id:
-        await dead_letter(event, "the message key must equal its order_id")
+        await dead_letter(event, "the message key must equal its order_id", kind="wrong_key")
         return
     expected = partition_for(order_id, settings.partitions)
     if event.message.partition != expected:
@@ -112,14 +112,14 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         try:
             saga, outputs = domain.start(message, runtime.catalog, now_)
         except ValidationFailed as exc:
-            await dead_letter(event, f"invalid order: {exc}")
+            await dead_letter(event, f"invalid order: {exc}", kind="invalid_order")
             return
         correlation_id = correlation_id or message.event_id
         if not actor:  # a producer that identified nobody is recorded as such
             actor, roles = UNIDENTIFIED, None
     else:
         if current is None:
-            await dead_letter(event, f"no order {order_id} is known to the saga")
+            await dead_letter(event, f"no order {order_id} is known to the saga", kind="unknown_order")
             return
         state = current
         saga, outputs = domain.handle(
@@ -128,16 +128,43 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         correlation_id = correlation_id or state.get("correlation_id")
         if not actor:
             actor, roles = state.get("actor"), state.get("actor_roles")
+    logs.bind(order_id=order_id, correlation_id=correlation_id)
     if not outputs:
         return
     headers = make_headers(correlation_id, actor, roles)
     for m in outputs:
         outbox.send(*_route(m), m, headers)
+        if isinstance(m, e.OrderStatusChanged):
+            _observe(m, saga, now_)
     sagas.put(event, order_id, {
         "saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor, "actor_roles": roles,
     })
     if saga.status.value != "RESERVED":
         _timeouts_sent.discard(order_id)
+
+
+# Statuses counted in orion_orders_total, and those that decide an order.
+_COUNTED = frozenset({"CONFIRMED", "FULFILLED", "REJECTED", "PAYMENT_FAILED", "CANCELLED"})
+_DECISIONS = frozenset({"CONFIRMED", "REJECTED", "PAYMENT_FAILED"})
+
+
+def _observe(change: e.OrderStatusChanged, saga: domain.OrderSaga, now_: domain.Clock) -> None:
+    """Log and count a status change; the saga is the one place every order passes."""
+    status = change.status.value
+    if change.previous is None:
+        metrics.ORDERS_PLACED.inc()
+        log.info("order placed: %d line(s); reserving", len(saga.lines))
+    elif change.failure_reason:
+        log.info("order %s -> %s: %s", change.previous.value, status, change.failure_reason)
+    else:
+        log.info("order %s -> %s", change.previous.value, status)
+    if status in _COUNTED:
+        metrics.ORDERS.labels(status).inc()
+    if status in _DECISIONS:
+        elapsed = max(0.0, now_.epoch - _epoch(saga.created_at))
+        metrics.ORDER_DECISION.labels(status).observe(elapsed)
+        if status == "CONFIRMED":
+            metrics.ORDER_CONFIRMATION.observe(elapsed)
 
 
 def _active(order_id: str) -> bool:

@@ -182,9 +182,18 @@ class Worker(OrionProcess):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> Worker:
-        self._spawn(self.ready, "/ready", timeout)
+    def start(self, timeout: float = 90, *, until: str = "ready") -> Worker:
+        """Start and wait until /ready says 200 (or, with until="alive", /health does)."""
+        self._spawn(self.ready if until == "ready" else self.alive, f"/{until}", timeout)
         return self
+
+    def alive(self) -> bool:
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     def ready(self) -> bool:
         self._check_alive()
@@ -202,7 +211,7 @@ class Mailer(OrionProcess):
     kind = "mailer"
 
     def __init__(self, services: Services, name: str, extra_env: dict[str, str] | None = None) -> None:
-        super().__init__(services, name, dict(extra_env or {}))
+        super().__init__(services, name, {"ORION_WORKER_ID": name, **(extra_env or {})})
 
     def start(self, timeout: float = 30) -> Mailer:
         self._spawn(self.listening, "to listen", timeout)

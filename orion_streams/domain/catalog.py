@@ -15,6 +15,8 @@ class Product:
     unit_price: int
     currency: str = "EUR"
     active: bool = True
+    # The SKU class of the metrics (orion_reservations_total{sku_class}).
+    category: str = "general"
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,18 @@ class Catalog:
 
 
 DEMO_PRODUCTS: tuple[Product, ...] = (
-    Product("SKU-001", "Aurora desk lamp", 4_999),
-    Product("SKU-002", "Nimbus wireless mouse", 2_950),
-    Product("SKU-003", "Basalt mechanical keyboard", 12_900),
-    Product("SKU-004", "Cirrus 27-inch monitor", 28_900),
-    Product("SKU-005", "Delta USB-C hub", 3_999),
-    Product("SKU-006", "Ember laptop stand", 5_450),
-    Product("SKU-007", "Fjord noise-cancelling headphones", 19_900),
-    Product("SKU-008", "Glacier water bottle", 1_899),
-    Product("SKU-009", "Harbor backpack", 8_900),
-    Product("SKU-010", "Iris webcam", 6_999),
-    Product("SKU-011", "Juniper notebook, dotted", 1_250),
-    Product("SKU-012", "Kestrel fountain pen", 3_400),
+    Product("SKU-001", "Aurora desk lamp", 4_999, category="lighting"),
+    Product("SKU-002", "Nimbus wireless mouse", 2_950, category="peripherals"),
+    Product("SKU-003", "Basalt mechanical keyboard", 12_900, category="peripherals"),
+    Product("SKU-004", "Cirrus 27-inch monitor", 28_900, category="displays"),
+    Product("SKU-005", "Delta USB-C hub", 3_999, category="peripherals"),
+    Product("SKU-006", "Ember laptop stand", 5_450, category="accessories"),
+    Product("SKU-007", "Fjord noise-cancelling headphones", 19_900, category="audio"),
+    Product("SKU-008", "Glacier water bottle", 1_899, category="accessories"),
+    Product("SKU-009", "Harbor backpack", 8_900, category="bags"),
+    Product("SKU-010", "Iris webcam", 6_999, category="peripherals"),
+    Product("SKU-011", "Juniper notebook, dotted", 1_250, category="stationery"),
+    Product("SKU-012", "Kestrel fountain pen", 3_400, category="stationery"),
 )
 
 DEMO_STOCK: tuple[DemoStock, ...] = tuple(

@@ -1,9 +1,9 @@
 """Sending queued emails: claim due messages, render, send, record, retry or give up.
 
-Runs in every worker. Messages come from the notifications table (see
+Runs in the mailer (`orion mailer`). Messages come from the notifications table (see
 adapters/notification_store.py), so a retry waiting for its backoff holds nothing: other
-orders' emails go out meanwhile, and a worker that dies mid-send loses nothing (its lease
-runs out and any worker sends the message again, with the same Message-ID).
+orders' emails go out meanwhile, and a mailer that dies mid-send loses nothing (its lease
+runs out and any mailer sends the message again, with the same Message-ID).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any, Protocol
 
-from prometheus_client import Counter
-
+from .. import logs, metrics
 from ..adapters.email import (
     Delivery,
     PermanentEmailError,
@@ -31,8 +31,7 @@ from ..domain.notifications import RetryPolicy
 
 log = logging.getLogger("orion.email")
 
-EMAILS = Counter("orion_emails_total", "Email attempts by template and outcome (sent, retried, failed)",
-                 ["template", "outcome"])
+EMAILS = metrics.EMAILS
 
 
 class Renderer(Protocol):
@@ -59,6 +58,7 @@ def dead_letter_record(message: Claimed, reason: str, at: str) -> tuple[bytes, b
     """Key, value and headers of the `dead-letters` record for an email given up on."""
     body = {
         "reason": reason,
+        "reason_class": "email_failed",
         "source_topic": "notifications",
         "notification_id": message.id,
         "idempotency_key": message.key,
@@ -69,7 +69,9 @@ def dead_letter_record(message: Claimed, reason: str, at: str) -> tuple[bytes, b
         "attempts": message.attempts,
         "at": at,
     }
-    headers = [("reason", reason.encode()[:1000]), ("source-topic", b"notifications")]
+    headers = [
+        ("reason", reason.encode()[:1000]), ("reason-class", b"email_failed"), ("source-topic", b"notifications"),
+    ]
     if message.correlation_id:
         headers.append(("correlation-id", message.correlation_id.encode()))
     key = (message.order_id or message.sku or message.id).encode()
@@ -151,8 +153,10 @@ class NotificationDispatcher:
 
     async def deliver(self, message: Claimed) -> None:
         """One attempt at one message; every outcome is recorded."""
+        m = message
         try:
-            await self._deliver(message)
+            with logs.bound(correlation_id=m.correlation_id, order_id=m.order_id, sku=m.sku, notification_id=m.id):
+                await self._deliver(message)
         except Exception:  # a database error while recording: the lease runs out, it is retried
             log.exception("email %s (%s): could not record the outcome", message.id, message.template)
 
@@ -184,18 +188,16 @@ class NotificationDispatcher:
                 return
             delay = self.policy.delay(m.attempts, self.jitter())
             EMAILS.labels(m.template, "retried").inc()
-            log.warning(
-                "email %s (%s) attempt %d failed: %s; retrying in %.1fs",
-                m.id, m.template, m.attempts, exc, delay, extra={"correlation_id": m.correlation_id},
-            )
+            log.warning("email %s (%s) attempt %d failed: %s; retrying in %.1fs", m.id, m.template, m.attempts, exc, delay)
             await self.queue.mark_retry(m.id, error=str(exc), delay=delay, server=server, subject=rendered.subject)
         else:
             await self.queue.mark_sent(m.id, server=delivery.server, message_id=message_id, subject=rendered.subject)
             EMAILS.labels(m.template, "sent").inc()
-            log.info(
-                "email %s (%s) sent to %s via %s", m.id, m.template, ", ".join(m.recipients), delivery.server,
-                extra={"correlation_id": m.correlation_id},
-            )
+            if m.created_at is not None:
+                metrics.EMAIL_QUEUE_AGE.labels(m.template).observe(
+                    max(0.0, (datetime.now(UTC) - m.created_at).total_seconds())
+                )
+            log.info("email %s (%s) sent to %d recipient(s) via %s", m.id, m.template, len(m.recipients), delivery.server)
 
     async def _give_up(self, m: Claimed, error: str, server: str | None, subject: str | None) -> None:
         # Dead letter first: if recording fails after it, the lease runs out, the message is
@@ -203,4 +205,5 @@ class NotificationDispatcher:
         await self.dead_letter(m, error)
         await self.queue.mark_failed(m.id, error=error, server=server, subject=subject)
         EMAILS.labels(m.template, "failed").inc()
-        log.error("email %s (%s) failed: %s", m.id, m.template, error, extra={"correlation_id": m.correlation_id})
+        metrics.DEAD_LETTERS.labels("email_failed", "notifications").inc()
+        log.error("email %s (%s) failed: %s", m.id, m.template, error)

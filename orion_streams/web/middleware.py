@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .. import logs, metrics
 from .problems import ApiError, problem_body, problem_response
 
 log = logging.getLogger("orion.web")
@@ -30,12 +32,25 @@ def _problem(status: int, title: str, detail: str) -> web.Response:
     )
 
 
+# Polled by orchestrators and Prometheus: logged at debug so they do not drown the rest.
+_QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+
+
+def route_of(request: web.Request) -> str:
+    """The route template (`/v1/orders/{order_id}`), never the raw path: bounded label values."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 @web.middleware
 async def correlation_and_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get(CORRELATION_ID, "")
     cid = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
     request["correlation_id"] = cid
     token = correlation_id.set(cid)
+    log_token = logs.bind(correlation_id=cid)
+    started = time.perf_counter()
+    status = 500
     try:
         try:
             if "\x00" in request.path or "\x00" in request.query_string:
@@ -45,6 +60,7 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
             response = problem_response(exc)
         except web.HTTPException as exc:
             if exc.status < 400:
+                status = exc.status
                 raise
             response = _problem(exc.status, exc.reason, exc.text or exc.reason)
         except Exception:
@@ -52,6 +68,24 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
             response = _problem(500, "Internal Server Error", f"something went wrong; quote {cid}")
         if not response.prepared:
             response.headers[CORRELATION_ID] = cid
+        status = response.status
         return response
     finally:
+        _observe(request, status, time.perf_counter() - started)
+        logs.unbind(log_token)
         correlation_id.reset(token)
+
+
+def _observe(request: web.Request, status: int, seconds: float) -> None:
+    route = route_of(request)
+    if "wait" in request.query:  # held until the order is decided: timed apart from the rest
+        route += "?wait"
+    metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+    if status != 101:  # a WebSocket's time is its whole session, not a request's
+        metrics.HTTP_LATENCY.labels(route, request.method).observe(seconds)
+    level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level, "%s %s %d %.1f ms", request.method, route, status, seconds * 1000,
+            extra={"http_status": status, "duration_ms": round(seconds * 1000, 1), "route": route},
+        )

@@ -317,6 +317,7 @@ SCHEMAS: dict[str, Any] = {
     "Product": obj({
         "sku": STRING, "name": STRING, "unit_price": INTEGER,
         "currency": {"type": "string", "maxLength": 3}, "active": {"type": "boolean"},
+        "category": {"type": "string", "description": "The SKU class metrics group reservations by"},
     }),
     "ProductList": obj({"items": {"type": "array", "items": schema_ref("Product")}, "next_cursor": {"type": "null"}}),
     "StockLevel": obj({

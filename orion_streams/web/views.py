@@ -14,14 +14,14 @@ from typing import Any
 
 from aiohttp import web
 from faust.web import View
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from .. import records
+from .. import logs, metrics, records
 from ..adapters.postgres import InvalidCursor
 from ..app import app, orders_topic, runtime, settings, stock_requests_topic
 from ..domain import commands as c
 from ..domain import events as e
 from ..domain.errors import FieldError, ValidationFailed
+from ..domain.money import format_amount
 from ..domain.orders import OrderStatus, order_currency, parse_order_request, priced_lines
 from ..domain.stock import ADJUSTMENT_REASONS
 from ..records import storable
@@ -31,7 +31,6 @@ from .problems import ApiError, bad_request, conflict, not_found, unavailable, u
 from .ratelimit import TokenBuckets
 
 log = logging.getLogger("orion.web")
-ORDERS_ACCEPTED = Counter("orion_orders_accepted_total", "Orders acknowledged with 202")
 MAX_WAIT = 30.0
 _NAMESPACE = uuid.UUID("5b8f6f2e-7d8c-4f61-9a43-0c8d3c1f2a10")
 _verifier: TokenVerifier | None = None
@@ -192,8 +191,13 @@ class OrdersView(View):
             lines=order.lines, payment_token=order.payment_token,
             placed_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         )
+        logs.bind(order_id=order_id)  # the middleware unbinds when the request ends
         await _send(orders_topic, order_id, placed, _headers(request, principal))
-        ORDERS_ACCEPTED.inc()
+        metrics.ORDERS_ACCEPTED.inc()
+        log.info(
+            "order accepted: %d line(s), %s, by %s", len(lines),
+            format_amount(sum(q * price for _, q, price in lines), currency), principal.subject,
+        )
         try:
             await runtime.store.record_accepted(
                 order_id=order_id, user_id=principal.subject, email=order.email, lines=lines,
@@ -413,4 +417,5 @@ class ReadyView(View):
 @app.page("/metrics")
 class MetricsView(View):
     async def get(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})

@@ -23,8 +23,8 @@ from typing import Any, cast
 
 import mode
 from aiohttp import WSMsgType, web
-from prometheus_client import Counter
 
+from .. import metrics
 from ..adapters.live import (
     GOING_AWAY,
     UNAUTHORIZED,
@@ -47,7 +47,7 @@ log = logging.getLogger("orion.ws")
 PATH = "/v1/ws"
 # Close code for a user who already has ORION_WS_MAX_PER_USER sockets open.
 TOO_MANY = 4429
-WS_REFUSED = Counter("orion_websocket_refused_total", "WebSocket connections refused", ["reason"])
+WS_REFUSED = metrics.WS_REFUSED
 # A send that takes longer than this drops the client as too slow.
 SEND_TIMEOUT = 10.0
 # How long a close waits for the client's close frame, and for the whole close.

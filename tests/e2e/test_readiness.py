@@ -44,3 +44,28 @@ def test_ready_is_503_while_postgresql_is_down_and_200_when_it_is_back(fresh_ser
         wait_until(lambda: _get(f"{worker.url}/ready")[0] == 200, 60, "/ready to answer 200 again")
     finally:
         worker.stop()
+
+
+def test_ready_is_503_until_the_tables_are_recovered(fresh_services: Services) -> None:
+    first = Worker(fresh_services, "first").start()
+    try:
+        # A second worker joins: it answers /health at once, then waits for the group to
+        # rebalance and recovers its share of the tables before it may take traffic.
+        second = Worker(fresh_services, "second").start(until="alive")
+        try:
+            answers: list[tuple[int, Any]] = []
+
+            def recovered() -> bool:
+                answers.append(_get(f"{second.url}/ready"))
+                return answers[-1][0] == 200
+
+            wait_until(recovered, 90, "the second worker to be ready", interval=0.02)
+            waiting = [body for status, body in answers if status == 503]
+            assert waiting, f"never saw 503 before recovery: {answers[:3]}"
+            assert waiting[0] == {"status": "unavailable", "missing": ["table recovery"]}
+            assert answers[-1] == (200, {"status": "ready"})
+            assert _get(f"{first.url}/ready")[0] == 200
+        finally:
+            second.stop()
+    finally:
+        first.stop()

@@ -1,0 +1,112 @@
+"""Metrics read from the worker's own Faust state: consumer lag, low stock, table recovery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+from faust.types import TP
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .. import metrics, records
+from .. import topics as t
+from ..app import app, settings
+from ..tables import inventory
+from .common import partition_for
+
+# Topics whose events this worker's agents process (changelogs are recovery, not lag).
+_SOURCES = frozenset(spec.name for spec in t.ALL)
+
+
+class ConsumerLag(Collector):
+    """Events waiting per source partition this worker owns: log end minus committed offset."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "orion_consumer_lag", "Events not yet processed, per topic and partition this worker owns",
+            labels=["topic", "partition"],
+        )
+        for tp, lag in sorted(consumer_lag().items()):
+            family.add_metric([tp.topic, str(tp.partition)], lag)
+        yield family
+
+
+def consumer_lag() -> dict[TP, int]:
+    consumer: Any = app.consumer
+    try:
+        assigned = consumer.assignment()
+        committed = consumer._committed_offset  # what Faust last committed (the next offset to read)
+    except Exception:  # not started, or between rebalances
+        return {}
+    lags = {}
+    for tp in assigned:
+        if tp.topic not in _SOURCES or tp in app.assignor.assigned_standbys():
+            continue
+        try:
+            end = consumer.highwater(tp)
+        except Exception:
+            continue
+        position = committed.get(tp)
+        if end is None or position is None:
+            continue
+        lags[tp] = max(0, end - position)
+    return lags
+
+
+class LowStock(Collector):
+    """Available stock of the SKUs this worker owns that are at or below their threshold."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        available = GaugeMetricFamily(
+            "orion_stock_available", "Available units of SKUs at or below their low-stock threshold",
+            labels=["sku"],
+        )
+        threshold = GaugeMetricFamily(
+            "orion_stock_low_threshold", "Low-stock threshold of the SKUs in orion_stock_available",
+            labels=["sku"],
+        )
+        for level in low_stock():
+            available.add_metric([level.sku], level.available)
+            threshold.add_metric([level.sku], level.low_stock_threshold)
+        yield available
+        yield threshold
+
+
+def low_stock() -> list[Any]:
+    try:
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == t.STOCK_REQUESTS.name}
+        entries = list(inventory.items())
+    except Exception:  # not started, or between rebalances
+        return []
+    out = []
+    for key, value in entries:
+        if not value or "\x1f" in key or "\x1e" in key:  # holds and adjustment markers
+            continue
+        if partition_for(key, settings.partitions) not in owned:
+            continue
+        level = records.stock_from_value(key, value)
+        if level.low_stock_threshold > 0 and level.available <= level.low_stock_threshold:
+            out.append(level)
+    return sorted(out, key=lambda lvl: lvl.sku)
+
+
+class RecoveryTimer(faust.Sensor):
+    """From each rebalance to the end of its table recovery (Faust ends a rebalance there)."""
+
+    def on_rebalance_start(self, app: faust.types.AppT) -> dict[str, Any]:
+        metrics.RECOVERING.set(1)
+        return {"started": time.monotonic()}
+
+    def on_rebalance_end(self, app: faust.types.AppT, state: dict[str, Any]) -> None:
+        metrics.RECOVERING.set(0)
+        started = state.get("started")
+        if started is not None:
+            metrics.TABLE_RECOVERY.observe(time.monotonic() - started)
+
+
+metrics.register_collector(ConsumerLag())
+metrics.register_collector(LowStock())
+app.sensors.add(RecoveryTimer())
