@@ -85,12 +85,16 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     os.environ["ORION_SMTP_URL"] = settings.smtp_url
     if loglevel:
         os.environ["ORION_LOG_LEVEL"] = loglevel
-    from . import agents  # noqa: F401  (registers the agents)
+    from . import (
+        agents,  # noqa: F401  (registers the agents)
+        tracing,
+    )
     from .app import app
     from .web import apikeys, notifications, openapi, views, ws  # noqa: F401  (registers the views, /v1/ws and its feed)
 
     # A bad JWT configuration stops the worker now rather than failing every request.
     views.verifier()
+    tracing.configure("orion-worker", settings.worker_id)
     # Faust creates only the last level of its data directory.
     Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
     level = (loglevel or settings.log_level).lower()

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import make_url
 
-from . import logs, metrics, topics
+from . import logs, metrics, topics, tracing
 from .adapters.email import EmailRenderer, SmtpSender, SmtpServer
 from .adapters.notification_store import CHANNEL, Claimed, NotificationStore
 from .adapters.postgres import SqlAlchemyStore
@@ -145,6 +145,7 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
         if web is not None:
             await web.cleanup()
         metrics.process_exited()
+        await asyncio.to_thread(tracing.shutdown)  # flushes buffered spans
         log.info("mailer stopped")
 
 
@@ -170,6 +171,7 @@ async def _serve_metrics(host: str, port: int) -> web.AppRunner:
 def main(settings: Settings) -> None:
     """Run a mailer in this process until SIGINT or SIGTERM."""
     logs.configure(settings.log_format, settings.log_level, f"mailer-{settings.worker_id}")
+    tracing.configure("orion-mailer", f"mailer-{settings.worker_id}")
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionCon
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
-from .. import metrics
+from .. import metrics, tracing
 
 log = logging.getLogger("orion.db")
 
@@ -44,6 +44,7 @@ STATEMENT_LOG_CHARS = 500
 # (a stack, for nested statements) in the rare executions that have no context.
 _STARTED_ATTR = "_orion_started"
 _STARTED_STACK = "orion_statement_starts"
+_SPAN_ATTR = "_orion_span"  # the statement's tracing span, when tracing is on
 
 # Comments, string literals, parentheses and words; enough to find the statement under a WITH.
 _TOKENS = re.compile(
@@ -98,6 +99,13 @@ def shorten(statement: str, limit: int = STATEMENT_LOG_CHARS) -> str:
 # -- statement events ----------------------------------------------------------------------
 
 
+def _end_span(context: ExecutionContext | None, error: BaseException | None = None) -> None:
+    current = getattr(context, _SPAN_ATTR, None) if context is not None else None
+    if current is not None:
+        setattr(context, _SPAN_ATTR, None)
+        tracing.finish(current, error)
+
+
 def _start(conn: Connection, context: ExecutionContext | None) -> None:
     now = time.perf_counter()
     if context is not None:
@@ -130,12 +138,18 @@ class _Statements:
         context: ExecutionContext | None, executemany: bool,
     ) -> None:
         _start(conn, context)
+        if context is not None and tracing.enabled():
+            kind = statement_kind(statement)
+            setattr(context, _SPAN_ATTR, tracing.start(
+                f"db {kind}", "client", attributes={"db.system.name": "postgresql", "db.query.text": shorten(statement)}
+            ))
 
     def after(
         self, conn: Connection, cursor: Any, statement: str, parameters: Any,
         context: ExecutionContext | None, executemany: bool,
     ) -> None:
         try:
+            _end_span(context)
             seconds = _stop(conn, context)
             if seconds is None:
                 return
@@ -153,6 +167,7 @@ class _Statements:
 
     def failed(self, ctx: ExceptionContext) -> None:
         try:
+            _end_span(ctx.execution_context, ctx.original_exception)
             _stop(ctx.connection, ctx.execution_context)
             # A failed pre-ping is the pool replacing a stale connection, not a failure; a
             # cancellation (BaseException) is the caller giving up, not the database failing.

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import faust
 from aiokafka.partitioner import murmur2
 
-from .. import logs, metrics, records
+from .. import logs, metrics, records, tracing
 from ..app import dead_letters_topic
 from ..domain.saga import Clock
 
@@ -154,7 +154,14 @@ async def handle_in_batches(stream: faust.StreamT[bytes], handle: Handler, *tabl
         async for event in manual.events():
             async with lock:
                 try:
-                    with logs.bound(correlation_id=header(event, CORRELATION_HEADER)):
+                    msg = event.message
+                    with logs.bound(correlation_id=header(event, CORRELATION_HEADER)), tracing.span(
+                        what, "consumer", attributes={
+                            "messaging.system": "kafka", "messaging.destination.name": msg.topic,
+                            "messaging.destination.partition.id": str(msg.partition),
+                            "messaging.kafka.offset": msg.offset,
+                        },
+                    ):
                         await handle(event, outbox)
                 except Exception:
                     # A bug must not wedge the partition forever; the message is parked with why.

@@ -12,7 +12,7 @@ import logging
 
 import faust
 
-from .. import logs, records
+from .. import logs, records, tracing
 from ..app import app, notification_inputs, runtime, settings
 from ..domain import events as e
 from ..domain import notifications as domain
@@ -31,7 +31,8 @@ class Queued:
         items, self.items = self.items, []
         if not items:
             return
-        added = set(await until_done(lambda: runtime.notifications.enqueue(items), f"queueing {len(items)} email(s)"))
+        with tracing.span("email queue write", links=[n.correlation_id for n in items], attributes={"orion.batch.emails": len(items)}):
+            added = set(await until_done(lambda: runtime.notifications.enqueue(items), f"queueing {len(items)} email(s)"))
         for note in items:
             with logs.bound(correlation_id=note.correlation_id, order_id=note.order_id, sku=note.sku,
                             notification_id=note.id):

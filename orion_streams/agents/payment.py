@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from .. import logs, records
+from .. import logs, records, tracing
 from ..app import app, order_events_topic, payment_requests_topic, runtime, settings
 from ..domain import commands as c
 from ..domain import events as e
@@ -52,7 +52,10 @@ async def take_payment(stream: faust.StreamT[bytes]) -> None:
         if not isinstance(command, c.AuthorizePayment):
             await dead_letter(event, f"{type(command).__name__} does not belong on payment-requests", kind="wrong_topic")
             continue
-        with logs.bound(correlation_id=header(event, CORRELATION_HEADER), order_id=command.order_id):
+        with (
+            logs.bound(correlation_id=header(event, CORRELATION_HEADER), order_id=command.order_id),
+            tracing.span("payment", "client", attributes={"orion.payment.gateway": settings.payment_gateway}),
+        ):
             outcome = await authorize(command)
             match outcome:
                 case e.PaymentAuthorized():

@@ -6,7 +6,7 @@ import logging
 
 import faust
 
-from .. import logs, records
+from .. import logs, records, tracing
 from ..adapters.postgres import AuditContext
 from ..app import app, projection_inputs, runtime
 from ..domain import events as e
@@ -40,10 +40,14 @@ class Projection:
 
     async def written(self) -> None:
         if self.statuses or self.audit or self.levels or self.adjustments:
-            await until_done(
-                lambda: runtime.store.project(self.statuses, self.audit, self.levels, self.adjustments),
-                "projection write",
-            )
+            with tracing.span(
+                "projection write", links=[*self.correlation_ids, *(ctx.correlation_id for _, ctx in self.audit)],
+                attributes={"orion.batch.statuses": len(self.statuses), "orion.batch.audit": len(self.audit)},
+            ):
+                await until_done(
+                    lambda: runtime.store.project(self.statuses, self.audit, self.levels, self.adjustments),
+                    "projection write",
+                )
             for change, cid in zip(self.statuses, self.correlation_ids, strict=True):
                 with logs.bound(correlation_id=cid, order_id=change.order_id):
                     log.info("stored order status %s (version %d)", change.status.value, change.version)

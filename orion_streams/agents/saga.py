@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ import faust
 import mode
 from faust.types import TP
 
-from .. import logs, metrics, records
+from .. import logs, metrics, records, tracing
 from .. import topics as t
 from ..app import (
     app,
@@ -178,6 +179,7 @@ class RuntimeLifecycle(mode.Service):
 
     async def on_stop(self) -> None:
         await runtime.close()
+        await asyncio.to_thread(tracing.shutdown)  # flushes buffered spans
 
 
 @app.task

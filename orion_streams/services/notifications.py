@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any, Protocol
 
-from .. import logs, metrics
+from .. import logs, metrics, tracing
 from ..adapters.email import (
     Delivery,
     PermanentEmailError,
@@ -155,7 +155,10 @@ class NotificationDispatcher:
         """One attempt at one message; every outcome is recorded."""
         m = message
         try:
-            with logs.bound(correlation_id=m.correlation_id, order_id=m.order_id, sku=m.sku, notification_id=m.id):
+            with (
+                logs.bound(correlation_id=m.correlation_id, order_id=m.order_id, sku=m.sku, notification_id=m.id),
+                tracing.span("email send", "client", attributes={"orion.template": m.template, "orion.attempt": m.attempts}),
+            ):
                 await self._deliver(message)
         except Exception:  # a database error while recording: the lease runs out, it is retried
             log.exception("email %s (%s): could not record the outcome", message.id, message.template)

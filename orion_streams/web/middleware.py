@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .. import logs, metrics
+from .. import logs, metrics, tracing
 from .problems import ApiError, problem_body, problem_response
 
 log = logging.getLogger("orion.web")
@@ -51,11 +51,16 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
     log_token = logs.bind(correlation_id=cid)
     started = time.perf_counter()
     status = 500
+    route = route_of(request)
+    http_span = tracing.start(
+        f"{request.method} {route}", "server", attributes={"http.request.method": request.method, "http.route": route}
+    )
     try:
         try:
             if "\x00" in request.path or "\x00" in request.query_string:
                 raise ApiError(400, "Bad Request", "the path or query must not contain NUL")
-            response = await handler(request)
+            with tracing.current(http_span):
+                response = await handler(request)
         except ApiError as exc:
             response = problem_response(exc)
         except web.HTTPException as exc:
@@ -71,6 +76,9 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
         status = response.status
         return response
     finally:
+        if http_span is not None:
+            http_span.set_attribute("http.response.status_code", status)
+            tracing.finish(http_span, failed=status >= 500)
         _observe(request, status, time.perf_counter() - started)
         logs.unbind(log_token)
         correlation_id.reset(token)
