@@ -139,10 +139,10 @@ def _share_metrics(directory: Path) -> None:
     """The worker and the mailer count into one directory, so the worker's /metrics shows
     both (set before prometheus_client is imported; emptied so old runs do not add up)."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("*.db"):
+            old.unlink()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-        from .metrics import prepare_multiprocess_dir
-
-        prepare_multiprocess_dir(str(directory))
 
 
 @contextlib.contextmanager
@@ -222,6 +222,9 @@ Place an order and wait for the decision:
   curl -s -X POST '{base}/v1/orders?wait=10' \\
     -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
     -d '{{"lines":[{{"sku":"SKU-001","quantity":2}}],"payment":{{"token":"tok_ok"}},"email":"sarah@example.com"}}'
+
+Health {base}/health, readiness {base}/ready, Prometheus metrics {base}/metrics
+(worker and mailer counted together); alert rules and a Grafana dashboard are in ops/.
 """,
         flush=True,
     )

@@ -154,14 +154,6 @@ def process_exited(pid: int | None = None) -> None:
         multiprocess.mark_process_dead(pid if pid is not None else os.getpid())  # type: ignore[no-untyped-call]
 
 
-def prepare_multiprocess_dir(path: str) -> None:
-    """Empty (or create) the shared directory before the processes that use it start."""
-    os.makedirs(path, exist_ok=True)
-    for name in os.listdir(path):
-        if name.endswith(".db"):
-            os.unlink(os.path.join(path, name))
-
-
 def names() -> Iterable[str]:
     """Every metric family name Orion exports (for rule and dashboard checks)."""
     for value in list(globals().values()):

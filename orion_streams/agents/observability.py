@@ -49,9 +49,10 @@ def consumer_lag() -> dict[TP, int]:
             end = consumer.highwater(tp)
         except Exception:
             continue
-        position = committed.get(tp)
-        if end is None or position is None:
+        if end is None:  # no fetch answered for it yet
             continue
+        # Nothing committed yet: everything from the start waits (as Kafka's tools count it).
+        position = committed.get(tp) or 0
         lags[tp] = max(0, end - position)
     return lags
 
