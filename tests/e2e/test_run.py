@@ -1,6 +1,6 @@
-"""`orion run` (what `make run` starts) against a fresh broker and database: it migrates,
-seeds, starts a worker and a mailer, and the worker's /metrics counts the mailer's emails
-through the metrics directory they share."""
+"""`orion run` (what `make run` starts) against a fresh broker and database: it starts a
+worker and a mailer, and the worker's /metrics counts the mailer's emails through the
+metrics directory they share."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from orion_streams.devservices.ports import free_port
 from orion_streams.devservices.smtp import MailCatcher
@@ -29,7 +32,9 @@ def _ready(url: str, proc: subprocess.Popen[bytes]) -> bool:
         return False
 
 
-async def test_orion_run_serves_orders_and_counts_the_mailers_emails(fresh_services: Services, tmp_path: Any) -> None:
+@pytest.fixture
+def orion_run(fresh_services: Services, tmp_path: Any) -> Iterator[tuple[str, Path]]:
+    """`orion run` on the fresh stack; yields its URL and log file, stopped afterwards."""
     catcher = MailCatcher(tmp_path / "mail", port=free_port())
     catcher.start()
     port = free_port()
@@ -55,24 +60,7 @@ async def test_orion_run_serves_orders_and_counts_the_mailers_emails(fresh_servi
             wait_until(lambda: _ready(url, proc), 120, "orion run to be ready")
         except AssertionError:
             raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
-        assert (tmp_path / "state" / "metrics").is_dir()
-        customer = fresh_services.token("sarah", ("customer",))
-        admin = fresh_services.token("mike", ("admin",))
-        async with aiohttp.ClientSession() as session:
-            api = Api(url, session)
-            await api.restock(admin, "SKU-001", 5)
-            status, body, _ = await api.place(customer, [{"sku": "SKU-001", "quantity": 1}], wait=10)
-            assert status == 200 and body["status"] == "CONFIRMED", body
-
-            async def counted() -> bool:
-                async with session.get(f"{url}/metrics") as resp:
-                    text = await resp.text()
-                return 'orion_emails_total{outcome="sent",template="order_processing"} 1.0' in text
-
-            await eventually(counted, 30, "the mailer's email counted in the worker's /metrics")
-        # The demo catalog was seeded and the log lines are JSON (stdout is not a terminal).
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
-        assert any(json.loads(line)["logger"] == "orion.mailer" for line in lines)
+        yield url, log
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -81,3 +69,27 @@ async def test_orion_run_serves_orders_and_counts_the_mailers_emails(fresh_servi
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         catcher.stop()
+
+
+async def test_orion_run_serves_orders_and_counts_the_mailers_emails(
+    fresh_services: Services, orion_run: tuple[str, Path], tmp_path: Any
+) -> None:
+    url, log = orion_run
+    assert (tmp_path / "state" / "metrics").is_dir()
+    customer = fresh_services.token("sarah", ("customer",))
+    admin = fresh_services.token("mike", ("admin",))
+    async with aiohttp.ClientSession() as session:
+        api = Api(url, session)
+        await api.restock(admin, "SKU-001", 5)
+        status, body, _ = await api.place(customer, [{"sku": "SKU-001", "quantity": 1}], wait=10)
+        assert status == 200 and body["status"] == "CONFIRMED", body
+
+        async def counted() -> bool:
+            async with session.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+            return 'orion_emails_total{outcome="sent",template="order_processing"} 1.0' in text
+
+        await eventually(counted, 30, "the mailer's email counted in the worker's /metrics")
+    # The log lines are JSON (stdout is not a terminal), the mailer's among them.
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
+    assert any(json.loads(line)["logger"] == "orion.mailer" for line in lines)
