@@ -40,8 +40,12 @@ def asyncpg_dsn(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> None:
-    """Wake the dispatcher on every NOTIFY; reconnect with backoff when the connection drops."""
+async def listen(
+    dsn: str, wake: Callable[[], None], stop: asyncio.Event, listening: asyncio.Event | None = None
+) -> None:
+    """Wake the dispatcher on every NOTIFY; reconnect with backoff when the connection drops.
+    `listening` is set while the LISTEN connection is up."""
+    listening = listening or asyncio.Event()
     delay = 0.5
     first = True
     while not stop.is_set():
@@ -51,8 +55,8 @@ async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> Non
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _c, lost=lost: lost.set())
             await conn.add_listener(CHANNEL, lambda *_args: wake())
+            listening.set()
             if first:
-                # Process managers and tests wait for this line (logged at info).
                 log.info("listening for queued emails on %s", CHANNEL)
                 first = False
             else:
@@ -65,6 +69,7 @@ async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> Non
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+            listening.clear()
             if not stop.is_set():
                 log.warning("lost the LISTEN connection; polling until it is back")
         except Exception as exc:  # PostgreSQL away: polling carries on meanwhile
@@ -74,6 +79,7 @@ async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> Non
                     await stop.wait()
             delay = min(delay * 2, 30.0)
         finally:
+            listening.clear()
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=2)
@@ -129,10 +135,13 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
         "mailer sending through %s%s", SmtpServer.from_url(settings.smtp_url).label,
         f", fallback {SmtpServer.from_url(settings.smtp_fallback_url).label}" if settings.smtp_fallback_url else "",
     )
-    web = await _serve_metrics(settings.web_host, settings.mailer_metrics_port) if settings.mailer_metrics_port else None
+    listening = asyncio.Event()
+    web = None
+    if settings.mailer_metrics_port:
+        web = await _serve_metrics(settings.web_host, settings.mailer_metrics_port, listening)
     tasks = [
         asyncio.ensure_future(dispatcher.run()),
-        asyncio.ensure_future(listen(asyncpg_dsn(settings.database_url), dispatcher.wake, stop)),
+        asyncio.ensure_future(listen(asyncpg_dsn(settings.database_url), dispatcher.wake, stop, listening)),
     ]
     try:
         await stop.wait()
@@ -149,8 +158,8 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
         log.info("mailer stopped")
 
 
-async def _serve_metrics(host: str, port: int) -> web.AppRunner:
-    """`/metrics` and `/health` of this mailer, for Prometheus when mailers run apart from workers."""
+async def _serve_metrics(host: str, port: int, listening: asyncio.Event) -> web.AppRunner:
+    """`/metrics`, `/health` and `/ready` (200 while LISTENing for new emails) of this mailer."""
 
     async def scrape(request: web.Request) -> web.Response:
         body, content_type = metrics.render()
@@ -159,8 +168,13 @@ async def _serve_metrics(host: str, port: int) -> web.AppRunner:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def ready(request: web.Request) -> web.Response:
+        if listening.is_set():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "unavailable", "missing": ["postgresql (LISTEN)"]}, status=503)
+
     app = web.Application()
-    app.add_routes([web.get("/metrics", scrape), web.get("/health", health)])
+    app.add_routes([web.get("/metrics", scrape), web.get("/health", health), web.get("/ready", ready)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

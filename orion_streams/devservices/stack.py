@@ -211,12 +211,25 @@ class Mailer(OrionProcess):
     kind = "mailer"
 
     def __init__(self, services: Services, name: str, extra_env: dict[str, str] | None = None) -> None:
-        super().__init__(services, name, {"ORION_WORKER_ID": name, **(extra_env or {})})
+        self.port = free_port()
+        super().__init__(services, name, {
+            "ORION_WORKER_ID": name, "ORION_MAILER_METRICS_PORT": str(self.port), **(extra_env or {}),
+        })
+
+    @property
+    def url(self) -> str:
+        """Its /metrics, /health and /ready."""
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> Mailer:
         self._spawn(self.listening, "to listen", timeout)
         return self
 
     def listening(self) -> bool:
+        """/ready: the mailer LISTENs for new emails."""
         self._check_alive()
-        return "listening for queued emails" in self.tail(200)
+        try:
+            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False

@@ -42,19 +42,18 @@ def series(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], flo
 
 
 @pytest.fixture
-def stack(fresh_services: Services, tmp_path: Any) -> Iterator[tuple[Worker, Mailer, MailCatcher, int]]:
+def stack(fresh_services: Services, tmp_path: Any) -> Iterator[tuple[Worker, Mailer, MailCatcher]]:
     shared = tmp_path / "metrics"
     shared.mkdir()
     catcher = MailCatcher(tmp_path / "mail", port=free_port())
     catcher.start()
-    mailer_port = free_port()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(shared), "ORION_SMTP_URL": f"smtp://{catcher.host}:{catcher.port}"}
     worker = Worker(fresh_services, "m", extra_env=env)
-    mailer = Mailer(fresh_services, "m", extra_env={**env, "ORION_MAILER_METRICS_PORT": str(mailer_port)})
+    mailer = Mailer(fresh_services, "m", extra_env=env)
     try:
         worker.start()
         mailer.start()
-        yield worker, mailer, catcher, mailer_port
+        yield worker, mailer, catcher
     finally:
         mailer.stop()
         worker.stop()
@@ -62,9 +61,9 @@ def stack(fresh_services: Services, tmp_path: Any) -> Iterator[tuple[Worker, Mai
 
 
 async def test_metrics_after_a_mixed_run_equal_what_happened(
-    fresh_services: Services, stack: tuple[Worker, Mailer, MailCatcher, int]
+    fresh_services: Services, stack: tuple[Worker, Mailer, MailCatcher]
 ) -> None:
-    worker, _, catcher, mailer_port = stack
+    worker, mailer, catcher = stack
     admin = fresh_services.token("mike", ("admin",))
     customer = fresh_services.token("sarah", ("customer",))
     async with aiohttp.ClientSession() as session:
@@ -173,5 +172,5 @@ async def test_metrics_after_a_mixed_run_equal_what_happened(
     assert value(after, "orion_websocket_connections") == 0
 
     # The mailer answers for itself too, from the same shared directory.
-    mailer_view = scrape(f"http://127.0.0.1:{mailer_port}")
+    mailer_view = scrape(mailer.url)
     assert value(mailer_view, "orion_emails_total", template="order_processing", outcome="sent") == 4
