@@ -76,7 +76,9 @@ class SqlAlchemyStore:
     def __init__(self, url: str, *, pool_size: int = 10, slow_query_ms: float = 200.0) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+            # Errors are logged: their text must not carry the values (emails, payloads).
+            hide_parameters=True,
         )
         # Statement times, slow statements (logged without parameters), errors, pool use.
         instrument(self.engine, slow_threshold_ms=slow_query_ms)

@@ -160,3 +160,13 @@ async def test_a_disposed_engine_leaves_the_pool_size(services: Services) -> Non
     finally:
         await store.close()
     assert sample("orion_db_pool_size") == size_before
+
+
+async def test_a_failed_statements_message_leaves_its_values_out(store: SqlAlchemyStore) -> None:
+    """The error text is what `until_done` and others log: parameters must not be in it."""
+    async with store.engine.connect() as conn:
+        with pytest.raises(exc.DBAPIError) as raised:
+            await conn.execute(text("select * from no_such_table where x = :secret"), {"secret": SECRET})
+        await conn.rollback()
+    assert "no_such_table" in str(raised.value)
+    assert SECRET not in str(raised.value) and SECRET not in repr(raised.value)
