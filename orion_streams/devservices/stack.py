@@ -102,6 +102,7 @@ class OrionProcess:
 
     command = ""
     kind = ""
+    port: int  # its HTTP port (/health, /ready, /metrics), chosen by the subclass
 
     def __init__(self, services: Services, name: str, env: dict[str, str]) -> None:
         self.services = services
@@ -131,6 +132,19 @@ class OrionProcess:
         except AssertionError:
             self.stop()
             raise AssertionError(f"{self.kind} {self.name} did not start:\n{self.tail()}") from None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _answers(self, path: str) -> bool:
+        """The process is running and `path` answers 200."""
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -178,30 +192,16 @@ class Worker(OrionProcess):
             **(extra_env or {}),
         })
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self, timeout: float = 90, *, until: str = "ready") -> Worker:
         """Start and wait until /ready says 200 (or, with until="alive", /health does)."""
         self._spawn(self.ready if until == "ready" else self.alive, f"/{until}", timeout)
         return self
 
     def alive(self) -> bool:
-        self._check_alive()
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return self._answers("/health")
 
     def ready(self) -> bool:
-        self._check_alive()
-        try:
-            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return self._answers("/ready")
 
 
 class Mailer(OrionProcess):
@@ -216,20 +216,10 @@ class Mailer(OrionProcess):
             "ORION_WORKER_ID": name, "ORION_MAILER_METRICS_PORT": str(self.port), **(extra_env or {}),
         })
 
-    @property
-    def url(self) -> str:
-        """Its /metrics, /health and /ready."""
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self, timeout: float = 30) -> Mailer:
         self._spawn(self.listening, "to listen", timeout)
         return self
 
     def listening(self) -> bool:
         """/ready: the mailer LISTENs for new emails."""
-        self._check_alive()
-        try:
-            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return self._answers("/ready")

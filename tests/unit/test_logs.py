@@ -65,9 +65,11 @@ def test_an_explicit_extra_wins_over_the_bound_value(capture) -> None:  # type: 
 async def test_each_task_has_its_own_fields(capture) -> None:  # type: ignore[no-untyped-def]
     logger, stream, _ = capture
 
+    both_bound = asyncio.Barrier(2)
+
     async def handle(cid: str) -> None:
         with logs.bound(correlation_id=cid):
-            await asyncio.sleep(0)  # yield to the other task mid-way
+            await both_bound.wait()  # the other task has bound its own id by now
             logger.info(cid)
 
     await asyncio.gather(handle("one"), handle("two"))
