@@ -70,6 +70,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidCursor("cursor is not valid") from exc
 
 
+def _upsert_newer(table: Any, key: str, columns: tuple[str, ...]) -> Any:
+    """INSERT, or UPDATE `columns` when the incoming row has a higher version."""
+    stmt = insert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=[key], set_={c: stmt.excluded[c] for c in columns}, where=table.c.version < stmt.excluded.version,
+    )
+
+
+# The projection's statements, built once and run with a list of rows (executemany): one
+# compiled form is reused for every batch, where `.values(rows)` compiled each batch anew.
+_ORDERS_UPSERT = _upsert_newer(s.orders, "order_id", ("status", "total", "failure_reason", "version", "updated_at"))
+_LEVELS_UPSERT = _upsert_newer(
+    s.stock_levels, "sku", ("on_hand", "reserved", "low_stock_threshold", "version", "updated_at")
+)
+_LINES_INSERT = insert(s.order_lines).on_conflict_do_nothing()
+_AUDIT_INSERT = insert(s.order_events).on_conflict_do_nothing()
+_ADJUSTMENTS_INSERT = insert(s.stock_adjustments).on_conflict_do_nothing()
+
+
 class SqlAlchemyStore:
     """Orion's system of record. Writes are idempotent: replays add nothing."""
 
@@ -186,7 +205,7 @@ class SqlAlchemyStore:
                     }
                     for a, ctx in {(a.order_id, a.seq): (a, ctx) for a, ctx in audit}.values()
                 ]
-                await conn.execute(insert(s.order_events).values(rows).on_conflict_do_nothing())
+                await conn.execute(_AUDIT_INSERT, rows)
             if levels:
                 await self._project_levels(conn, levels)
             if adjustments:
@@ -205,20 +224,14 @@ class SqlAlchemyStore:
             }
             for ev in latest.values()
         ]
-        stmt = insert(s.orders).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["order_id"],
-            set_={c: stmt.excluded[c] for c in ("status", "total", "failure_reason", "version", "updated_at")},
-            where=s.orders.c.version < stmt.excluded.version,
-        )
-        await conn.execute(stmt)
+        await conn.execute(_ORDERS_UPSERT, rows)
         line_rows = [
             {"order_id": ev.order_id, "sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
             for ev in latest.values()
             for line in ev.lines
         ]
         if line_rows:
-            await conn.execute(insert(s.order_lines).values(line_rows).on_conflict_do_nothing())
+            await conn.execute(_LINES_INSERT, line_rows)
 
     async def _project_levels(self, conn: AsyncConnection, levels: Sequence[StockLevelChanged]) -> None:
         latest: dict[str, StockLevelChanged] = {}
@@ -233,13 +246,7 @@ class SqlAlchemyStore:
             }
             for ev in latest.values()
         ]
-        stmt = insert(s.stock_levels).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["sku"],
-            set_={c: stmt.excluded[c] for c in ("on_hand", "reserved", "low_stock_threshold", "version", "updated_at")},
-            where=s.stock_levels.c.version < stmt.excluded.version,
-        )
-        await conn.execute(stmt)
+        await conn.execute(_LEVELS_UPSERT, rows)
 
     async def _project_adjustments(
         self, conn: AsyncConnection, adjustments: Sequence[StockAdjusted | AdjustmentRejected]
@@ -252,7 +259,7 @@ class SqlAlchemyStore:
             else:
                 rows.append({"adjustment_id": adj.adjustment_id, "sku": adj.sku, "delta": 0,
                              "reason": "", "status": "rejected", "detail": adj.reason})
-        await conn.execute(insert(s.stock_adjustments).values(rows).on_conflict_do_nothing())
+        await conn.execute(_ADJUSTMENTS_INSERT, rows)
 
     # -- reads ------------------------------------------------------------------------
 
