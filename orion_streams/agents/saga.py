@@ -175,11 +175,13 @@ def _active(order_id: str) -> bool:
 
 @app.service
 class RuntimeLifecycle(mode.Service):
-    """Closes the database pool, the payment client and the admin client on shutdown."""
+    """Closes the database pool, the payment client and the admin client on shutdown, drops
+    this process's live gauges from a shared metrics directory and flushes buffered spans."""
 
     async def on_stop(self) -> None:
         await runtime.close()
-        await asyncio.to_thread(tracing.shutdown)  # flushes buffered spans
+        metrics.process_exited()
+        await asyncio.to_thread(tracing.shutdown)
 
 
 @app.task
