@@ -21,9 +21,11 @@ def _migrate(database_url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    root = Path(__file__).resolve().parent.parent
-    cfg = Config(str(root / "alembic.ini"))
-    cfg.set_main_option("script_location", str(root / "migrations"))
+    # alembic.ini and migrations/ are package data: found next to this module wherever the
+    # package is installed (wheel or editable), never at the repository root.
+    package_dir = Path(__file__).resolve().parent
+    cfg = Config(str(package_dir / "alembic.ini"))
+    cfg.set_main_option("script_location", str(package_dir / "migrations").replace("%", "%%"))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     command.upgrade(cfg, "head")
 
@@ -286,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("ORION_DATABASE_URL must be set")
         print(asyncio.run(_apikey(settings, args)))
     elif args.command == "migrate":
+        if not settings.database_url:
+            parser.error("ORION_DATABASE_URL must be set to migrate")
         _migrate(settings.database_url)
     elif args.command == "topics":
         from .adapters.kafka_admin import ensure_topics

@@ -1,0 +1,211 @@
+"""The built wheel is enough to migrate a database: `orion migrate` from a normal install.
+
+The wheel is built from a copy of the repository (so no build/ or egg-info lands in the
+working tree), installed without -e into a fresh virtual environment, and its `orion migrate`
+runs from a directory outside the repository against a real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import compileall
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import asyncpg
+
+from orion_streams.devservices.ports import free_port
+from orion_streams.devservices.postgres import LocalPostgres
+
+REPO = Path(__file__).resolve().parents[2]
+MIGRATIONS = REPO / "orion_streams" / "migrations"
+# Tables the migrations create (besides Alembic's own bookkeeping table).
+TABLES = {
+    "products",
+    "stock_levels",
+    "stock_adjustments",
+    "orders",
+    "order_lines",
+    "order_events",
+    "notifications",
+    "api_keys",
+}
+
+
+def _run(
+    cmd: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in its own process group, killed as a whole if the test gives up on it."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out or interrupted
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def _build_wheel(root: Path) -> Path:
+    """`pip wheel` of a copy of the repository, offline, with this environment's setuptools."""
+    src = root / "src"
+    src.mkdir()
+    for item in REPO.iterdir():
+        if item.is_file():  # pyproject.toml, setup.cfg, README.md, ...
+            shutil.copy2(item, src / item.name)
+    shutil.copytree(REPO / "orion_streams", src / "orion_streams")
+    # Bytecode next to the migrations, as in any developer's tree: it must not be shipped.
+    assert compileall.compile_dir(src / "orion_streams" / "migrations", quiet=1)
+    dist = root / "dist"
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--check-build-dependencies",
+            "--disable-pip-version-check",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        cwd=root,
+        timeout=300,
+    )
+    assert result.returncode == 0, (
+        f"pip wheel failed (is `pip install -e '.[dev]'` current?):\n{result.stdout}"
+    )
+    wheels = list(dist.glob("orion_streams-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def _fresh_venv(root: Path, wheel: Path) -> Path:
+    """A new virtual environment with the wheel installed (no -e); returns its bin dir.
+
+    The dependencies are not downloaded: a .pth file appends this environment's
+    site-packages to the new one's sys.path, after its own site-packages. Directories named
+    in a .pth file get no .pth processing of their own, so the editable install's finder
+    there stays inactive and `orion_streams` can only come from the new environment.
+    """
+    venv = root / "venv"
+    result = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=root, timeout=120)
+    assert result.returncode == 0, result.stdout
+    python = venv / "bin" / "python"
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        cwd=root,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"installing the wheel failed:\n{result.stdout}"
+    result = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        cwd=root,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout
+    site_packages = Path(result.stdout.strip())
+    ours = dict.fromkeys(sysconfig.get_path(name) for name in ("purelib", "platlib"))
+    (site_packages / "_orion_test_dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
+    return venv / "bin"
+
+
+async def _schema(dsn: str) -> tuple[set[str], list[str]]:
+    conn = await asyncpg.connect(dsn, timeout=30)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        versions = await conn.fetch("SELECT version_num FROM alembic_version")
+    finally:
+        await conn.close()
+    return {r["table_name"] for r in tables}, [r["version_num"] for r in versions]
+
+
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
+
+
+def test_wheel_ships_migrations_and_orion_migrate_works(tmp_path: Path) -> None:
+    assert not tmp_path.resolve().is_relative_to(REPO), (
+        "the temp dir must be outside the repository"
+    )
+    wheel = _build_wheel(tmp_path)
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    expected = {
+        "orion_streams/alembic.ini",
+        "orion_streams/migrations/env.py",
+        "orion_streams/migrations/script.py.mako",
+        *(f"orion_streams/migrations/versions/{p.name}" for p in MIGRATIONS.glob("versions/*.py")),
+    }
+    assert len(expected) > 4, "no migration scripts found in the repository"
+    assert expected <= names, f"missing from {wheel.name}: {sorted(expected - names)}"
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
+
+    bin_dir = _fresh_venv(tmp_path, wheel)
+    work = tmp_path / "elsewhere"  # the cwd of the installed commands: not the repository
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+    where = _run(
+        [str(bin_dir / "python"), "-c", "import orion_streams; print(orion_streams.__file__)"],
+        cwd=work,
+        env=env,
+        timeout=60,
+    )
+    assert where.returncode == 0, where.stdout
+    package_file = Path(where.stdout.strip()).resolve()
+    assert package_file.is_relative_to(tmp_path.resolve() / "venv"), package_file
+    assert not package_file.is_relative_to(REPO), package_file
+
+    pg = LocalPostgres(tmp_path / "postgres", port=free_port())
+    try:
+        pg.start()
+        migrate = _run(
+            [str(bin_dir / "orion"), "migrate"],
+            cwd=work,
+            env={**env, "ORION_DATABASE_URL": pg.url},
+            timeout=120,
+        )
+        assert migrate.returncode == 0, f"orion migrate failed:\n{migrate.stdout}"
+        tables, versions = asyncio.run(_schema(pg.dsn))
+    finally:
+        pg.stop()
+
+    assert TABLES | {"alembic_version"} <= tables, sorted(tables)
+    assert versions == [_head_revision()]
