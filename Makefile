@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint typecheck bench clean
+.PHONY: run test unit lint typecheck bench bench-overload clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ typecheck: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.orders
+
+# Capacity, then 1x, 2x and 5x of it, open loop (see bench/overload.py for the other modes).
+bench-overload: $(BIN)/.installed
+	$(BIN)/python -m bench.overload --scenario overload --mode http
 
 clean:
 	rm -rf $(VENV) .orion .pytest_cache

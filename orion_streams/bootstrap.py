@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from .adapters.apikeys import ApiKeyStore
@@ -35,6 +37,8 @@ class Runtime:
         self._started = False
         self._catalog_loaded_at = 0.0
         self._admin: AIOKafkaAdminClient | None = None
+        self._coordinator: int | None = None
+        self._offsets: AIOKafkaConsumer | None = None
         self._notifications: NotificationStore | None = None
         self._api_keys: ApiKeyStore | None = None
 
@@ -81,7 +85,12 @@ class Runtime:
         if s.payment_gateway == "http":
             if not s.payment_url:
                 raise RuntimeError("ORION_PAYMENT_GATEWAY=http needs ORION_PAYMENT_URL")
-            self._gateway = HttpPaymentGateway(s.payment_url, timeout=s.payment_timeout)
+            self._gateway = HttpPaymentGateway(
+                s.payment_url, void_url=s.payment_void_url, refund_url=s.payment_refund_url,
+                attempt_timeout=min(s.payment_attempt_timeout, s.payment_timeout),
+                # Retries go on until the caller's budget (payment_timeout) runs out.
+                attempts=1_000,
+            )
         else:
             self._gateway = SandboxPaymentGateway()
         await self.refresh_catalog()
@@ -101,19 +110,51 @@ class Runtime:
         await self.refresh_catalog()
         return True
 
-    async def kafka_ping(self) -> None:
-        """Ask the cluster for its brokers; raises when Kafka cannot be reached."""
+    async def _admin_client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
             admin = AIOKafkaAdminClient(
                 bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=2000
             )
             await admin.start()
             self._admin = admin
-        await self._admin.describe_cluster()
+        return self._admin
+
+    async def kafka_ping(self) -> None:
+        """Ask the cluster for its brokers; raises when Kafka cannot be reached."""
+        await (await self._admin_client()).describe_cluster()
+
+    async def committed_offsets(self, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The consumer group's committed offsets (the next offset to process; 0 when the
+        group never committed one), in one request to the group's coordinator."""
+        admin = await self._admin_client()
+        if self._coordinator is None:
+            self._coordinator = await admin.find_coordinator(self.settings.app_id)
+        try:
+            got = await admin.list_consumer_group_offsets(
+                self.settings.app_id, self._coordinator, partitions=[TopicPartition(t, p) for t, p in tps]
+            )
+        except Exception:
+            self._coordinator = None  # it may have moved; ask again next time
+            raise
+        return {(tp.topic, tp.partition): max(meta.offset, 0) for tp, meta in got.items()}
+
+    async def end_offsets(self, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The log end offsets of some partitions, in one request per leader."""
+        if self._offsets is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                request_timeout_ms=5000,
+            )
+            await consumer.start()
+            self._offsets = consumer
+        got = await self._offsets.end_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): offset for tp, offset in got.items()}
 
     async def close(self) -> None:
         if self._admin is not None:
             await self._admin.close()
+        if self._offsets is not None:
+            await self._offsets.stop()
         if isinstance(self._gateway, HttpPaymentGateway):
             await self._gateway.close()
         if self._store is not None:

@@ -60,9 +60,25 @@ class Settings:
     log_level: str = "info"
     app_id: str = "orion"
     partitions: int = 4
+    # Seconds one authorisation may take at the provider, retries included, counted from
+    # when the payment agent takes the request (never time spent in Kafka queues).
     payment_timeout: float = 10.0
+    # One HTTP attempt's limit (the adapter retries within payment_timeout).
+    payment_attempt_timeout: float = 5.0
+    # How long the payment agent keeps trying to void (or refund) before it gives up loudly.
+    payment_void_timeout: float = 60.0
+    # Payment requests waiting on the provider at once, per worker.
+    payment_concurrency: int = 32
     payment_gateway: str = "sandbox"
     payment_url: str | None = None
+    payment_void_url: str | None = None
+    payment_refund_url: str | None = None
+    # Admission control: refuse new orders (503) while orders wait longer than this for a
+    # decision, or while this many are being decided.
+    max_decision_delay: float = 5.0
+    max_in_flight: int = 5000
+    # Seconds a finished order's saga and holds are kept to absorb repeats, then removed.
+    order_retention: float = 3600.0
     worker_id: str = "w1"
     processing_guarantee: str = "at_least_once"
     db_pool_size: int = 10
@@ -117,8 +133,16 @@ class Settings:
             app_id=_env("ORION_APP_ID", cls.app_id),
             partitions=int(_env("ORION_PARTITIONS", str(cls.partitions))),
             payment_timeout=float(_env("ORION_PAYMENT_TIMEOUT", str(cls.payment_timeout))),
+            payment_attempt_timeout=float(_env("ORION_PAYMENT_ATTEMPT_TIMEOUT", str(cls.payment_attempt_timeout))),
+            payment_void_timeout=float(_env("ORION_PAYMENT_VOID_TIMEOUT", str(cls.payment_void_timeout))),
+            payment_concurrency=int(_env("ORION_PAYMENT_CONCURRENCY", str(cls.payment_concurrency))),
             payment_gateway=_env("ORION_PAYMENT_GATEWAY", cls.payment_gateway),
             payment_url=os.environ.get("ORION_PAYMENT_URL"),
+            payment_void_url=os.environ.get("ORION_PAYMENT_VOID_URL"),
+            payment_refund_url=os.environ.get("ORION_PAYMENT_REFUND_URL"),
+            max_decision_delay=float(_env("ORION_MAX_DECISION_DELAY", str(cls.max_decision_delay))),
+            max_in_flight=int(_env("ORION_MAX_IN_FLIGHT", str(cls.max_in_flight))),
+            order_retention=float(_env("ORION_ORDER_RETENTION", str(cls.order_retention))),
             worker_id=_env("ORION_WORKER_ID", cls.worker_id),
             processing_guarantee=_env("ORION_PROCESSING_GUARANTEE", cls.processing_guarantee),
             db_pool_size=int(_env("ORION_DB_POOL_SIZE", str(cls.db_pool_size))),

@@ -57,6 +57,18 @@ ORDER_DECISION = Histogram(
 ORDER_CONFIRMATION = Histogram(
     "orion_order_confirmation_seconds", "Time from acceptance to CONFIRMED", buckets=ORDER_BUCKETS,
 )
+ORDERS_REFUSED = Counter(
+    "orion_orders_refused_total",
+    "Orders refused at the door by admission control (503), by reason (decision_delay, in_flight)",
+    ["reason"],
+)
+# orion_admission_open, orion_admission_in_flight, orion_admission_queue_delay_seconds are
+# collected at scrape time from the worker's latest reading.
+REQUESTS_RESENT = Counter(
+    "orion_requests_resent_total",
+    "Requests sent again by the saga on evidence that their answer was lost, by request type",
+    ["request"],
+)
 
 # --- Stock ----------------------------------------------------------------------------------
 RESERVATIONS = Counter(
@@ -86,6 +98,17 @@ TABLE_RECOVERY = Histogram(
     "orion_table_recovery_seconds", "Time from a rebalance to its table recovery being done",
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
 )
+STATE_RETIRED = Counter(
+    "orion_state_retired_total",
+    "Table entries of finished orders removed after the retention (sagas, holds, adjustments)",
+    ["table"],
+)
+HOUSEKEEPING = Histogram(
+    "orion_housekeeping_seconds",
+    "Time per housekeeping round of an agent (retiring state, checking for lost requests)",
+    ["agent"], buckets=DB_BUCKETS,
+)
+# orion_table_entries{table} and orion_requests_outstanding are collected at scrape time.
 RECOVERING = Gauge(
     "orion_table_recovery_in_progress", "1 while this worker recovers its tables",
     multiprocess_mode="livemax",
@@ -121,7 +144,11 @@ LIVE_FEED_PARTITIONS = Gauge(
 )
 
 # Names of metrics collected at scrape time (documented for ops/ and the tests).
-COLLECTED = ("orion_consumer_lag", "orion_stock_available", "orion_stock_low_threshold")
+COLLECTED = (
+    "orion_consumer_lag", "orion_stock_available", "orion_stock_low_threshold", "orion_table_entries",
+    "orion_requests_outstanding", "orion_admission_open", "orion_admission_in_flight",
+    "orion_admission_queue_delay_seconds",
+)
 
 _local: list[Collector] = []
 

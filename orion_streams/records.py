@@ -17,7 +17,7 @@ from .domain import events as e
 from .domain.catalog import Catalog
 from .domain.errors import ValidationFailed
 from .domain.orders import OrderStatus, parse_order_request
-from .domain.saga import LineState, OrderSaga, SagaLine
+from .domain.saga import LineState, OrderSaga, SagaLine, VoidState
 from .domain.stock import Hold, HoldState, StockLevel
 
 
@@ -177,6 +177,7 @@ _INTERNAL: dict[str, Callable[[Mapping[str, Any]], Any]] = {
         c.CommitLine,
         c.AdjustStock,
         c.AuthorizePayment,
+        c.VoidPayment,
         c.CancelOrder,
         c.FulfilOrder,
         e.LineReserved,
@@ -186,6 +187,8 @@ _INTERNAL: dict[str, Callable[[Mapping[str, Any]], Any]] = {
         e.PaymentAuthorized,
         e.PaymentDeclined,
         e.PaymentTimedOut,
+        e.PaymentVoided,
+        e.PaymentVoidFailed,
         e.AuditEntry,
         e.StockLevelChanged,
         e.LowStockDetected,
@@ -224,13 +227,20 @@ def saga_to_value(saga: OrderSaga) -> dict[str, Any]:
     return value
 
 
+_SAGA_FIELDS = frozenset(f.name for f in fields(OrderSaga))
+
+
 def saga_from_value(value: Mapping[str, Any]) -> OrderSaga:
-    data = dict(value)
+    data = {k: v for k, v in value.items() if k in _SAGA_FIELDS}
+    if "paying" not in value:  # written before the saga tracked its payment request
+        data["paying"] = value.get("status") == "RESERVED"
     data["status"] = OrderStatus(data["status"])
     data["lines"] = tuple(
         SagaLine(sku, qty, price, LineState(state), settled)
         for sku, qty, price, state, settled in data["lines"]
     )
+    if data.get("void") is not None:
+        data["void"] = VoidState(data["void"])
     return OrderSaga(**data)
 
 
@@ -267,12 +277,25 @@ def adjustment_key(sku: str, adjustment_id: str) -> str:
     return f"{sku}\x1e{adjustment_id}"
 
 
-def hold_to_value(hold: Hold) -> list[Any]:
-    return [hold.quantity, hold.state.value]
+def hold_to_value(hold: Hold, closed_at: float | None = None) -> list[Any]:
+    """A hold as stored; a final hold carries when it closed (epoch seconds), so it can be
+    retired a retention later, also after a restart."""
+    value: list[Any] = [hold.quantity, hold.state.value]
+    if closed_at is not None:
+        value.append(closed_at)
+    return value
 
 
 def hold_from_value(sku: str, order_id: str, value: Any) -> Hold | None:
     if not value:
         return None
-    quantity, state = value
+    quantity, state = value[:2]
     return Hold(order_id, sku, quantity, HoldState(state))
+
+
+def closed_at(value: Any) -> float | None:
+    """When a stored hold or adjustment marker became final; None while it is open (or
+    for a value written before holds were retired)."""
+    if isinstance(value, list) and len(value) >= 3 and isinstance(value[2], int | float):
+        return float(value[2])
+    return None

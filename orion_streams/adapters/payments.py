@@ -6,22 +6,35 @@ import asyncio
 import hashlib
 import logging
 import random
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from ..services.ports import PaymentError, PaymentResult
+from ..services.ports import PaymentError, PaymentPending, PaymentResult, VoidOutcome
 
 log = logging.getLogger("orion.payments")
 
 
 class SandboxPaymentGateway:
-    """tok_ok approves, tok_declined declines, tok_timeout never answers, all else is invalid."""
+    """tok_ok approves, tok_declined declines, tok_timeout never answers, all else is invalid.
+
+    It remembers the latest `remember` authorisations, so a void finds them; an older one
+    is answered as nothing to void (a sandbox, not a ledger: its memory stays bounded)."""
+
+    def __init__(self, remember: int = 100_000) -> None:
+        self.remember = remember
+        self._authorized: OrderedDict[str, str] = OrderedDict()
 
     async def authorize(
         self, *, amount: int, currency: str, token: str, idempotency_key: str
     ) -> PaymentResult:
         if token == "tok_ok":
             digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
+            self._authorized[idempotency_key] = f"auth_{digest}"
+            if len(self._authorized) > self.remember:
+                self._authorized.popitem(last=False)
             return PaymentResult(approved=True, authorization_id=f"auth_{digest}")
         if token == "tok_declined":
             return PaymentResult(approved=False, reason="card declined")
@@ -29,29 +42,62 @@ class SandboxPaymentGateway:
             await asyncio.Event().wait()  # never answers; the caller's deadline decides
         return PaymentResult(approved=False, reason="invalid payment token")
 
+    async def void(self, *, authorization_id: str | None, payment_key: str) -> VoidOutcome:
+        held = self._authorized.get(payment_key)
+        if held is None or (authorization_id is not None and authorization_id != held):
+            return VoidOutcome.NOTHING
+        del self._authorized[payment_key]
+        return VoidOutcome.VOIDED
+
+    async def refund(
+        self, *, authorization_id: str | None, payment_key: str, amount: int, currency: str
+    ) -> None:
+        return None
+
+
+def _sibling(url: str, name: str) -> str:
+    """The provider URL next to `url`: .../authorize -> .../void."""
+    parts = urlsplit(url)
+    path = parts.path.rsplit("/", 1)[0] + "/" + name
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
 
 class HttpPaymentGateway:
-    """POSTs {amount, currency, token} to a provider's authorisation URL.
+    """A provider's HTTP API, every call with an Idempotency-Key so a retry never doubles it.
 
-    The provider is asked with an Idempotency-Key, so retrying after a timeout or a 5xx
-    can never charge twice. 4xx answers are final declines; 5xx and network errors are
-    retried with exponential backoff and jitter, then raised as PaymentError.
+    - `POST url` `{amount, currency, token}` -> `{approved, authorization_id, reason}`;
+      4xx is a decline, 409 means a request with the same key is still in progress.
+    - `POST void_url` `{authorization_id, payment_key}` -> `{status: voided | captured |
+      not_found}` (404 also means nothing to void); `authorization_id` may be null: the
+      provider voids whatever the payment key authorised, now or when it completes.
+    - `POST refund_url` `{authorization_id, payment_key, amount, currency}` -> 2xx.
+
+    Each attempt is bounded by `attempt_timeout` (connecting by `connect_timeout`); 5xx,
+    409 and network errors are retried with exponential backoff and jitter, then raised as
+    PaymentError. The caller bounds the whole call (see services/payments.py).
     """
 
     def __init__(
         self,
         url: str,
         *,
+        void_url: str | None = None,
+        refund_url: str | None = None,
         api_key: str | None = None,
-        timeout: float = 5.0,
+        attempt_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
         attempts: int = 3,
         backoff: float = 0.2,
+        max_backoff: float = 2.0,
     ) -> None:
         self.url = url
+        self.void_url = void_url or _sibling(url, "void")
+        self.refund_url = refund_url or _sibling(url, "refund")
         self.api_key = api_key
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = aiohttp.ClientTimeout(total=attempt_timeout, connect=min(connect_timeout, attempt_timeout))
         self.attempts = attempts
         self.backoff = backoff
+        self.max_backoff = max_backoff
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -67,26 +113,63 @@ class HttpPaymentGateway:
     async def authorize(
         self, *, amount: int, currency: str, token: str, idempotency_key: str
     ) -> PaymentResult:
-        headers = {"Idempotency-Key": idempotency_key}
+        body = {"amount": amount, "currency": currency, "token": token}
+        status, data = await self._post(self.url, body, idempotency_key, final_4xx=True)
+        if status < 300:
+            if data.get("approved"):
+                return PaymentResult(True, authorization_id=str(data.get("authorization_id", "")))
+            return PaymentResult(False, reason=str(data.get("reason", "declined")))
+        return PaymentResult(False, reason=f"provider refused ({status})")
+
+    async def void(self, *, authorization_id: str | None, payment_key: str) -> VoidOutcome:
+        body = {"authorization_id": authorization_id, "payment_key": payment_key}
+        key = f"void:{payment_key}:{authorization_id or ''}"
+        status, data = await self._post(self.void_url, body, key, final_4xx=False, not_found_ok=True)
+        if status == 404:
+            return VoidOutcome.NOTHING
+        answer = str(data.get("status", "voided"))
+        if answer == "not_found":
+            return VoidOutcome.NOTHING
+        if answer == "captured":
+            return VoidOutcome.CAPTURED
+        if answer != "voided":
+            raise PaymentError(f"unexpected void answer {answer!r}")
+        return VoidOutcome.VOIDED
+
+    async def refund(
+        self, *, authorization_id: str | None, payment_key: str, amount: int, currency: str
+    ) -> None:
+        body = {"authorization_id": authorization_id, "payment_key": payment_key, "amount": amount, "currency": currency}
+        await self._post(self.refund_url, body, f"refund:{payment_key}", final_4xx=False)
+
+    async def _post(
+        self, url: str, body: dict[str, Any], key: str, *, final_4xx: bool, not_found_ok: bool = False
+    ) -> tuple[int, dict[str, Any]]:
+        """POST with retries; returns (status, JSON body) of a final answer."""
+        headers = {"Idempotency-Key": key}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        body = {"amount": amount, "currency": currency, "token": token}
-        last_error = "no attempt made"
+        last: PaymentError = PaymentError("no attempt made")
         for attempt in range(1, self.attempts + 1):
             try:
-                async with self._client().post(self.url, json=body, headers=headers) as resp:
+                async with self._client().post(url, json=body, headers=headers) as resp:
                     if resp.status < 300:
-                        data = await resp.json()
-                        if data.get("approved"):
-                            return PaymentResult(True, authorization_id=str(data.get("authorization_id", "")))
-                        return PaymentResult(False, reason=str(data.get("reason", "declined")))
-                    if resp.status < 500:
-                        return PaymentResult(False, reason=f"provider refused ({resp.status})")
-                    last_error = f"provider error {resp.status}"
+                        data = await resp.json(content_type=None)
+                        return resp.status, data if isinstance(data, dict) else {}
+                    if resp.status == 404 and not_found_ok:
+                        return resp.status, {}
+                    if resp.status == 409:
+                        last = PaymentPending(f"provider busy with key {key} (409)")
+                    elif resp.status < 500 and final_4xx:
+                        return resp.status, {}
+                    elif resp.status < 500:
+                        raise PaymentError(f"provider refused ({resp.status})")
+                    else:
+                        last = PaymentError(f"provider error {resp.status}")
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+                last = PaymentError(f"{type(exc).__name__}: {exc}")
             if attempt < self.attempts:
-                delay = self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())
-                log.warning("payment attempt %d failed (%s); retrying in %.2fs", attempt, last_error, delay)
-                await asyncio.sleep(delay)
-        raise PaymentError(last_error)
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
+                log.warning("payment call %s attempt %d failed (%s); retrying in %.2fs", url, attempt, last, delay)
+                await asyncio.sleep(delay)  # backoff before the next attempt
+        raise last

@@ -87,6 +87,11 @@ _LEVELS_UPSERT = _upsert_newer(
 _LINES_INSERT = insert(s.order_lines).on_conflict_do_nothing()
 _AUDIT_INSERT = insert(s.order_events).on_conflict_do_nothing()
 _ADJUSTMENTS_INSERT = insert(s.stock_adjustments).on_conflict_do_nothing()
+_IN_FLIGHT = text("select count(*) from orders where status in ('PENDING', 'RESERVED')")
+_QUEUE_HEAD = text(
+    "select created_at from orders where status in ('PENDING', 'RESERVED') and status = 'PENDING' "
+    "order by created_at offset :skip limit 1"
+)
 
 
 class SqlAlchemyStore:
@@ -171,6 +176,26 @@ class SqlAlchemyStore:
                     .where(s.orders.c.order_id == order_id, s.orders.c.idempotency_key.is_(None))
                     .values(idempotency_key=idempotency_key, request_hash=request_hash)
                 )
+
+    async def order_started(self, order_id: str) -> bool:
+        """Whether the saga ever started this order (the projection wrote a status of it;
+        the HTTP API's own early row has version 0)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(s.orders.c.version).where(s.orders.c.order_id == order_id, s.orders.c.version > 0)
+                )
+            ).first()
+        return row is not None
+
+    async def orders_in_flight(self, skip: int) -> tuple[int, datetime | None]:
+        """How many orders are undecided (PENDING or RESERVED), and when the order at
+        position `skip` of those waiting for stock (PENDING), oldest first, was accepted.
+        Both read the partial index of undecided orders: the cost follows what is in flight."""
+        async with self.engine.connect() as conn:
+            count = (await conn.execute(_IN_FLIGHT)).scalar_one()
+            head = (await conn.execute(_QUEUE_HEAD, {"skip": skip})).scalar_one_or_none()
+        return int(count), head
 
     async def find_by_idempotency_key(self, user_id: str, key: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -76,6 +77,8 @@ orders = Table(
     UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_idempotency_key"),
     Index("ix_orders_user_created", "user_id", "created_at", "order_id"),
     Index("ix_orders_created", "created_at", "order_id"),
+    # The orders in flight only (admission control counts them): see migration 0005.
+    Index("ix_orders_in_flight", "created_at", postgresql_where=text("status in ('PENDING', 'RESERVED')")),
 )
 
 order_lines = Table(

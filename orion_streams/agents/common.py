@@ -7,11 +7,13 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import faust
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from .. import logs, metrics, records, tracing
@@ -69,16 +71,20 @@ def partition_for(key: str, partitions: int) -> int:
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> None:
-    """Send messages and wait until Kafka has them all (acks=all)."""
+async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> list[Any]:
+    """Send messages and wait until Kafka has them all (acks=all); returns where each
+    landed (RecordMetadata: topic, partition, offset), in order."""
     futures = []
     for topic, key, message, headers in sends:
         futures.append(await topic.send(key=key.encode(), value=records.encode(message), headers=headers))
     if futures:
-        await asyncio.gather(*futures)
+        return list(await asyncio.gather(*futures))
+    return []
 
 
 Send = tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]
+# Told where a sent message landed (its RecordMetadata), once the broker has it.
+OnSent = Callable[[Any], None]
 
 
 class Outbox:
@@ -92,16 +98,55 @@ class Outbox:
 
     def __init__(self, *tables: Any) -> None:
         self.sends: list[Send] = []
+        self.on_sent: list[OnSent | None] = []
         self.tables = tables
 
-    def send(self, topic: faust.TopicT, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
+    def send(
+        self, topic: faust.TopicT, key: str, message: Any, headers: list[tuple[str, bytes]],
+        on_sent: OnSent | None = None,
+    ) -> None:
         self.sends.append((topic, key, message, headers))
+        self.on_sent.append(on_sent)
 
     async def flush(self) -> None:
         sends, self.sends = self.sends, []
-        await send_all(sends)
+        callbacks, self.on_sent = self.on_sent, []
+        landed = await send_all(sends)
+        for callback, metadata in zip(callbacks, landed, strict=True):
+            if callback is not None:
+                callback(metadata)
         for table in self.tables:
             await table.written()
+
+
+class OrderedAcks:
+    """Acknowledges events in offset order per partition, however their handling interleaves.
+
+    Faust commits up to the first offset not acknowledged, and counts an acknowledged
+    offset right after the committed one as contiguous even when the one before it is
+    still in flight (faust-streaming 606): acknowledging a later event first could commit
+    past an earlier one that never finishes if the worker dies.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._open: dict[Any, deque[list[Any]]] = {}
+
+    def started(self, event: faust.EventT[bytes]) -> None:
+        self._open.setdefault(event.message.tp, deque()).append([event, False])
+
+    async def done(self, event: faust.EventT[bytes]) -> None:
+        queue = self._open.get(event.message.tp)
+        if not queue:
+            return
+        for entry in queue:
+            if entry[0] is event:
+                entry[1] = True
+                break
+        while queue and queue[0][1]:
+            await self._stream.ack(queue.popleft()[0])
+        if not queue:
+            del self._open[event.message.tp]
 
 
 Handler = Callable[[faust.EventT[bytes], Outbox], Awaitable[None]]
@@ -122,18 +167,28 @@ async def until_done(write: Callable[[], Awaitable[T]], what: str) -> T:
             delay = min(delay * 2, 5.0)
 
 
-async def handle_in_batches(stream: faust.StreamT[bytes], handle: Handler, *tables: Any, what: str) -> None:
+# Work an agent does between batches, in its own turn (it may write the agent's tables).
+Housekeeping = Callable[[Outbox], Awaitable[None]]
+
+
+async def handle_in_batches(
+    stream: faust.StreamT[bytes], handle: Handler, *tables: Any, what: str,
+    housekeeping: Housekeeping | None = None, every: float = 1.0,
+) -> None:
     """The loop of a table-writing agent: events in order, acknowledged only after the
     batch's sends and table changes are in Kafka.
 
     Acks are manual (`noack`): Faust's own batching (`take_events`) acknowledges a batch in
     a `finally`, so a batch cut short during a rebalance could be committed unprocessed.
     A batch is flushed when it is full or the stream has been quiet for BATCH_WITHIN.
+    `housekeeping` runs every `every` seconds between batches, under the same lock, so it
+    is the agent itself (the single writer of its tables) that does it.
     """
     manual = stream.noack()  # type: ignore[attr-defined]
     outbox = Outbox(*tables)
     pending: list[faust.EventT[bytes]] = []
     lock = asyncio.Lock()
+    chores = metrics.HOUSEKEEPING.labels(what)
 
     async def flush() -> None:
         nonlocal pending
@@ -144,10 +199,23 @@ async def handle_in_batches(stream: faust.StreamT[bytes], handle: Handler, *tabl
                 await manual.ack(event)
 
     async def flush_when_quiet() -> None:
+        next_chores = time.monotonic() + every
         while True:
             await asyncio.sleep(BATCH_WITHIN)
             async with lock:
                 await flush()
+                if housekeeping is not None and time.monotonic() >= next_chores:
+                    started = time.monotonic()
+                    try:
+                        await housekeeping(outbox)
+                        await outbox.flush()
+                    except (KafkaError, OSError, TimeoutError) as exc:  # the broker is away
+                        log.warning("%s housekeeping failed: %s; trying again", what, exc)
+                    except Exception:  # a bug: the next round tries again; never stop the loop
+                        log.exception("%s housekeeping failed", what)
+                    finished = time.monotonic()
+                    chores.observe(finished - started)
+                    next_chores = finished + every
 
     quiet = asyncio.ensure_future(flush_when_quiet())
     try:

@@ -14,8 +14,9 @@ from prometheus_client.registry import Collector
 from .. import metrics, records
 from .. import topics as t
 from ..app import app, settings
-from ..tables import inventory
+from ..tables import inventory, sagas
 from .common import partition_for
+from .saga import waiting
 
 # Topics whose events this worker's agents process (changelogs are recovery, not lag).
 _SOURCES = frozenset(spec.name for spec in t.ALL)
@@ -94,6 +95,25 @@ def low_stock() -> list[Any]:
     return sorted(out, key=lambda lvl: lvl.sku)
 
 
+class StateSizes(Collector):
+    """How much state this worker keeps: it stays flat when finished orders are retired."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        entries = GaugeMetricFamily(
+            "orion_table_entries", "Entries in this worker's copy of each table (active and standby partitions)",
+            labels=["table"],
+        )
+        for name, table in (("sagas", sagas), ("inventory", inventory)):
+            try:
+                entries.add_metric([name], len(table))
+            except Exception:  # not started yet
+                continue
+        yield entries
+        yield GaugeMetricFamily(
+            "orion_requests_outstanding", "Requests of this worker's orders waiting for an answer", value=len(waiting),
+        )
+
+
 class RecoveryTimer(faust.Sensor):
     """From each rebalance to the end of its table recovery (Faust ends a rebalance there)."""
 
@@ -110,4 +130,5 @@ class RecoveryTimer(faust.Sensor):
 
 metrics.register_collector(ConsumerLag())
 metrics.register_collector(LowStock())
+metrics.register_collector(StateSizes())
 app.sensors.add(RecoveryTimer())

@@ -1,17 +1,31 @@
-"""The reservation agent: the only writer of stock, one SKU at a time."""
+"""The reservation agent: the only writer of stock, one SKU at a time.
+
+A hold that reached its end (released, sold, rejected) and an adjustment marker are kept
+a retention, so repeated commands find them and change nothing, then removed.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import faust
 
 from .. import logs, metrics, records
-from ..app import app, order_events_topic, runtime, stock_levels_topic, stock_requests_topic
+from .. import topics as t
+from ..app import (
+    app,
+    order_events_topic,
+    runtime,
+    settings,
+    stock_levels_topic,
+    stock_requests_topic,
+)
 from ..domain import commands as c
 from ..domain import events as e
 from ..domain import stock as rules
+from ..services.retirement import RetirementQueue
 from ..tables import inventory
 from .common import (
     Outbox,
@@ -20,9 +34,14 @@ from .common import (
     identity,
     key_text,
     now,
+    partition_for,
 )
 
 log = logging.getLogger("orion.reservation")
+# Closed holds and adjustment markers to forget, and the partitions they are tracked for.
+retiring = RetirementQueue(settings.order_retention)
+_tracked: set[int] = set()
+_HOLD, _ADJUSTMENT = "\x1f", "\x1e"  # separators of hold and adjustment-marker keys
 
 
 def _route(message: rules.StockEvent) -> tuple[faust.TopicT, str]:
@@ -46,9 +65,9 @@ def _observe(message: rules.StockEvent, *, changed: bool) -> None:
         case e.LineRejected():
             metrics.RESERVATIONS.labels(_sku_class(message.sku), "rejected").inc()
             log.info("refused %d of %s (%d available): %s", message.quantity, message.sku, message.available, message.reason)
-        case e.LineReleased():
+        case e.LineReleased() if changed:
             log.info("released %d of %s", message.quantity, message.sku)
-        case e.LineCommitted():
+        case e.LineCommitted() if changed:
             log.info("sold %d of %s", message.quantity, message.sku)
         case e.LowStockDetected():
             metrics.LOW_STOCK_ALERTS.inc()
@@ -58,7 +77,7 @@ def _observe(message: rules.StockEvent, *, changed: bool) -> None:
 @app.agent(stock_requests_topic, concurrency=1)
 async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
     """Apply stock commands for the SKUs of this worker's partitions."""
-    await handle_in_batches(stream, handle_event, inventory, what="reservation agent")
+    await handle_in_batches(stream, handle_event, inventory, what="reservation agent", housekeeping=housekeeping)
 
 
 async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
@@ -75,7 +94,8 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         await dead_letter(event, "the message key must equal its sku", kind="wrong_key")
         return
     logs.bind(sku=sku, order_id=getattr(command, "order_id", None))
-    at = now().iso
+    clock = now()
+    at = clock.iso
     stored = inventory.get(sku)
     level = records.stock_from_value(sku, stored)
     applied_offset, last_key, last_value = records.stock_entry_meta(stored)
@@ -96,7 +116,8 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
             return  # redelivered adjustment: applied (or refused) already
         new_level, outputs = rules.adjust(level, command, at)
         hold_key = marker
-        hold_value: Any = ["adjustment", "applied" if new_level is not level else "rejected"]
+        hold_value: Any = ["adjustment", "applied" if new_level is not level else "rejected", clock.epoch]
+        closed = True
     else:
         hold_key = records.hold_key(sku, command.order_id)
         hold = records.hold_from_value(sku, command.order_id, inventory.get(hold_key))
@@ -107,7 +128,11 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
                 new_level, new_hold, outputs = rules.release(level, hold, command, at)
             case c.CommitLine():
                 new_level, new_hold, outputs = rules.commit(level, hold, command, at)
-        hold_value = None if new_hold is None or new_hold == hold else records.hold_to_value(new_hold)
+        closed = new_hold is not None and new_hold.state.is_final
+        hold_value = (
+            None if new_hold is None or new_hold == hold
+            else records.hold_to_value(new_hold, closed_at=clock.epoch if closed else None)
+        )
     if replay and new_level is not level:
         log.error("redelivered %s at offset %d would change stock again; ignored", type(command).__name__, offset)
         return
@@ -119,3 +144,55 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         inventory.put(event, sku, records.stock_entry(new_level, offset, hold_key if hold_value else None, hold_value))
     if hold_value is not None:
         inventory.put(event, hold_key, hold_value)
+        if closed:
+            retiring.ended(hold_key, clock.epoch)
+
+
+def _owned() -> set[int] | None:
+    """The stock-requests partitions this worker owns; None during a rebalance or recovery."""
+    if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+        return None
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == t.STOCK_REQUESTS.name}
+
+
+def _sku_of(key: str) -> str | None:
+    """The SKU of a hold or adjustment-marker key; None for a stock row."""
+    for separator in (_HOLD, _ADJUSTMENT):
+        if separator in key:
+            return key.split(separator, 1)[0]
+    return None
+
+
+def _closed(value: Any) -> bool:
+    """A stored hold or marker that nothing will change any more."""
+    if not isinstance(value, list) or len(value) < 2:
+        return False
+    return bool(value[0] == "adjustment" or value[1] != rules.HoldState.HELD.value)
+
+
+async def housekeeping(outbox: Outbox) -> None:
+    """Forget holds and markers whose retention ran out; on a new assignment, find the
+    closed ones of the new partitions first (one pass over the recovered table)."""
+    global _tracked
+    owned = _owned()
+    if owned is None:
+        return
+    gained = owned - _tracked
+    _tracked = owned
+    wall = time.time()
+    if gained:
+        for key, value in list(inventory.items()):
+            sku = _sku_of(key)
+            if sku is not None and partition_for(sku, settings.partitions) in gained and _closed(value):
+                retiring.ended(key, records.closed_at(value) or wall)
+    for key in retiring.due(wall):
+        sku = _sku_of(key)
+        value = inventory.get(key)
+        if sku is None or not _closed(value):
+            continue
+        partition = partition_for(sku, settings.partitions)
+        closed_at = records.closed_at(value)
+        if partition not in _tracked or (closed_at is not None and closed_at + settings.order_retention > wall):
+            continue
+        inventory.remove(key, partition)
+        metrics.STATE_RETIRED.labels("adjustments" if _ADJUSTMENT in key else "holds").inc()

@@ -1,22 +1,28 @@
-"""The order saga agent: the single writer of saga state, keyed by order id."""
+"""The order saga agent: the single writer of saga state, keyed by order id.
+
+Besides applying events, the agent keeps two structures for the orders of its partitions,
+both rebuilt from the table when partitions are assigned: the requests still waiting for
+an answer (asked again only on evidence that the answer was lost, see
+services/outstanding.py) and the finished orders to forget after the retention.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Hashable
 from datetime import datetime
 from typing import Any
 
 import faust
 import mode
-from faust.types import TP
 
 from .. import logs, metrics, records, tracing
 from .. import topics as t
 from ..app import (
     app,
     order_audit_topic,
-    order_events_topic,
     order_status_topic,
     orders_topic,
     payment_requests_topic,
@@ -29,6 +35,8 @@ from ..domain import commands as c
 from ..domain import events as e
 from ..domain import saga as domain
 from ..domain.errors import ValidationFailed
+from ..services.outstanding import OutstandingRequests
+from ..services.retirement import RetirementQueue
 from ..tables import sagas
 from .common import (
     ACTOR_HEADER,
@@ -43,20 +51,23 @@ from .common import (
     make_headers,
     now,
     partition_for,
-    send_all,
+    until_done,
 )
 
 log = logging.getLogger("orion.saga")
 
-# Sagas for which this worker already asked the payment to time out; cleared as they move.
-_timeouts_sent: set[str] = set()
+# Requests of this worker's orders still waiting for an answer, and finished orders to forget.
+waiting = OutstandingRequests(backoff=1.0, max_backoff=300.0)
+retiring = RetirementQueue(settings.order_retention)
+# The partitions whose orders `waiting` and `retiring` cover.
+_tracked: set[int] = set()
 
 
 def _route(message: domain.SagaOutput) -> tuple[faust.TopicT, str]:
     match message:
         case c.ReserveLine() | c.ReleaseLine() | c.CommitLine():
             return stock_requests_topic, message.sku
-        case c.AuthorizePayment():
+        case c.AuthorizePayment() | c.VoidPayment():
             return payment_requests_topic, message.order_id
         case e.OrderStatusChanged():
             return order_status_topic, message.order_id
@@ -65,11 +76,26 @@ def _route(message: domain.SagaOutput) -> tuple[faust.TopicT, str]:
     raise TypeError(f"no route for {type(message).__name__}")
 
 
+def _request_key(request: domain.Request) -> Hashable:
+    return (request.order_id, type(request).__name__, getattr(request, "sku", ""))
+
+
+def _send_request(outbox: Outbox, request: domain.Request, headers: list[tuple[str, bytes]]) -> None:
+    """Send a request and, once the broker has it, wait for its answer."""
+    key, order_id = _request_key(request), request.order_id
+    partition = partition_for(order_id, settings.partitions)
+
+    def sent(metadata: Any) -> None:
+        waiting.sent(key, order_id, (metadata.topic, metadata.partition), metadata.offset, partition, time.monotonic())
+
+    outbox.send(*_route(request), request, headers, on_sent=sent)
+
+
 @app.agent(saga_inputs, concurrency=1)
 async def order_saga(stream: faust.StreamT[bytes]) -> None:
     """Place, reserve, pay, confirm, compensate: events in order, a batch at a time."""
     await runtime.ready()
-    await handle_in_batches(stream, handle_event, sagas, what="order saga")
+    await handle_in_batches(stream, handle_event, sagas, what="order saga", housekeeping=housekeeping)
 
 
 async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
@@ -110,6 +136,12 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         if current is not None:
             log.info("duplicate OrderPlaced for %s ignored", order_id)
             return
+        if _old(event, message, now_.epoch) and await until_done(
+            lambda: runtime.store.order_started(order_id), f"looking up order {order_id}"
+        ):
+            # Older than half the retention: its saga may have been retired already.
+            log.info("OrderPlaced for %s repeats an order decided before; ignored", order_id)
+            return
         try:
             saga, outputs = domain.start(message, runtime.catalog, now_)
         except ValidationFailed as exc:
@@ -120,12 +152,10 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
             actor, roles = UNIDENTIFIED, None
     else:
         if current is None:
-            await dead_letter(event, f"no order {order_id} is known to the saga", kind="unknown_order")
+            await _for_unknown_order(event, message, outbox)
             return
         state = current
-        saga, outputs = domain.handle(
-            records.saga_from_value(state["saga"]), message, now_, settings.payment_timeout
-        )
+        saga, outputs = domain.handle(records.saga_from_value(state["saga"]), message, now_)
         correlation_id = correlation_id or state.get("correlation_id")
         if not actor:
             actor, roles = state.get("actor"), state.get("actor_roles")
@@ -134,14 +164,42 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         return
     headers = make_headers(correlation_id, actor, roles)
     for m in outputs:
-        outbox.send(*_route(m), m, headers)
+        if isinstance(m, domain.Request):
+            _send_request(outbox, m, headers)
+        else:
+            outbox.send(*_route(m), m, headers)
         if isinstance(m, e.OrderStatusChanged):
             _observe(m, saga, now_)
     sagas.put(event, order_id, {
         "saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor, "actor_roles": roles,
     })
-    if saga.status.value != "RESERVED":
-        _timeouts_sent.discard(order_id)
+    waiting.keep_only(order_id, [_request_key(r) for r in domain.outstanding(saga)])
+    if domain.retirable(saga):
+        retiring.ended(order_id, now_.epoch)
+
+
+def _old(event: faust.EventT[bytes], placed: e.OrderPlaced, now_epoch: float) -> bool:
+    """Whether an OrderPlaced may repeat an order whose saga was already retired."""
+    horizon = now_epoch - settings.order_retention / 2
+    stamp = event.message.timestamp
+    if stamp is not None and stamp < horizon:
+        return True
+    return bool(placed.placed_at) and _epoch(placed.placed_at) < horizon
+
+
+async def _for_unknown_order(event: faust.EventT[bytes], message: Any, outbox: Outbox) -> None:
+    """An answer for an order this worker holds no saga for: retired after the retention,
+    so a repeat. Units held for it go back; other answers change nothing."""
+    match message:
+        case e.LineReserved():
+            log.warning("units of %s held for finished order %s: giving them back", message.sku, message.order_id)
+            outbox.send(stock_requests_topic, message.sku, c.ReleaseLine(message.order_id, message.sku),
+                        make_headers(header(event, CORRELATION_HEADER), "service:orion-saga", "service"))
+        case (e.LineRejected() | e.LineReleased() | e.LineCommitted() | e.PaymentDeclined() | e.PaymentTimedOut()
+              | e.PaymentVoided() | e.PaymentVoidFailed()):
+            log.info("%s for finished order %s: nothing to do", type(message).__name__, message.order_id)
+        case _:
+            await dead_letter(event, f"no order {message.order_id} is known to the saga", kind="unknown_order")
 
 
 # Statuses counted in orion_orders_total, and those that decide an order.
@@ -168,9 +226,109 @@ def _observe(change: e.OrderStatusChanged, saga: domain.OrderSaga, now_: domain.
             metrics.ORDER_CONFIRMATION.observe(elapsed)
 
 
-def _active(order_id: str) -> bool:
-    partition = partition_for(order_id, settings.partitions)
-    return TP(t.ORDERS.name, partition) in app.assignor.assigned_actives()
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+# -- housekeeping: adopting partitions, lost requests, retirement ----------------------------
+
+
+def _owned() -> set[int] | None:
+    """The orders partitions this worker owns, or None while a rebalance or table
+    recovery is under way (the table is not to be trusted then)."""
+    if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+        return None
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == t.ORDERS.name}
+
+
+async def housekeeping(outbox: Outbox) -> None:
+    """Once a second, in the agent's own turn: follow the assignment, ask again for what
+    was lost, forget what is finished. Costs in proportion to what moved or is due."""
+    global _tracked
+    owned = _owned()
+    if owned is None:
+        return
+    gone, gained = _tracked - owned, owned - _tracked
+    if gone:
+        waiting.forget_reply_partitions(gone)
+    if gained:
+        await _adopt(gained)
+    _tracked = owned
+    await _chase_lost(outbox)
+    _retire()
+
+
+async def _adopt(partitions: set[int]) -> None:
+    """Orders of newly assigned partitions: register what they wait for (each request lies
+    below its topic's current end offset) and when the finished ones may be forgotten.
+    One pass over the recovered table per assignment, like the recovery itself."""
+    request_tps = [(t.STOCK_REQUESTS.name, p) for p in range(settings.partitions)]
+    request_tps += [(t.PAYMENT_REQUESTS.name, p) for p in partitions]
+    ends = await runtime.end_offsets(request_tps)
+    clock = time.monotonic()
+    adopted = retired = 0
+    for order_id, state in list(sagas.items()):
+        partition = partition_for(order_id, settings.partitions)
+        if not state or partition not in partitions:
+            continue
+        saga = records.saga_from_value(state["saga"])
+        for request in domain.outstanding(saga):
+            topic, key = _route(request)
+            tp = (topic.get_topic_name(), partition_for(key, settings.partitions))
+            waiting.sent(_request_key(request), order_id, tp, ends.get(tp, 0) - 1, partition, clock)
+            adopted += 1
+        if domain.retirable(saga):
+            retiring.ended(order_id, _epoch(saga.updated_at))
+            retired += 1
+    log.info("adopted partitions %s: %d request(s) awaited, %d finished order(s) to retire",
+             sorted(partitions), adopted, retired)
+
+
+async def _chase_lost(outbox: Outbox) -> None:
+    """Ask again for requests that were consumed and whose answer the saga has read past."""
+    if not len(waiting):
+        return
+    replies = {(t.ORDER_EVENTS.name, p) for p in _tracked}
+    committed = await runtime.committed_offsets(waiting.request_partitions() | replies)
+    needs = waiting.consumed(committed)
+    if needs:
+        ends = await runtime.end_offsets([(t.ORDER_EVENTS.name, p) for p in needs])
+        waiting.mark({p: ends[(t.ORDER_EVENTS.name, p)] for p in needs if (t.ORDER_EVENTS.name, p) in ends})
+    read = {p: committed.get((t.ORDER_EVENTS.name, p), 0) for p in _tracked}
+    for key in waiting.lost(read, time.monotonic()):
+        order_id = waiting.order_of(key)
+        state = sagas.get(order_id) if order_id is not None else None
+        if order_id is None or state is None:
+            if order_id is not None:
+                waiting.forget_order(order_id)
+            continue
+        saga = records.saga_from_value(state["saga"])
+        wanted = {_request_key(r): r for r in domain.outstanding(saga)}
+        request = wanted.get(key)
+        if request is None:
+            waiting.keep_only(order_id, wanted)
+            continue
+        kind = type(request).__name__
+        with logs.bound(order_id=order_id, correlation_id=state.get("correlation_id")):
+            log.warning("%s of order %s was consumed and its answer never came: asking again", kind, order_id)
+        metrics.REQUESTS_RESENT.labels(kind).inc()
+        _send_request(outbox, request, make_headers(state.get("correlation_id"), "service:orion-saga", "service"))
+
+
+def _retire() -> None:
+    """Forget finished orders whose retention ran out (a tombstone on the changelog)."""
+    wall = time.time()
+    for order_id in retiring.due(wall):
+        partition = partition_for(order_id, settings.partitions)
+        state = sagas.get(order_id)
+        if state is None or partition not in _tracked:
+            continue
+        saga = records.saga_from_value(state["saga"])
+        if not domain.retirable(saga) or _epoch(saga.updated_at) + settings.order_retention > wall:
+            continue  # it moved again since; a later entry retires it
+        sagas.remove(order_id, partition)
+        waiting.forget_order(order_id)
+        metrics.STATE_RETIRED.labels("sagas").inc()
 
 
 @app.service
@@ -198,47 +356,3 @@ async def refresh_catalog() -> None:
         await (await runtime.ready()).refresh_catalog()
     except Exception as exc:  # the database may be away; the next tick tries again
         log.warning("catalog refresh failed: %s", exc)
-
-
-# A saga waiting this long for a SKU owner's answer asks again. Reservation is idempotent
-# (the owner answers from the order's hold), so asking twice is harmless, and a request or
-# answer lost to a crash or a rebalance only delays the order instead of stranding it.
-# The wait doubles with each attempt so a backlog is not flooded with repeats.
-RESERVE_RETRY_AFTER = 10.0
-_reserve_asked: dict[str, tuple[float, int]] = {}
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-@app.timer(interval=1.0)
-async def chase_overdue_sagas() -> None:
-    """Time out payments that never answered (the saga, not the gateway, owns the deadline)
-    and ask again for reservations that never answered."""
-    now_ = now()
-    sends: list[Any] = []
-    for order_id, state in list(sagas.items()):
-        if not state or not _active(order_id):
-            continue
-        value = state["saga"]
-        headers = make_headers(state.get("correlation_id"), "service:orion-saga", "service")
-        if value["status"] == "RESERVED" and value.get("payment_deadline") is not None:
-            if value["payment_deadline"] <= now_.epoch and order_id not in _timeouts_sent:
-                sends.append((order_events_topic, order_id, e.PaymentTimedOut(order_id), headers))
-                _timeouts_sent.add(order_id)
-        elif value["status"] == "PENDING":
-            last, attempts = _reserve_asked.get(order_id, (0.0, 0))
-            asked = max(last, _epoch(value["updated_at"]))
-            if now_.epoch - asked >= RESERVE_RETRY_AFTER * 2**attempts:
-                saga = records.saga_from_value(value)
-                for line in saga.lines:
-                    if line.state is domain.LineState.PENDING:
-                        command = c.ReserveLine(order_id, line.sku, line.quantity)
-                        sends.append((stock_requests_topic, line.sku, command, headers))
-                log.warning("order %s waited %.0fs for stock answers; asking again", order_id, now_.epoch - asked)
-                _reserve_asked[order_id] = (now_.epoch, attempts + 1)
-        else:
-            _reserve_asked.pop(order_id, None)
-    if sends:
-        await send_all(sends)

@@ -21,8 +21,10 @@ from ..app import app, settings
 log = logging.getLogger("orion.watchdog")
 
 SOURCE_TOPICS = frozenset(spec.name for spec in t.ALL if spec is not t.DEAD_LETTERS)
-# Longer than any legitimate wait on one event (a payment may take the payment timeout).
-STALL_AFTER = max(15.0, 2 * settings.payment_timeout)
+# Longer than any legitimate wait on one event: a payment request is acknowledged in order,
+# after its answer, so one may hold its partition's commit for a provider's whole budget.
+STALL_AFTER = 15.0
+STALL_AFTER_PAYMENTS = max(STALL_AFTER, 2 * max(settings.payment_timeout, settings.payment_void_timeout))
 
 _progress: dict[object, tuple[tuple[int, int], float]] = {}
 
@@ -55,7 +57,7 @@ async def refetch_stalled_partitions() -> None:
         if seen is None or seen[0] != (committed, position):
             _progress[tp] = ((committed, position), now)
             continue
-        if now - seen[1] >= STALL_AFTER:
+        if now - seen[1] >= (STALL_AFTER_PAYMENTS if tp.topic == t.PAYMENT_REQUESTS.name else STALL_AFTER):
             flow = consumer.flow_active, app.flow_control.is_active()
             log.error(
                 "partition %s[%d] stands at committed %d, fetched %d, end %d for %.0fs "

@@ -52,6 +52,18 @@ class AuthorizePayment:
 
 
 @dataclass(frozen=True)
+class VoidPayment:
+    """Give back whatever the provider authorised for an order: void the authorisation, or
+    refund it if it was captured. `authorization_id` is None when the outcome of the
+    authorisation is unknown (it timed out): the provider voids by the order's payment key."""
+
+    order_id: str
+    authorization_id: str | None
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True)
 class CancelOrder:
     """Cancel an order that is not yet fulfilled, releasing its stock."""
 
@@ -69,3 +81,4 @@ class FulfilOrder:
 
 
 StockCommand = ReserveLine | ReleaseLine | CommitLine | AdjustStock
+PaymentCommand = AuthorizePayment | VoidPayment

@@ -78,9 +78,30 @@ class PaymentDeclined:
 
 @dataclass(frozen=True)
 class PaymentTimedOut:
-    """No payment answer came before the deadline."""
+    """The provider gave no definite answer within the payment budget: it may or may not
+    have authorised, so whatever it did is voided."""
 
     order_id: str
+    reason: str = "payment timed out"
+
+
+@dataclass(frozen=True)
+class PaymentVoided:
+    """What became of a void: `voided`, `refunded` (it had been captured) or `nothing`
+    (the provider holds no authorisation for the order)."""
+
+    order_id: str
+    authorization_id: str | None
+    outcome: str
+
+
+@dataclass(frozen=True)
+class PaymentVoidFailed:
+    """The provider could not be made to void within the retry budget; the command is
+    parked on dead-letters for an operator."""
+
+    order_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -179,4 +200,4 @@ class AdjustmentRejected:
 
 
 ReservationReply = LineReserved | LineRejected | LineReleased | LineCommitted
-PaymentReply = PaymentAuthorized | PaymentDeclined | PaymentTimedOut
+PaymentReply = PaymentAuthorized | PaymentDeclined | PaymentTimedOut | PaymentVoided | PaymentVoidFailed

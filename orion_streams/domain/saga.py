@@ -20,6 +20,7 @@ from .commands import (
     FulfilOrder,
     ReleaseLine,
     ReserveLine,
+    VoidPayment,
 )
 from .errors import FieldError, ValidationFailed
 from .events import (
@@ -34,6 +35,8 @@ from .events import (
     PaymentAuthorized,
     PaymentDeclined,
     PaymentTimedOut,
+    PaymentVoided,
+    PaymentVoidFailed,
 )
 from .orders import (
     FAILURES,
@@ -66,6 +69,16 @@ class SagaLine:
     settled: bool = False  # the SKU owner confirmed the release or sale
 
 
+class VoidState(StrEnum):
+    """Where giving back an order's payment stands, once the saga asked for it."""
+
+    REQUESTED = "requested"
+    VOIDED = "voided"
+    REFUNDED = "refunded"
+    NOTHING = "nothing"  # the provider held no authorisation for the order
+    FAILED = "failed"  # retries ran out; the command waits on dead-letters for an operator
+
+
 @dataclass(frozen=True)
 class OrderSaga:
     """Everything the saga needs to decide an order; bounded by the order's size."""
@@ -81,7 +94,12 @@ class OrderSaga:
     updated_at: str
     seq: int = 0
     failure_reason: str | None = None
-    payment_deadline: float | None = None
+    # An AuthorizePayment went out and no answer has come back yet.
+    paying: bool = False
+    authorization_id: str | None = None
+    void: VoidState | None = None
+    # The authorisation the void asks for; None: whatever the order's payment key authorised.
+    void_for: str | None = None
 
     @property
     def total(self) -> int:
@@ -99,12 +117,13 @@ SagaInput = (
     | PaymentAuthorized
     | PaymentDeclined
     | PaymentTimedOut
+    | PaymentVoided
+    | PaymentVoidFailed
     | CancelOrder
     | FulfilOrder
 )
-SagaOutput = (
-    ReserveLine | ReleaseLine | CommitLine | AuthorizePayment | OrderStatusChanged | AuditEntry
-)
+Request = ReserveLine | ReleaseLine | CommitLine | AuthorizePayment | VoidPayment
+SagaOutput = Request | OrderStatusChanged | AuditEntry
 Step = tuple[OrderSaga, list[SagaOutput]]
 
 
@@ -143,29 +162,34 @@ def start(placed: OrderPlaced, catalog: Catalog, now: Clock) -> Step:
     return saga, out
 
 
-def handle(saga: OrderSaga, msg: SagaInput, now: Clock, payment_timeout: float) -> Step:
-    """Apply one message to an existing saga."""
+def handle(saga: OrderSaga, msg: SagaInput, now: Clock) -> Step:
+    """Apply one message to an existing saga.
+
+    The saga keeps no clock of its own: the payment agent bounds the provider call and
+    always answers, and a request whose answer was lost is asked again on evidence of the
+    loss (see `outstanding`), so time spent waiting in queues can never fail an order.
+    """
     match msg:
         case LineReserved():
-            return _on_reserved(saga, msg, now, payment_timeout)
+            return _on_reserved(saga, msg, now)
         case LineRejected():
             return _on_rejected(saga, msg, now)
         case LineReleased() | LineCommitted():
-            # Confirmations from the SKU owner: recorded once for the audit trail.
-            line = saga.line(msg.sku)
-            if line is None or line.settled:
-                return saga, []
-            out: list[SagaOutput] = []
-            lines = tuple(replace(x, settled=True) if x.sku == msg.sku else x for x in saga.lines)
-            saga = replace(saga, lines=lines)
-            kind = type(msg).__name__
-            return _audit(saga, out, kind, now, {"sku": msg.sku, "quantity": msg.quantity}), out
+            return _on_settled(saga, msg, now)
         case PaymentAuthorized():
             return _on_payment_authorized(saga, msg, now)
         case PaymentDeclined():
             return _on_payment_failed(saga, "PaymentDeclined", f"payment declined: {msg.reason}", now)
         case PaymentTimedOut():
-            return _on_payment_failed(saga, "PaymentTimedOut", "payment timed out", now)
+            return _on_payment_unknown(saga, msg, now)
+        case PaymentVoided():
+            return _on_voided(saga, msg, now)
+        case PaymentVoidFailed():
+            if saga.void is not VoidState.REQUESTED:
+                return saga, []
+            out: list[SagaOutput] = []
+            saga = _audit(replace(saga, void=VoidState.FAILED), out, "PaymentVoidFailed", now, {"reason": msg.reason})
+            return saga, out
         case CancelOrder():
             return _on_cancel(saga, msg, now)
         case FulfilOrder():
@@ -173,13 +197,29 @@ def handle(saga: OrderSaga, msg: SagaInput, now: Clock, payment_timeout: float) 
     raise TypeError(f"the saga does not take {type(msg).__name__}")
 
 
-def payment_overdue(saga: OrderSaga, now_epoch: float) -> bool:
-    """True when the saga waits for a payment answer past its deadline."""
-    return (
-        saga.status is OrderStatus.RESERVED
-        and saga.payment_deadline is not None
-        and now_epoch >= saga.payment_deadline
-    )
+def outstanding(saga: OrderSaga) -> list[Request]:
+    """The requests this saga sent and still waits to hear about. Each is safe to send
+    again: its receiver answers a repeat from what it recorded the first time."""
+    out: list[Request] = []
+    for line in saga.lines:
+        if line.state is LineState.PENDING:
+            # Even for a failed order: a late reservation must be heard of to be given back.
+            out.append(ReserveLine(saga.order_id, line.sku, line.quantity))
+        elif line.state is LineState.RELEASED and not line.settled:
+            out.append(ReleaseLine(saga.order_id, line.sku))
+        elif line.state is LineState.COMMITTED and not line.settled:
+            out.append(CommitLine(saga.order_id, line.sku))
+    if saga.paying:
+        out.append(AuthorizePayment(saga.order_id, saga.total, saga.currency, saga.payment_token))
+    if saga.void is VoidState.REQUESTED:
+        out.append(_void(saga))
+    return out
+
+
+def retirable(saga: OrderSaga) -> bool:
+    """Nothing more can happen to the order and nothing it asked for is unanswered: its
+    state may be forgotten (after a retention that absorbs redelivered messages)."""
+    return saga.status.is_terminal and not outstanding(saga)
 
 
 def _check_placed(placed: OrderPlaced, catalog: Catalog) -> None:
@@ -202,22 +242,25 @@ def _check_placed(placed: OrderPlaced, catalog: Catalog) -> None:
         raise ValidationFailed(errors)
 
 
-def _on_reserved(saga: OrderSaga, msg: LineReserved, now: Clock, timeout: float) -> Step:
+def _on_reserved(saga: OrderSaga, msg: LineReserved, now: Clock) -> Step:
     line = saga.line(msg.sku)
-    if line is None or line.state is not LineState.PENDING:
-        return saga, []
+    if line is None or line.state in (LineState.RESERVED, LineState.COMMITTED):
+        return saga, []  # a repeated answer: the units are already counted
+    if line.state is LineState.RELEASED and not line.settled:
+        return saga, []  # a repeat of the answer the release now in flight gives back
     out: list[SagaOutput] = []
-    if saga.status is not OrderStatus.PENDING:
-        # The order failed while this line was in flight: give the units straight back.
+    if line.state is not LineState.PENDING or saga.status is not OrderStatus.PENDING:
+        # Units are held that this order will not use (it failed while the line was in
+        # flight, or a stray repeat made a new hold): give them straight back.
         saga = _set_line(saga, msg.sku, LineState.RELEASED)
-        saga = _audit(saga, out, "LineReserved", now, {"sku": msg.sku, "quantity": msg.quantity})
+        data = {"sku": msg.sku, "quantity": msg.quantity, **({} if line.state is LineState.PENDING else {"late": True})}
+        saga = _audit(saga, out, "LineReserved", now, data)
         out.append(ReleaseLine(saga.order_id, msg.sku))
         return saga, out
     saga = _set_line(saga, msg.sku, LineState.RESERVED)
     saga = _audit(saga, out, "LineReserved", now, {"sku": msg.sku, "quantity": msg.quantity})
     if all(line.state is LineState.RESERVED for line in saga.lines):
-        saga = replace(saga, payment_deadline=now.epoch + timeout)
-        saga = _move(saga, out, OrderStatus.RESERVED, now)
+        saga = _move(replace(saga, paying=True), out, OrderStatus.RESERVED, now)
         out.append(AuthorizePayment(saga.order_id, saga.total, saga.currency, saga.payment_token))
     return saga, out
 
@@ -237,29 +280,91 @@ def _on_rejected(saga: OrderSaga, msg: LineRejected, now: Clock) -> Step:
     return saga, out
 
 
-def _on_payment_authorized(saga: OrderSaga, msg: PaymentAuthorized, now: Clock) -> Step:
-    if saga.status is not OrderStatus.RESERVED:
+def _on_settled(saga: OrderSaga, msg: LineReleased | LineCommitted, now: Clock) -> Step:
+    """The SKU owner says a line's units went back or were sold: recorded once."""
+    line = saga.line(msg.sku)
+    if line is None or line.settled or line.state is LineState.RESERVED:
         return saga, []
     out: list[SagaOutput] = []
-    saga = _audit(saga, out, "PaymentAuthorized", now, {"authorization_id": msg.authorization_id})
-    saga = replace(saga, payment_deadline=None)
-    return _move(saga, out, OrderStatus.CONFIRMED, now), out
+    kind = type(msg).__name__
+    if line.state is LineState.PENDING:
+        # The owner holds nothing for this line and never will (its hold was closed
+        # before the reservation was asked): the line cannot be supplied.
+        saga = replace(saga, lines=_with(saga.lines, msg.sku, state=LineState.REJECTED, settled=True))
+        saga = _audit(saga, out, kind, now, {"sku": msg.sku, "quantity": msg.quantity})
+        if saga.status is OrderStatus.PENDING:
+            saga = _fail(saga, out, OrderStatus.REJECTED, f"{msg.sku}: no stock could be held", now)
+        return saga, out
+    saga = replace(saga, lines=_with(saga.lines, msg.sku, settled=True))
+    return _audit(saga, out, kind, now, {"sku": msg.sku, "quantity": msg.quantity}), out
+
+
+def _on_payment_authorized(saga: OrderSaga, msg: PaymentAuthorized, now: Clock) -> Step:
+    if msg.authorization_id == saga.authorization_id:
+        return saga, []  # a repeated answer
+    out: list[SagaOutput] = []
+    if saga.status is OrderStatus.RESERVED:
+        saga = replace(saga, paying=False, authorization_id=msg.authorization_id)
+        saga = _audit(saga, out, "PaymentAuthorized", now, {"authorization_id": msg.authorization_id})
+        return _move(saga, out, OrderStatus.CONFIRMED, now), out
+    if not saga.status.is_failure:
+        return saga, []
+    # The order failed or was cancelled before the money was authorised: give it back.
+    saga = replace(saga, paying=False, authorization_id=msg.authorization_id)
+    saga = _audit(saga, out, "PaymentAuthorized", now, {"authorization_id": msg.authorization_id, "late": True})
+    if saga.void in (None, VoidState.NOTHING, VoidState.FAILED):
+        saga = _request_void(saga, out, "authorised after the order ended", now)
+    return saga, out
 
 
 def _on_payment_failed(saga: OrderSaga, kind: str, reason: str, now: Clock) -> Step:
-    if saga.status is not OrderStatus.RESERVED:
+    if not saga.paying:
         return saga, []
     out: list[SagaOutput] = []
-    saga = _audit(saga, out, kind, now, {"reason": reason})
-    return _fail(saga, out, OrderStatus.PAYMENT_FAILED, reason, now), out
+    saga = _audit(replace(saga, paying=False), out, kind, now, {"reason": reason})
+    if saga.status is OrderStatus.RESERVED:
+        saga = _fail(saga, out, OrderStatus.PAYMENT_FAILED, reason, now)
+    return saga, out
+
+
+def _on_payment_unknown(saga: OrderSaga, msg: PaymentTimedOut, now: Clock) -> Step:
+    """No definite answer: the provider may have authorised. Fail the order if it still
+    waited for the money, and void whatever the payment key authorised."""
+    if not saga.paying:
+        return saga, []
+    saga, out = _on_payment_failed(saga, "PaymentTimedOut", msg.reason, now)
+    if saga.void is None:
+        saga = _request_void(saga, out, "the authorisation's outcome is unknown", now)
+    return saga, out
+
+
+def _on_voided(saga: OrderSaga, msg: PaymentVoided, now: Clock) -> Step:
+    if saga.void not in (VoidState.REQUESTED, VoidState.FAILED) or msg.authorization_id != saga.void_for:
+        return saga, []  # not the answer to the void asked for (a repeat of an earlier one)
+    out: list[SagaOutput] = []
+    try:
+        outcome = VoidState(msg.outcome)
+    except ValueError:
+        outcome = VoidState.VOIDED
+    kind = "PaymentRefunded" if outcome is VoidState.REFUNDED else "PaymentVoided"
+    saga = replace(saga, void=outcome)
+    saga = _audit(saga, out, kind, now, {"authorization_id": msg.authorization_id, "outcome": msg.outcome})
+    if outcome is VoidState.NOTHING and saga.authorization_id and saga.void_for != saga.authorization_id:
+        # Voided by payment key before the late authorisation existed: void that one too.
+        saga = _request_void(saga, out, "authorised after the order ended", now)
+    return saga, out
 
 
 def _on_cancel(saga: OrderSaga, msg: CancelOrder, now: Clock) -> Step:
     if not can_transition(saga.status, OrderStatus.CANCELLED):
         return saga, []
     out: list[SagaOutput] = []
+    confirmed = saga.status is OrderStatus.CONFIRMED
     saga = _audit(saga, out, "CancelOrder", now, {"reason": msg.reason, "event_id": msg.event_id})
-    return _fail(saga, out, OrderStatus.CANCELLED, msg.reason, now), out
+    saga = _fail(saga, out, OrderStatus.CANCELLED, msg.reason, now)
+    if confirmed:
+        saga = _request_void(saga, out, "order cancelled", now)
+    return saga, out
 
 
 def _on_fulfil(saga: OrderSaga, now: Clock) -> Step:
@@ -285,8 +390,19 @@ def _fail(
             released.append(replace(line, state=LineState.RELEASED))
         else:
             released.append(line)
-    saga = replace(saga, lines=tuple(released), failure_reason=reason, payment_deadline=None)
+    saga = replace(saga, lines=tuple(released), failure_reason=reason)
     return _move(saga, out, status, now)
+
+
+def _void(saga: OrderSaga) -> VoidPayment:
+    return VoidPayment(saga.order_id, saga.void_for, saga.total, saga.currency)
+
+
+def _request_void(saga: OrderSaga, out: list[SagaOutput], reason: str, now: Clock) -> OrderSaga:
+    saga = replace(saga, void=VoidState.REQUESTED, void_for=saga.authorization_id)
+    saga = _audit(saga, out, "PaymentVoidRequested", now, {"authorization_id": saga.authorization_id, "reason": reason})
+    out.append(_void(saga))
+    return saga
 
 
 def _move(saga: OrderSaga, out: list[SagaOutput], status: OrderStatus, now: Clock) -> OrderSaga:
@@ -306,8 +422,11 @@ def _audit(
 
 
 def _set_line(saga: OrderSaga, sku: str, state: LineState) -> OrderSaga:
-    lines = tuple(replace(line, state=state) if line.sku == sku else line for line in saga.lines)
-    return replace(saga, lines=lines)
+    return replace(saga, lines=_with(saga.lines, sku, state=state, settled=False))
+
+
+def _with(lines: tuple[SagaLine, ...], sku: str, **changes: Any) -> tuple[SagaLine, ...]:
+    return tuple(replace(line, **changes) if line.sku == sku else line for line in lines)
 
 
 def _status_event(saga: OrderSaga, previous: OrderStatus | None, now: Clock) -> OrderStatusChanged:

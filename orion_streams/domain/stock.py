@@ -56,6 +56,11 @@ class HoldState(StrEnum):
     RELEASED = "released"
     COMMITTED = "committed"
 
+    @property
+    def is_final(self) -> bool:
+        """Nothing more will change it: only a held hold waits for a release or a sale."""
+        return self is not HoldState.HELD
+
 
 @dataclass(frozen=True)
 class Hold:
@@ -93,14 +98,9 @@ def _bump(before: StockLevel, after: StockLevel, at: str) -> tuple[StockLevel, l
 def reserve(level: StockLevel, hold: Hold | None, cmd: ReserveLine, at: str) -> Outcome:
     """Hold units if available covers the line; all or nothing for this line."""
     if hold is not None:
-        # Redelivered request: answer as the first time, change nothing.
-        if hold.state is HoldState.REJECTED:
-            reply: StockEvent = LineRejected(
-                cmd.order_id, cmd.sku, hold.quantity, level.available, "out of stock"
-            )
-        else:
-            reply = LineReserved(cmd.order_id, cmd.sku, hold.quantity)
-        return level, hold, [reply]
+        # Asked again (redelivered, or re-asked after a lost answer): say where the hold
+        # stands now and change nothing. LineReserved always means units are held now.
+        return level, hold, [_state_of(hold, cmd.order_id, cmd.sku, level)]
     if cmd.quantity <= 0:
         raise ValueError("quantity must be positive")
     if cmd.quantity > level.available:
@@ -116,13 +116,29 @@ def reserve(level: StockLevel, hold: Hold | None, cmd: ReserveLine, at: str) -> 
     return new, held, [LineReserved(cmd.order_id, cmd.sku, cmd.quantity), *events]
 
 
+def _state_of(hold: Hold, order_id: str, sku: str, level: StockLevel) -> StockEvent:
+    """The answer that tells where an existing hold stands."""
+    match hold.state:
+        case HoldState.HELD:
+            return LineReserved(order_id, sku, hold.quantity)
+        case HoldState.REJECTED:
+            return LineRejected(order_id, sku, hold.quantity, level.available, "out of stock")
+        case HoldState.RELEASED:
+            return LineReleased(order_id, sku, hold.quantity)
+        case HoldState.COMMITTED:
+            return LineCommitted(order_id, sku, hold.quantity)
+
+
 def release(level: StockLevel, hold: Hold | None, cmd: ReleaseLine, at: str) -> Outcome:
     """Return a held quantity; a release with no hold leaves a tombstone so a late
-    reservation for the same order and SKU is answered without holding stock."""
+    reservation for the same order and SKU is answered without holding stock. A release
+    of a hold that holds nothing is answered with where it stands."""
     if hold is None:
-        return level, Hold(cmd.order_id, cmd.sku, 0, HoldState.RELEASED), []
+        released = Hold(cmd.order_id, cmd.sku, 0, HoldState.RELEASED)
+        return level, released, [LineReleased(cmd.order_id, cmd.sku, 0)]
     if hold.state is not HoldState.HELD:
-        return level, hold, []
+        # Every command gets an answer, so a sender waiting for one can settle.
+        return level, hold, [_state_of(hold, cmd.order_id, cmd.sku, level)]
     new, events = _bump(level, replace(level, reserved=level.reserved - hold.quantity), at)
     return new, replace(hold, state=HoldState.RELEASED), [
         LineReleased(cmd.order_id, cmd.sku, hold.quantity),
@@ -131,9 +147,12 @@ def release(level: StockLevel, hold: Hold | None, cmd: ReleaseLine, at: str) -> 
 
 
 def commit(level: StockLevel, hold: Hold | None, cmd: CommitLine, at: str) -> Outcome:
-    """Sell held units: they leave both on-hand and reserved."""
+    """Sell held units: they leave both on-hand and reserved. Without a live hold nothing
+    is sold, and the answer says so (LineCommitted of the units sold: 0)."""
+    if hold is not None and hold.state is HoldState.COMMITTED:
+        return level, hold, [LineCommitted(cmd.order_id, cmd.sku, hold.quantity)]
     if hold is None or hold.state is not HoldState.HELD:
-        return level, hold, []
+        return level, hold, [LineCommitted(cmd.order_id, cmd.sku, 0)]
     after = replace(
         level, on_hand=level.on_hand - hold.quantity, reserved=level.reserved - hold.quantity
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -15,13 +16,32 @@ class PaymentResult:
     reason: str = ""
 
 
+class VoidOutcome(StrEnum):
+    """What a provider did when asked to void."""
+
+    VOIDED = "voided"
+    CAPTURED = "captured"  # the money was taken already: refund it instead
+    NOTHING = "nothing"  # it holds no authorisation for that payment
+
+
 class PaymentError(Exception):
     """The provider could not be reached or answered nonsense; the call may be retried."""
 
 
+class PaymentPending(PaymentError):
+    """The provider is still working on an earlier request with the same key; ask again."""
+
+
 class PaymentGateway(Protocol):
-    """Authorises an amount against a payment token. Idempotent per idempotency key."""
+    """Authorises, voids and refunds. Every call is idempotent: `payment_key` (the order
+    id) is the authorisation's idempotency key and names it when its id is unknown."""
 
     async def authorize(
         self, *, amount: int, currency: str, token: str, idempotency_key: str
     ) -> PaymentResult: ...
+
+    async def void(self, *, authorization_id: str | None, payment_key: str) -> VoidOutcome: ...
+
+    async def refund(
+        self, *, authorization_id: str | None, payment_key: str, amount: int, currency: str
+    ) -> None: ...

@@ -46,16 +46,33 @@ class DurableTable(faust.Table[str, Any]):
         self._sensor_on_set(self, key, value)
         self._unsent.append((partition, key, value))
 
+    def remove(self, key: str, partition: int) -> bool:
+        """Forget `key` (owned by `partition`): a tombstone goes to the changelog, so
+        compaction drops the key and recovery does not bring it back."""
+        if key not in self:
+            return False
+        self._partition = partition
+        try:
+            del self[key]
+        finally:
+            self._partition = None
+        return True
+
     def on_key_del(self, key: Any) -> None:
-        raise NotImplementedError("Orion keeps table entries; write a tombstone value instead")
+        partition = self._partition if self._partition is not None else self.partition_for_key(key)
+        assert partition is not None  # always the owner's partition, given by `remove`
+        self._maybe_del_key_ttl(key, partition)
+        self._sensor_on_del(self, key)
+        self._unsent.append((partition, key, None))
 
     async def written(self) -> None:
         """Send every change made so far, in order, and wait for the broker (acks=all)."""
         pending, self._unsent = self._unsent, []
         futures = [
             await self.changelog_topic.send(
-                key=key, value=value, partition=partition,
-                key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                key=key, value=value, partition=partition, key_serializer=self.key_serializer,
+                # None is a tombstone: no value at all, not JSON null.
+                value_serializer=self.value_serializer if value is not None else "raw",
             )
             for partition, key, value in pending
         ]

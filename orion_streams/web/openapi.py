@@ -86,6 +86,7 @@ def obj(properties: dict[str, Any], *, optional: tuple[str, ...] = (), **extra: 
 
 STRING: dict[str, Any] = {"type": "string"}
 INTEGER: dict[str, Any] = {"type": "integer"}
+NUMBER: dict[str, Any] = {"type": "number"}
 TIMESTAMP: dict[str, Any] = {"type": "string", "format": "date-time"}
 
 
@@ -372,8 +373,25 @@ SCHEMAS: dict[str, Any] = {
                                              "description": "The key itself: shown only now"}}),
     "ApiKeyList": obj({"items": {"type": "array", "items": schema_ref("ApiKey")}, "next_cursor": {"type": "null"}}),
     "Health": obj({"status": {"const": "ok"}, "worker": STRING}),
-    "Ready": obj({"status": {"const": "ready"}}),
-    "NotReady": obj({"status": {"const": "unavailable"}, "missing": {"type": "array", "minItems": 1, "items": STRING}}),
+    "Admission": obj(
+        {
+            "open": {"type": "boolean", "description": "Whether POST /v1/orders takes new orders now"},
+            "reason": nullable(STRING),
+            "in_flight": nullable(INTEGER),
+            "queue_delay_seconds": nullable(NUMBER),
+            "reading_age_seconds": nullable(NUMBER),
+            "stale": {"type": "boolean", "description": "No fresh reading of the load: the door stays open"},
+            "max_decision_delay_seconds": NUMBER,
+            "max_in_flight": INTEGER,
+        },
+        description="Admission control: orders in flight and how long the queue's head waited for stock, "
+                    "against ORION_MAX_IN_FLIGHT and ORION_MAX_DECISION_DELAY",
+    ),
+    "Ready": obj({"status": {"const": "ready"}, "admission": schema_ref("Admission")}),
+    "NotReady": obj({
+        "status": {"const": "unavailable"}, "missing": {"type": "array", "minItems": 1, "items": STRING},
+        "admission": schema_ref("Admission"),
+    }),
 }
 
 ORDER_EXAMPLE = {"lines": [{"sku": "SKU-001", "quantity": 2}], "payment": {"token": "tok_ok"}, "email": "sarah@example.com"}
@@ -402,7 +420,12 @@ PATHS: dict[str, Any] = {
                 "422": problem(422, "Invalid fields, unknown SKUs, a bad `wait`, a bad or reused Idempotency-Key, "
                                     "or text with U+0000 or unpaired surrogates"),
                 "429": rate_limited(),
-                "503": unavailable("Kafka could not be reached"),
+                "503": problem(503, "Admission control: orders wait too long for a decision or too many are "
+                                    "in flight, so this one is refused before anything is written or sent "
+                                    "(an Idempotency-Key retry of an accepted order never is); or Kafka could "
+                                    "not be reached. Safe to retry after Retry-After seconds", {
+                    **RETRY_AFTER, "Retry-After": {**RETRY_AFTER["Retry-After"], "required": True},
+                }),
             },
         ),
         "get": v1(

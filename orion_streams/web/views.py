@@ -25,6 +25,8 @@ from ..domain.money import format_amount
 from ..domain.orders import OrderStatus, order_currency, parse_order_request, priced_lines
 from ..domain.stock import ADJUSTMENT_REASONS
 from ..records import storable
+from ..services.admission import Refusal
+from .admission import door
 from .auth import Principal, TokenVerifier
 from .identity import allow, authenticate, sees_all_orders
 from .problems import ApiError, bad_request, conflict, not_found, unavailable, unprocessable
@@ -130,6 +132,15 @@ def _request_hash(request: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _refused(refusal: Refusal) -> ApiError:
+    """503 from admission control: nothing was written or sent; ask again after Retry-After."""
+    metrics.ORDERS_REFUSED.labels(refusal.reason).inc()
+    return ApiError(
+        503, "Service Unavailable", f"not taking new orders now: {refusal.detail}; retry after {refusal.retry_after}s",
+        headers={"Retry-After": str(refusal.retry_after)},
+    )
+
+
 def _accepted(order_id: str) -> web.Response:
     return json_response(
         {"order_id": order_id, "status": "PENDING", "links": {"self": f"/v1/orders/{order_id}"}}, 202
@@ -139,6 +150,11 @@ def _accepted(order_id: str) -> web.Response:
 @app.page("/v1/orders")
 class OrdersView(View):
     async def post(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key")
+        refusal = door.verdict(time.monotonic())
+        if refusal is not None and key is None:
+            # Before anything else, even the token check: refusing must cost next to nothing.
+            raise _refused(refusal)
         principal = await principal_of(request)
         allow(principal, "customer", "admin", scope="orders:write")
         service = "service" in principal.roles
@@ -170,7 +186,6 @@ class OrdersView(View):
             currency = order_currency(order.lines, runtime.catalog)
         except ValidationFailed as exc:
             raise unprocessable(exc.errors) from exc
-        key = request.headers.get("Idempotency-Key")
         if key is not None and (not 1 <= len(key) <= 200 or not storable(key)):
             raise unprocessable([FieldError("Idempotency-Key", "must be 1 to 200 characters of UTF-8")])
         digest = _request_hash(order)
@@ -180,7 +195,9 @@ class OrdersView(View):
                 if existing["request_hash"] not in (None, digest):
                     raise ApiError(422, "Unprocessable Content",
                                    "this Idempotency-Key was used with a different request")
-                return await self._reply(existing["order_id"], wait)
+                return await self._reply(existing["order_id"], wait)  # a retry is never refused
+            if refusal is not None:
+                raise _refused(refusal)
             order_id = str(uuid.uuid5(_NAMESPACE, f"{principal.subject}\x1f{key}"))
             event_id = str(uuid.uuid5(_NAMESPACE, f"event\x1f{order_id}"))
         else:
@@ -193,6 +210,7 @@ class OrdersView(View):
         )
         logs.bind(order_id=order_id)  # the middleware unbinds when the request ends
         await _send(orders_topic, order_id, placed, _headers(request, principal))
+        door.admitted()
         metrics.ORDERS_ACCEPTED.inc()
         log.info(
             "order accepted: %d line(s), %s, by %s", len(lines),
@@ -409,9 +427,10 @@ class ReadyView(View):
             await asyncio.wait_for(runtime.kafka_ping(), timeout=3)
         except Exception as exc:
             missing.append(f"kafka ({type(exc).__name__})")
+        admission = door.snapshot(time.monotonic())
         if missing:
-            return json_response({"status": "unavailable", "missing": missing}, 503)
-        return json_response({"status": "ready"})
+            return json_response({"status": "unavailable", "missing": missing, "admission": admission}, 503)
+        return json_response({"status": "ready", "admission": admission})
 
 
 @app.page("/metrics")

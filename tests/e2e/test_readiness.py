@@ -24,7 +24,8 @@ def test_ready_is_503_while_postgresql_is_down_and_200_when_it_is_back(fresh_ser
     assert pg is not None
     worker = Worker(fresh_services, "ready").start()
     try:
-        assert _get(f"{worker.url}/ready") == (200, {"status": "ready"})
+        status, body = _get(f"{worker.url}/ready")
+        assert (status, body["status"], body["admission"]["open"]) == (200, "ready", True), body
         pg.stop()
         try:
             seen: list[Any] = []
@@ -62,8 +63,8 @@ def test_ready_is_503_until_the_tables_are_recovered(fresh_services: Services) -
             wait_until(recovered, 90, "the second worker to be ready", interval=0.02)
             waiting = [body for status, body in answers if status == 503]
             assert waiting, f"never saw 503 before recovery: {answers[:3]}"
-            assert waiting[0] == {"status": "unavailable", "missing": ["table recovery"]}
-            assert answers[-1] == (200, {"status": "ready"})
+            assert (waiting[0]["status"], waiting[0]["missing"]) == ("unavailable", ["table recovery"])
+            assert (answers[-1][0], answers[-1][1]["status"]) == (200, "ready")
             assert _get(f"{first.url}/ready")[0] == 200
         finally:
             second.stop()

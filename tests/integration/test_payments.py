@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from orion_streams.adapters.payments import HttpPaymentGateway, SandboxPaymentGateway
-from orion_streams.services.ports import PaymentError
+from orion_streams.services.ports import PaymentError, PaymentPending, VoidOutcome
 
 
 class Provider:
@@ -18,10 +18,13 @@ class Provider:
     def __init__(self) -> None:
         self.script: list[tuple[int, Any]] = []
         self.seen: list[tuple[dict[str, Any], str | None]] = []
+        self.paths: list[str] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         self.seen.append((await request.json(), request.headers.get("Idempotency-Key")))
-        status, body = self.script.pop(0) if self.script else (200, {"approved": True, "authorization_id": "a1"})
+        self.paths.append(request.path)
+        default = {"approved": True, "authorization_id": "a1"} if request.path == "/authorize" else {"status": "voided"}
+        status, body = self.script.pop(0) if self.script else (200, default)
         return web.json_response(body, status=status)
 
 
@@ -29,7 +32,8 @@ class Provider:
 async def provider() -> AsyncIterator[tuple[Provider, str]]:
     fake = Provider()
     app = web.Application()
-    app.router.add_post("/authorize", fake.handle)
+    for path in ("/authorize", "/void", "/refund"):
+        app.router.add_post(path, fake.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -84,6 +88,47 @@ async def test_a_provider_that_keeps_failing_raises(provider: tuple[Provider, st
             await gateway.authorize(amount=1, currency="EUR", token="t", idempotency_key="order-4")
     finally:
         await gateway.close()
+
+
+async def test_void_and_refund_next_to_the_authorisation_url(provider: tuple[Provider, str]) -> None:
+    fake, url = provider
+    fake.script = [(409, {"status": "in_progress"}), (200, {"status": "voided"}),
+                   (200, {"status": "captured"}), (200, {"status": "refunded"}), (404, {})]
+    gateway = HttpPaymentGateway(url, attempts=2, backoff=0.01)
+    try:
+        assert await gateway.void(authorization_id=None, payment_key="order-5") is VoidOutcome.VOIDED
+        assert await gateway.void(authorization_id="a1", payment_key="order-5") is VoidOutcome.CAPTURED
+        await gateway.refund(authorization_id="a1", payment_key="order-5", amount=100, currency="EUR")
+        assert await gateway.void(authorization_id="a9", payment_key="order-6") is VoidOutcome.NOTHING
+    finally:
+        await gateway.close()
+    assert fake.paths == ["/void", "/void", "/void", "/refund", "/void"]
+    assert fake.seen[0] == ({"authorization_id": None, "payment_key": "order-5"}, "void:order-5:")
+    assert fake.seen[3] == ({"authorization_id": "a1", "payment_key": "order-5", "amount": 100, "currency": "EUR"},
+                            "refund:order-5")
+
+
+async def test_a_provider_busy_with_the_key_is_asked_again_then_reported(provider: tuple[Provider, str]) -> None:
+    fake, url = provider
+    fake.script = [(409, {})] * 2
+    gateway = HttpPaymentGateway(url, attempts=2, backoff=0.01)
+    try:
+        with pytest.raises(PaymentPending):
+            await gateway.void(authorization_id=None, payment_key="order-7")
+    finally:
+        await gateway.close()
+
+
+async def test_sandbox_voids_what_it_authorised_once() -> None:
+    sandbox = SandboxPaymentGateway(remember=2)
+    ok = await sandbox.authorize(amount=1, currency="EUR", token="tok_ok", idempotency_key="o1")
+    assert await sandbox.void(authorization_id=ok.authorization_id, payment_key="o1") is VoidOutcome.VOIDED
+    assert await sandbox.void(authorization_id=None, payment_key="o1") is VoidOutcome.NOTHING
+    for key in ("o2", "o3", "o4"):
+        await sandbox.authorize(amount=1, currency="EUR", token="tok_ok", idempotency_key=key)
+    # It remembers only the latest two: its memory stays bounded.
+    assert await sandbox.void(authorization_id=None, payment_key="o2") is VoidOutcome.NOTHING
+    assert await sandbox.void(authorization_id=None, payment_key="o4") is VoidOutcome.VOIDED
 
 
 async def test_sandbox_tokens() -> None:

@@ -13,7 +13,15 @@ from orion_streams.domain import commands as c
 from orion_streams.domain import events as e
 from orion_streams.domain.catalog import Catalog, Product
 from orion_streams.domain.orders import OrderStatus, RequestedLine
-from orion_streams.domain.saga import Clock, LineState, OrderSaga, SagaLine, handle, start
+from orion_streams.domain.saga import (
+    Clock,
+    LineState,
+    OrderSaga,
+    SagaLine,
+    VoidState,
+    handle,
+    start,
+)
 from orion_streams.domain.stock import Hold, HoldState, StockLevel
 
 CATALOG = Catalog([Product("A", "Lamp", 1_000), Product("B", "Mouse", 250)])
@@ -48,6 +56,12 @@ MESSAGES: list[Any] = [
     e.PaymentAuthorized("o1", "auth-1"),
     e.PaymentDeclined("o1", "card expired"),
     e.PaymentTimedOut("o1"),
+    e.PaymentTimedOut("o1", "payment provider unavailable: 503"),
+    c.VoidPayment("o1", "auth-1", 2_250, "EUR"),
+    c.VoidPayment("o1", None, 2_250, "EUR"),
+    e.PaymentVoided("o1", "auth-1", "voided"),
+    e.PaymentVoided("o1", None, "nothing"),
+    e.PaymentVoidFailed("o1", "provider unavailable"),
     e.OrderStatusChanged(
         order_id="o1",
         user_id="u1",
@@ -123,8 +137,8 @@ def test_decode_accepts_str_and_merges_order_lines() -> None:
 
 def test_audit_entry_with_enum_data_decodes_to_equal_strings() -> None:
     saga, _ = start(PLACED, CATALOG, Clock(AT, 0.0))
-    saga, _ = handle(saga, e.LineReserved("o1", "A", 2), Clock(AT, 1.0), 10.0)
-    saga, out = handle(saga, e.LineReserved("o1", "B", 1), Clock(AT, 2.0), 10.0)
+    saga, _ = handle(saga, e.LineReserved("o1", "A", 2), Clock(AT, 1.0))
+    saga, out = handle(saga, e.LineReserved("o1", "B", 1), Clock(AT, 2.0))
     changed = [m for m in out if isinstance(m, e.AuditEntry) and m.kind == "OrderStatusChanged"]
     assert changed and all(records.decode(records.encode(m)) == m for m in changed)
     assert json.loads(records.encode(changed[0]))["data"]["to"] == "RESERVED"
@@ -252,7 +266,21 @@ def _through_json(value: Any) -> Any:
             updated_at=AT,
             seq=4,
             failure_reason="payment timed out",
-            payment_deadline=1_030.5,
+            paying=True,
+        ),
+        OrderSaga(
+            order_id="o3",
+            user_id="u1",
+            email="ada@example.com",
+            status=OrderStatus.CANCELLED,
+            lines=(SagaLine("A", 2, 1_000, LineState.RELEASED, settled=True),),
+            currency="EUR",
+            payment_token="tok_visa",
+            created_at=AT,
+            updated_at=AT,
+            seq=9,
+            authorization_id="auth-9",
+            void=VoidState.REQUESTED,
         ),
     ],
 )
@@ -283,6 +311,20 @@ def test_hold_value_round_trip(state: HoldState) -> None:
     value = _through_json(records.hold_to_value(hold))
     back = records.hold_from_value("A", "o1", value)
     assert back == hold and back is not None and back.state is state
+    assert records.closed_at(value) is None
+    stamped = _through_json(records.hold_to_value(hold, closed_at=1_700.5))
+    assert records.hold_from_value("A", "o1", stamped) == hold
+    assert records.closed_at(stamped) == 1_700.5
+
+
+def test_a_saga_stored_before_payments_were_tracked_still_loads() -> None:
+    old = {
+        "order_id": "o1", "user_id": "u1", "email": "a@b.cd", "status": "RESERVED",
+        "lines": [["A", 2, 1_000, "reserved", False]], "currency": "EUR", "payment_token": "t",
+        "created_at": AT, "updated_at": AT, "seq": 4, "failure_reason": None, "payment_deadline": 12.5,
+    }
+    saga = records.saga_from_value(old)
+    assert saga.paying and saga.void is None and saga.authorization_id is None
 
 
 def test_missing_hold_value_is_none() -> None:

@@ -15,6 +15,7 @@ from orion_streams.domain.commands import (
     FulfilOrder,
     ReleaseLine,
     ReserveLine,
+    VoidPayment,
 )
 from orion_streams.domain.errors import ValidationFailed
 from orion_streams.domain.events import (
@@ -29,6 +30,8 @@ from orion_streams.domain.events import (
     PaymentAuthorized,
     PaymentDeclined,
     PaymentTimedOut,
+    PaymentVoided,
+    PaymentVoidFailed,
 )
 from orion_streams.domain.orders import OrderStatus, RequestedLine
 from orion_streams.domain.saga import (
@@ -37,8 +40,10 @@ from orion_streams.domain.saga import (
     OrderSaga,
     SagaInput,
     SagaOutput,
+    VoidState,
     handle,
-    payment_overdue,
+    outstanding,
+    retirable,
     start,
 )
 
@@ -53,7 +58,6 @@ CATALOG = Catalog(
 )
 NOW = Clock(iso="2024-05-01T12:00:00Z", epoch=1_000.0)
 LATER = Clock(iso="2024-05-01T12:00:05Z", epoch=1_005.0)
-TIMEOUT = 30.0
 Factory = Callable[[], OrderSaga]
 
 
@@ -70,7 +74,7 @@ def placed(*lines: tuple[str, int], placed_at: str = "2024-05-01T11:59:59Z") -> 
 
 
 def step(saga: OrderSaga, msg: SagaInput, now: Clock = LATER) -> tuple[OrderSaga, list[SagaOutput]]:
-    return handle(saga, msg, now, TIMEOUT)
+    return handle(saga, msg, now)
 
 
 def run(saga: OrderSaga, *msgs: SagaInput) -> tuple[OrderSaga, list[SagaOutput]]:
@@ -191,7 +195,7 @@ def test_all_lines_reserved_asks_for_payment() -> None:
     assert saga.status is S.RESERVED
     assert statuses(out) == [S.RESERVED]
     assert only(out, AuthorizePayment) == [AuthorizePayment("o1", 3_000, "EUR", "tok_visa")]
-    assert saga.payment_deadline == LATER.epoch + TIMEOUT
+    assert saga.paying
 
 
 def test_one_rejected_line_rejects_the_order_and_releases_reserved_lines() -> None:
@@ -240,8 +244,8 @@ def test_payment_authorized_confirms_the_order() -> None:
     saga, out = step(reserved(), PaymentAuthorized("o1", "auth-1"))
     assert saga.status is S.CONFIRMED
     assert statuses(out) == [S.CONFIRMED]
-    assert saga.payment_deadline is None
-    assert only(out, ReleaseLine) == []
+    assert not saga.paying and saga.authorization_id == "auth-1"
+    assert only(out, ReleaseLine) == [] and only(out, VoidPayment) == []
 
 
 @pytest.mark.parametrize(
@@ -258,7 +262,7 @@ def test_payment_failure_releases_every_line(msg: SagaInput, reason: str) -> Non
     assert statuses(out) == [S.PAYMENT_FAILED]
     assert only(out, ReleaseLine) == [ReleaseLine("o1", "A"), ReleaseLine("o1", "B")]
     assert set(line_states(saga).values()) == {LineState.RELEASED}
-    assert saga.payment_deadline is None
+    assert not saga.paying
 
 
 @pytest.mark.parametrize(
@@ -269,15 +273,128 @@ def test_payment_answer_while_pending_is_ignored(msg: SagaInput) -> None:
     assert step(saga, msg) == (saga, [])
 
 
-def test_payment_overdue() -> None:
-    assert not payment_overdue(pending(), 10**9)
-    saga = reserved()
-    deadline = LATER.epoch + TIMEOUT
-    assert not payment_overdue(saga, deadline - 0.001)
-    assert payment_overdue(saga, deadline)
-    assert payment_overdue(saga, deadline + 100)
-    assert not payment_overdue(confirmed(), deadline + 100)
-    assert not payment_overdue(step(saga, PaymentTimedOut("o1"))[0], deadline + 100)
+def test_a_declined_payment_needs_no_void() -> None:
+    saga, out = step(reserved(), PaymentDeclined("o1", "card expired"))
+    assert only(out, VoidPayment) == [] and saga.void is None
+
+
+def test_a_payment_without_a_definite_answer_is_voided_by_its_key() -> None:
+    saga, out = step(reserved(), PaymentTimedOut("o1", "payment provider unavailable: 503"))
+    assert saga.status is S.PAYMENT_FAILED
+    assert saga.failure_reason == "payment provider unavailable: 503"
+    assert only(out, VoidPayment) == [VoidPayment("o1", None, 3_000, "EUR")]
+    assert saga.void is VoidState.REQUESTED
+    assert [m.kind for m in only(out, AuditEntry)][-1] == "PaymentVoidRequested"
+
+
+def timed_out() -> OrderSaga:
+    return step(reserved(), PaymentTimedOut("o1"))[0]
+
+
+def test_a_late_authorisation_after_a_timeout_is_covered_by_the_void_in_flight() -> None:
+    saga, out = step(timed_out(), PaymentAuthorized("o1", "auth-late"))
+    assert saga.status is S.PAYMENT_FAILED and saga.authorization_id == "auth-late"
+    assert only(out, VoidPayment) == [] and statuses(out) == []
+    [audit] = only(out, AuditEntry)
+    assert audit.kind == "PaymentAuthorized" and audit.data == {"authorization_id": "auth-late", "late": True}
+
+
+def test_a_void_by_key_that_found_nothing_is_repeated_for_a_late_authorisation() -> None:
+    late, _ = step(timed_out(), PaymentAuthorized("o1", "auth-late"))
+    saga, out = step(late, PaymentVoided("o1", None, "nothing"))
+    assert only(out, VoidPayment) == [VoidPayment("o1", "auth-late", 3_000, "EUR")]
+    assert saga.void is VoidState.REQUESTED
+    done, out = step(saga, PaymentVoided("o1", "auth-late", "voided"))
+    assert done.void is VoidState.VOIDED and only(out, VoidPayment) == []
+    assert not retirable(done)  # the releases are still to be confirmed
+    assert retirable(run(done, LineReleased("o1", "A", 2), LineReleased("o1", "B", 4))[0])
+
+
+def test_an_authorisation_after_a_cancel_is_voided_once() -> None:
+    cancelled, _ = step(reserved(), CancelOrder("o1", "ev-c"))
+    assert cancelled.paying and not retirable(cancelled)  # the payment's answer is awaited
+    saga, out = step(cancelled, PaymentAuthorized("o1", "auth-1"))
+    assert saga.status is S.CANCELLED
+    assert only(out, VoidPayment) == [VoidPayment("o1", "auth-1", 3_000, "EUR")]
+    assert step(saga, PaymentAuthorized("o1", "auth-1")) == (saga, [])
+
+
+def test_a_timeout_after_a_cancel_voids_by_key() -> None:
+    cancelled, _ = step(reserved(), CancelOrder("o1", "ev-c"))
+    saga, out = step(cancelled, PaymentTimedOut("o1"))
+    assert saga.status is S.CANCELLED and statuses(out) == []
+    assert only(out, VoidPayment) == [VoidPayment("o1", None, 3_000, "EUR")]
+
+
+def test_a_decline_after_a_cancel_needs_nothing_more() -> None:
+    cancelled, _ = step(reserved(), CancelOrder("o1", "ev-c"))
+    saga, out = step(cancelled, PaymentDeclined("o1", "no"))
+    assert saga.status is S.CANCELLED and only(out, VoidPayment) == [] and not saga.paying
+
+
+def test_cancelling_a_confirmed_order_voids_its_authorisation() -> None:
+    saga, out = step(confirmed(), CancelOrder("o1", "ev-c"))
+    assert saga.status is S.CANCELLED
+    assert only(out, VoidPayment) == [VoidPayment("o1", "auth-1", 3_000, "EUR")]
+    refunded, out = step(saga, PaymentVoided("o1", "auth-1", "refunded"))
+    assert refunded.void is VoidState.REFUNDED
+    assert [m.kind for m in only(out, AuditEntry)] == ["PaymentRefunded"]
+
+
+def test_a_void_that_failed_is_recorded_and_a_later_success_still_counts() -> None:
+    saga, _ = step(confirmed(), CancelOrder("o1", "ev-c"))
+    failed, out = step(saga, PaymentVoidFailed("o1", "provider down"))
+    assert failed.void is VoidState.FAILED
+    assert [m.kind for m in only(out, AuditEntry)] == ["PaymentVoidFailed"]
+    voided, _ = step(failed, PaymentVoided("o1", "auth-1", "voided"))
+    assert voided.void is VoidState.VOIDED
+
+
+def test_void_answers_without_a_request_are_ignored() -> None:
+    saga = confirmed()
+    assert step(saga, PaymentVoided("o1", "auth-1", "voided")) == (saga, [])
+    assert step(saga, PaymentVoidFailed("o1", "x")) == (saga, [])
+
+
+# --- what the saga waits for, and when it may be forgotten ---------------------------
+
+
+def kinds(saga: OrderSaga) -> list[tuple[str, str]]:
+    return [(type(r).__name__, getattr(r, "sku", "")) for r in outstanding(saga)]
+
+
+def test_outstanding_requests_follow_the_order() -> None:
+    assert kinds(pending()) == [("ReserveLine", "A"), ("ReserveLine", "B")]
+    assert kinds(step(pending(), LineReserved("o1", "A", 2))[0]) == [("ReserveLine", "B")]
+    assert kinds(reserved()) == [("AuthorizePayment", "")]
+    assert kinds(confirmed()) == []
+    assert kinds(fulfilled()) == [("CommitLine", "A"), ("CommitLine", "B")]
+    assert kinds(timed_out()) == [("ReleaseLine", "A"), ("ReleaseLine", "B"), ("VoidPayment", "")]
+
+
+def test_an_order_is_retirable_once_it_ended_and_every_answer_came() -> None:
+    assert not retirable(pending()) and not retirable(confirmed())
+    saga = fulfilled()
+    assert not retirable(saga)
+    saga, _ = run(saga, LineCommitted("o1", "A", 2), LineCommitted("o1", "B", 4))
+    assert retirable(saga)
+    rejected, _ = step(pending(), LineRejected("o1", "A", 2, 0, "gone"))
+    assert not retirable(rejected)  # B's answer is still to come: if reserved, it goes back
+    rejected, _ = step(rejected, LineRejected("o1", "B", 4, 0, "gone"))
+    assert retirable(rejected)
+
+
+def test_a_release_answer_for_a_line_never_reserved_rejects_it() -> None:
+    saga, out = step(pending(), LineReleased("o1", "A", 0))
+    assert saga.status is S.REJECTED and line_states(saga)["A"] is LineState.REJECTED
+    assert saga.failure_reason == "A: no stock could be held"
+
+
+def test_a_stray_hold_after_the_line_settled_is_given_back() -> None:
+    saga, _ = run(timed_out(), LineReleased("o1", "A", 2))
+    again, out = step(saga, LineReserved("o1", "A", 2))
+    assert only(out, ReleaseLine) == [ReleaseLine("o1", "A")]
+    assert ("ReleaseLine", "A") in kinds(again)
 
 
 # --- cancel and fulfil ---------------------------------------------------------------
@@ -329,7 +446,7 @@ def test_fulfil_when_not_confirmed_does_nothing(saga_at: Factory) -> None:
 
 def test_the_saga_refuses_foreign_messages() -> None:
     with pytest.raises(TypeError):
-        handle(pending(), ReserveLine("o1", "A", 1), LATER, TIMEOUT)  # type: ignore[arg-type]
+        handle(pending(), ReserveLine("o1", "A", 1), LATER)  # type: ignore[arg-type]
 
 
 # --- idempotency and the audit trail -------------------------------------------------
@@ -351,7 +468,10 @@ PATHS = {
     "declined": [*HAPPY[:2], PaymentDeclined("o1", "no")],
     "timed-out": [*HAPPY[:2], PaymentTimedOut("o1")],
     "cancel-pending": [CancelOrder("o1", "ev-c"), LineReserved("o1", "A", 2)],
-    "cancel-confirmed": [*HAPPY[:3], CancelOrder("o1", "ev-c"), FulfilOrder("o1", "ev-f")],
+    "cancel-confirmed": [*HAPPY[:3], CancelOrder("o1", "ev-c"), FulfilOrder("o1", "ev-f"),
+                         PaymentVoided("o1", "auth-1", "voided")],
+    "late-authorisation": [*HAPPY[:2], PaymentTimedOut("o1"), PaymentAuthorized("o1", "auth-1"),
+                           PaymentVoided("o1", None, "nothing"), PaymentVoided("o1", "auth-1", "voided")],
 }
 
 

@@ -126,12 +126,13 @@ def test_release_gives_held_units_back() -> None:
     assert isinstance(events[1], StockLevelChanged)
 
 
-def test_second_release_is_a_no_op() -> None:
+def test_second_release_changes_nothing_and_answers_again() -> None:
     after_first, hold, _ = release(level(10, 3), held(), ReleaseLine("o1", "A"), AT)
     new, again_hold, events = release(after_first, hold, ReleaseLine("o1", "A"), AT)
     assert new is after_first
     assert again_hold == hold
-    assert events == []
+    # A sender whose first answer was lost can settle on the repeat.
+    assert events == [LineReleased("o1", "A", 3)]
 
 
 def test_release_without_hold_leaves_a_tombstone() -> None:
@@ -139,18 +140,18 @@ def test_release_without_hold_leaves_a_tombstone() -> None:
     new, hold, events = release(start, None, ReleaseLine("o1", "A"), AT)
     assert new is start
     assert hold == Hold("o1", "A", 0, HoldState.RELEASED)
-    assert events == []
+    assert events == [LineReleased("o1", "A", 0)]
 
 
 def test_late_reserve_after_tombstone_holds_nothing() -> None:
     start = level(10)
     _, tombstone, _ = release(start, None, ReleaseLine("o1", "A"), AT)
     new, hold, events = reserve(start, tombstone, ReserveLine("o1", "A", 4), AT)
-    # What the code does: it replays a LineReserved for quantity 0 and holds nothing.
+    # LineReserved would say units are held: the answer says the hold was released.
     assert new is start
     assert new.reserved == 0 and new.available == 10
     assert hold == tombstone
-    assert events == [LineReserved("o1", "A", 0)]
+    assert events == [LineReleased("o1", "A", 0)]
     assert not of_type(events, StockLevelChanged)
 
 
@@ -168,21 +169,41 @@ def test_commit_sells_held_units() -> None:
     "hold",
     [
         None,
-        Hold("o1", "A", 3, HoldState.COMMITTED),
         Hold("o1", "A", 3, HoldState.RELEASED),
         Hold("o1", "A", 3, HoldState.REJECTED),
     ],
 )
-def test_commit_without_a_live_hold_is_a_no_op(hold: Hold | None) -> None:
+def test_commit_without_a_live_hold_sells_nothing_and_says_so(hold: Hold | None) -> None:
     start = level(10, 3)
     new, same, events = commit(start, hold, CommitLine("o1", "A"), AT)
-    assert new is start and same == hold and events == []
+    assert new is start and same == hold and events == [LineCommitted("o1", "A", 0)]
 
 
-def test_release_after_commit_is_a_no_op() -> None:
+def test_second_commit_answers_again_without_selling_twice() -> None:
+    sold, hold, _ = commit(level(10, 3), held(), CommitLine("o1", "A"), AT)
+    new, same, events = commit(sold, hold, CommitLine("o1", "A"), AT)
+    assert new is sold and same == hold and events == [LineCommitted("o1", "A", 3)]
+
+
+def test_release_after_commit_changes_nothing_and_says_it_was_sold() -> None:
     sold, hold, _ = commit(level(10, 3), held(), CommitLine("o1", "A"), AT)
     new, _, events = release(sold, hold, ReleaseLine("o1", "A"), AT)
-    assert new is sold and events == []
+    assert new is sold and events == [LineCommitted("o1", "A", 3)]
+
+
+def test_reserve_asked_again_answers_with_where_the_hold_stands() -> None:
+    start = level(10, 3)
+    for state, answer in [
+        (HoldState.HELD, LineReserved("o1", "A", 3)),
+        (HoldState.RELEASED, LineReleased("o1", "A", 3)),
+        (HoldState.COMMITTED, LineCommitted("o1", "A", 3)),
+    ]:
+        new, _, events = reserve(start, Hold("o1", "A", 3, state), ReserveLine("o1", "A", 3), AT)
+        assert new is start and events == [answer]
+
+
+def test_only_a_held_hold_is_not_final() -> None:
+    assert [s for s in HoldState if not s.is_final] == [HoldState.HELD]
 
 
 # --- adjust --------------------------------------------------------------------------
@@ -299,7 +320,8 @@ def test_random_operations_keep_stock_consistent() -> None:
             if of_type(events, StockAdjusted):
                 ledger[sku] += delta
                 stocked[sku] += max(delta, 0)
-        committed = sum(e.quantity for e in events if isinstance(e, LineCommitted))
+        # A repeated answer (no stock change) reports a sale made before, not a new one.
+        committed = sum(e.quantity for e in events if isinstance(e, LineCommitted)) if new is not before else 0
         sold[sku] += committed
         ledger[sku] -= committed
 

@@ -1,0 +1,60 @@
+"""The door of `POST /v1/orders`: this worker's admission control and its reading of the load.
+
+Every worker reads the same numbers from PostgreSQL twice a second (the orders in flight
+and the age of the queue's head), so all of them open and close the door together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .. import metrics
+from ..app import app, runtime, settings
+from ..services.admission import Admission, Load
+
+log = logging.getLogger("orion.admission")
+
+# The queue delay is the age of this many-th oldest order waiting for stock: a few slow or
+# stuck orders do not close the door, a queue does.
+QUEUE_SKIP = 10
+READ_EVERY = 0.5
+
+door = Admission(max_decision_delay=settings.max_decision_delay, max_in_flight=settings.max_in_flight)
+
+
+@app.timer(interval=READ_EVERY)
+async def read_load() -> None:
+    """Take a reading of the orders in flight; a failed reading leaves the last one to age."""
+    try:
+        in_flight, head = await (await runtime.ready()).store.orders_in_flight(QUEUE_SKIP)
+    except Exception as exc:  # the database is away: the reading goes stale and the door opens
+        log.debug("could not read the orders in flight: %s", exc)
+        return
+    delay = max(0.0, time.time() - head.timestamp()) if head is not None else 0.0
+    door.update(Load(in_flight, delay, time.monotonic()))
+
+
+class AdmissionGauges(Collector):
+    """The door as Prometheus sees it, read at scrape time."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = door.snapshot(time.monotonic())
+        yield GaugeMetricFamily("orion_admission_open", "1 while this worker accepts new orders", value=int(bool(state["open"])))
+        in_flight = state["in_flight"]
+        yield GaugeMetricFamily(
+            "orion_admission_in_flight", "Accepted orders not yet decided, at the latest reading",
+            value=float(in_flight) if isinstance(in_flight, int) else 0.0,
+        )
+        delay = state["queue_delay_seconds"]
+        yield GaugeMetricFamily(
+            "orion_admission_queue_delay_seconds", "How long the head of the queue has waited for its stock",
+            value=float(delay) if isinstance(delay, float) else 0.0,
+        )
+
+
+metrics.register_collector(AdmissionGauges())
