@@ -16,6 +16,7 @@ from .adapters.payments import HttpPaymentGateway, SandboxPaymentGateway
 from .adapters.postgres import SqlAlchemyStore
 from .config import Settings
 from .domain.catalog import Catalog
+from .services.admission import Admission
 from .services.ports import PaymentGateway
 
 log = logging.getLogger("orion.runtime")
@@ -31,6 +32,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog = Catalog()
+        # The door of POST /v1/orders: the saga counts decisions, the web layer reads the load.
+        self.admission = Admission(max_decision_delay=settings.max_decision_delay, max_in_flight=settings.max_in_flight)
         self._store: SqlAlchemyStore | None = None
         self._gateway: PaymentGateway | None = None
         self._lock = asyncio.Lock()

@@ -89,8 +89,7 @@ _AUDIT_INSERT = insert(s.order_events).on_conflict_do_nothing()
 _ADJUSTMENTS_INSERT = insert(s.stock_adjustments).on_conflict_do_nothing()
 _IN_FLIGHT = text("select count(*) from orders where status in ('PENDING', 'RESERVED')")
 _QUEUE_HEAD = text(
-    "select created_at from orders where status in ('PENDING', 'RESERVED') and status = 'PENDING' "
-    "order by created_at offset :skip limit 1"
+    "select created_at from orders where status in ('PENDING', 'RESERVED') order by created_at offset :skip limit 1"
 )
 
 
@@ -190,7 +189,7 @@ class SqlAlchemyStore:
 
     async def orders_in_flight(self, skip: int) -> tuple[int, datetime | None]:
         """How many orders are undecided (PENDING or RESERVED), and when the order at
-        position `skip` of those waiting for stock (PENDING), oldest first, was accepted.
+        position `skip` of them, oldest first, was accepted.
         Both read the partial index of undecided orders: the cost follows what is in flight."""
         async with self.engine.connect() as conn:
             count = (await conn.execute(_IN_FLIGHT)).scalar_one()

@@ -220,6 +220,7 @@ def _observe(change: e.OrderStatusChanged, saga: domain.OrderSaga, now_: domain.
     if status in _COUNTED:
         metrics.ORDERS.labels(status).inc()
     if status in _DECISIONS:
+        runtime.admission.decided(time.monotonic())
         elapsed = max(0.0, now_.epoch - _epoch(saga.created_at))
         metrics.ORDER_DECISION.labels(status).observe(elapsed)
         if status == "CONFIRMED":

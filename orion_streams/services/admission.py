@@ -1,28 +1,38 @@
 """Admission control: refuse an order at the door rather than accept it and fail it late.
 
-Orion decides orders at the rate its partitions allow. Accepting faster than that only
-grows queues, and an order that waits long enough is as good as failed for the shopper.
-So `POST /v1/orders` asks here first, and the answer rests on two readings of the system
-of record, shared by every worker: how many accepted orders are undecided (in flight), and
-how long the orders at the head of the queue have waited for their stock (the queue
-delay). Above either bound a new order is refused with 503 and a Retry-After; below them
-it is accepted and then decided on its merits. A reading too old to trust opens the door:
-monitoring trouble must not stop sales.
+Orion decides orders at the rate its partitions allow; accepting faster only grows queues,
+and an order that waits long enough is as good as failed for the shopper. By Little's law
+a new order waits about (orders in flight) / (orders decided per second), so the door
+admits while that stays under `max_decision_delay`:
+
+- orders in flight: accepted and undecided, read from PostgreSQL (shared by every worker),
+  plus those this worker admitted since the reading;
+- decisions per second: counted by this worker's saga for the partitions it owns, scaled
+  by the share of partitions it owns, over the last ten seconds (the best of the last few
+  such windows, so a pause of a second or two does not close the door);
+- a stall guard: when the head of the queue has waited several times the bound (nothing
+  moves), the door closes whatever the estimate says.
+
+A reading too old to trust opens the door: monitoring trouble must not stop sales.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Load:
-    """One reading of the orders in flight, taken at `at` (monotonic seconds)."""
+    """One reading: orders in flight, how long the head of the queue has waited (seconds),
+    the share of the order partitions whose decisions this worker counts, and when it was
+    taken (monotonic seconds)."""
 
     in_flight: int
     queue_delay: float
     at: float
+    share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,13 +44,57 @@ class Refusal:
     retry_after: int
 
 
-class Admission:
-    """Decides, per order, from the latest `Load` and the orders admitted since."""
+class DecisionRate:
+    """Decisions per second, in one-second buckets: the best `window`-second rate seen in
+    the last `memory` seconds."""
 
-    def __init__(self, *, max_decision_delay: float, max_in_flight: int, stale_after: float = 5.0) -> None:
+    def __init__(self, *, window: int = 10, memory: int = 13) -> None:
+        self.window = window
+        self.memory = memory
+        self._buckets: deque[list[int]] = deque()  # [second, count], oldest first
+        self._cached: tuple[int, float] = (-1, 0.0)
+
+    def add(self, now: float, count: int = 1) -> None:
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += count
+        else:
+            self._buckets.append([second, count])
+        while self._buckets and self._buckets[0][0] <= second - self.memory:
+            self._buckets.popleft()
+
+    def best(self, now: float) -> float:
+        """The highest rate over any `window` whole seconds of the last `memory`."""
+        second = int(now)
+        if self._cached[0] == second:
+            return self._cached[1]
+        counts = {s: c for s, c in self._buckets if s > second - self.memory}
+        best = 0.0
+        for end in range(second - self.memory + self.window, second + 1):
+            total = sum(counts.get(s, 0) for s in range(end - self.window, end))
+            best = max(best, total / self.window)
+        self._cached = (second, best)
+        return best
+
+
+class Admission:
+    """Decides, per order, from the latest `Load`, the decision rate and the orders
+    admitted since the reading."""
+
+    # Below this many orders in flight the door never closes for the delay estimate: a
+    # worker that has decided nothing yet must still take the orders that show its rate.
+    MIN_IN_FLIGHT = 20
+    # The head of the queue waiting this many times the bound means nothing moves.
+    STALL_FACTOR = 3.0
+
+    def __init__(
+        self, *, max_decision_delay: float, max_in_flight: int, stale_after: float = 5.0,
+        rate: DecisionRate | None = None,
+    ) -> None:
         self.max_decision_delay = max_decision_delay
         self.max_in_flight = max_in_flight
         self.stale_after = stale_after
+        self.rate = rate or DecisionRate()
         self.load: Load | None = None
         self._admitted_since = 0
 
@@ -49,38 +103,60 @@ class Admission:
         self._admitted_since = 0
 
     def admitted(self) -> None:
-        """An order was accepted since the last reading (counts against the in-flight bound)."""
+        """An order was accepted since the last reading (it counts as in flight)."""
         self._admitted_since += 1
+
+    def decided(self, now: float, count: int = 1) -> None:
+        """This worker's saga decided `count` orders."""
+        self.rate.add(now, count)
+
+    def capacity(self, now: float) -> float | None:
+        """Estimated decisions per second of the whole system; None when this worker sees
+        no decisions (it owns no order partitions)."""
+        load = self.load
+        if load is None or load.share <= 0:
+            return None
+        return self.rate.best(now) / load.share
 
     def verdict(self, now: float) -> Refusal | None:
         """None to accept; a Refusal to turn the order away."""
         load = self.load
         if load is None or now - load.at > self.stale_after:
             return None
-        if load.queue_delay > self.max_decision_delay:
-            over = load.queue_delay - self.max_decision_delay
-            return Refusal(
-                "decision_delay",
-                f"orders wait {load.queue_delay:.1f}s for a decision (limit {self.max_decision_delay:g}s)",
-                _clamp(math.ceil(over) + 1),
-            )
         in_flight = load.in_flight + self._admitted_since
         if in_flight >= self.max_in_flight:
+            return Refusal("in_flight", f"{in_flight} orders are being decided (limit {self.max_in_flight})", 2)
+        if load.queue_delay > self.STALL_FACTOR * self.max_decision_delay:
             return Refusal(
-                "in_flight",
-                f"{in_flight} orders are being decided (limit {self.max_in_flight})",
-                2,
+                "decision_delay",
+                f"the oldest orders have waited {load.queue_delay:.1f}s for a decision "
+                f"(limit {self.max_decision_delay:g}s)",
+                _clamp(math.ceil(load.queue_delay - self.max_decision_delay)),
             )
-        return None
+        capacity = self.capacity(now)
+        if capacity is None or in_flight < self.MIN_IN_FLIGHT:
+            return None
+        allowed = capacity * self.max_decision_delay
+        if in_flight < allowed:
+            return None
+        wait = in_flight / capacity if capacity > 0 else math.inf
+        return Refusal(
+            "decision_delay",
+            f"{in_flight} orders in flight at {capacity:.1f} decisions/s would wait "
+            f"{wait:.1f}s (limit {self.max_decision_delay:g}s)",
+            _clamp(math.ceil((in_flight - allowed) / capacity) + 1) if capacity > 0 else 2,
+        )
 
     def snapshot(self, now: float) -> dict[str, object]:
         """What /ready shows about the door."""
         load = self.load
         refusal = self.verdict(now)
+        capacity = self.capacity(now)
         return {
             "open": refusal is None,
             "reason": refusal.detail if refusal else None,
             "in_flight": None if load is None else load.in_flight + self._admitted_since,
+            "decisions_per_second": None if capacity is None else round(capacity, 2),
             "queue_delay_seconds": None if load is None else round(load.queue_delay, 3),
             "reading_age_seconds": None if load is None else round(now - load.at, 3),
             "stale": load is None or now - load.at > self.stale_after,

@@ -1,7 +1,8 @@
-"""The door of `POST /v1/orders`: this worker's admission control and its reading of the load.
+"""The reading of the load behind the door of `POST /v1/orders` (services/admission.py).
 
 Every worker reads the same numbers from PostgreSQL twice a second (the orders in flight
-and the age of the queue's head), so all of them open and close the door together.
+and the age of the queue's head), so all of them open and close the door together; the
+decision rate comes from this worker's own saga, scaled by its share of the partitions.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import metrics
+from .. import topics as t
 from ..app import app, runtime, settings
-from ..services.admission import Admission, Load
+from ..services.admission import Load
 
 log = logging.getLogger("orion.admission")
 
-# The queue delay is the age of this many-th oldest order waiting for stock: a few slow or
-# stuck orders do not close the door, a queue does.
+# The queue delay is the age of this many-th oldest undecided order: a few slow or stuck
+# orders do not close the door, a queue does.
 QUEUE_SKIP = 10
 READ_EVERY = 0.5
 
-door = Admission(max_decision_delay=settings.max_decision_delay, max_in_flight=settings.max_in_flight)
+door = runtime.admission
 
 
 @app.timer(interval=READ_EVERY)
@@ -36,7 +38,16 @@ async def read_load() -> None:
         log.debug("could not read the orders in flight: %s", exc)
         return
     delay = max(0.0, time.time() - head.timestamp()) if head is not None else 0.0
-    door.update(Load(in_flight, delay, time.monotonic()))
+    door.update(Load(in_flight, delay, time.monotonic(), share=_share()))
+
+
+def _share() -> float:
+    """The share of the order partitions this worker's saga decides."""
+    try:
+        owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == t.ORDERS.name)
+    except Exception:  # not assigned yet
+        return 0.0
+    return owned / settings.partitions
 
 
 class AdmissionGauges(Collector):

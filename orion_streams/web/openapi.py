@@ -378,14 +378,15 @@ SCHEMAS: dict[str, Any] = {
             "open": {"type": "boolean", "description": "Whether POST /v1/orders takes new orders now"},
             "reason": nullable(STRING),
             "in_flight": nullable(INTEGER),
+            "decisions_per_second": nullable(NUMBER),
             "queue_delay_seconds": nullable(NUMBER),
             "reading_age_seconds": nullable(NUMBER),
             "stale": {"type": "boolean", "description": "No fresh reading of the load: the door stays open"},
             "max_decision_delay_seconds": NUMBER,
             "max_in_flight": INTEGER,
         },
-        description="Admission control: orders in flight and how long the queue's head waited for stock, "
-                    "against ORION_MAX_IN_FLIGHT and ORION_MAX_DECISION_DELAY",
+        description="Admission control: orders in flight over the decision rate (the wait a new order "
+                    "faces) against ORION_MAX_DECISION_DELAY, and orders in flight against ORION_MAX_IN_FLIGHT",
     ),
     "Ready": obj({"status": {"const": "ready"}, "admission": schema_ref("Admission")}),
     "NotReady": obj({

@@ -1,12 +1,28 @@
-"""Admission control: refuse at the door while orders wait too long or too many are in flight."""
+"""Admission control: refuse at the door while a new order would wait too long for its
+decision (orders in flight over the decision rate), or too many are in flight."""
 
 from __future__ import annotations
 
-from orion_streams.services.admission import Admission, Load
+from orion_streams.services.admission import Admission, DecisionRate, Load
 
 
-def door(**kw: float) -> Admission:
-    return Admission(max_decision_delay=kw.get("delay", 5.0), max_in_flight=int(kw.get("in_flight", 100)))
+def door(delay: float = 5.0, in_flight: int = 10_000) -> Admission:
+    return Admission(max_decision_delay=delay, max_in_flight=in_flight)
+
+
+def deciding(admission: Admission, per_second: int, seconds: range) -> None:
+    for second in seconds:
+        admission.decided(float(second), per_second)
+
+
+def test_the_rate_is_the_best_recent_window() -> None:
+    rate = DecisionRate(window=5, memory=30)
+    for second in range(100, 110):
+        rate.add(second + 0.5, 20)
+    assert rate.best(110.0) == 20.0
+    assert rate.best(125.0) == 20.0  # a lull does not forget the capacity at once
+    assert rate.best(141.0) == 0.0  # but it does after `memory`
+    assert DecisionRate().best(0.0) == 0.0
 
 
 def test_an_idle_system_admits() -> None:
@@ -16,29 +32,55 @@ def test_an_idle_system_admits() -> None:
     assert admission.snapshot(100.1)["open"] is True
 
 
-def test_a_long_queue_closes_the_door_with_a_retry_after() -> None:
+def test_a_new_order_that_would_wait_too_long_is_refused() -> None:
     admission = door(delay=5.0)
-    admission.update(Load(in_flight=50, queue_delay=7.4, at=100.0))
+    deciding(admission, 30, range(90, 100))  # 30 decisions/s: room for 150 in flight
+    admission.update(Load(in_flight=140, queue_delay=4.0, at=100.0))
+    assert admission.verdict(100.1) is None
+    for _ in range(10):
+        admission.admitted()
     refusal = admission.verdict(100.2)
     assert refusal is not None and refusal.reason == "decision_delay"
-    assert refusal.retry_after == 4  # 2.4 s over the bound, plus one
-    assert "7.4s" in refusal.detail
+    assert "150 orders in flight at 30.0 decisions/s would wait 5.0s" in refusal.detail
+    assert refusal.retry_after == 1
 
 
-def test_orders_admitted_since_the_reading_count_against_the_in_flight_bound() -> None:
-    admission = door(in_flight=10)
-    admission.update(Load(in_flight=8, queue_delay=0.0, at=0.0))
-    admission.admitted()
+def test_the_rate_counts_for_the_partitions_this_worker_does_not_see() -> None:
+    admission = door(delay=5.0)
+    deciding(admission, 10, range(90, 100))  # this worker's quarter of the partitions
+    admission.update(Load(in_flight=150, queue_delay=1.0, at=100.0, share=0.25))
+    assert admission.capacity(100.0) == 40.0
+    assert admission.verdict(100.0) is None  # 150 < 40/s * 5 s
+
+
+def test_a_cold_worker_takes_a_first_batch_to_learn_its_rate() -> None:
+    admission = door()
+    admission.update(Load(in_flight=Admission.MIN_IN_FLIGHT - 1, queue_delay=0.0, at=0.0))
     assert admission.verdict(0.1) is None
     admission.admitted()
-    refusal = admission.verdict(0.1)
+    assert admission.verdict(0.1) is not None  # nothing decided yet: no rate to wait on
+
+
+def test_a_stalled_queue_closes_the_door_whatever_the_estimate() -> None:
+    admission = door(delay=2.0)
+    deciding(admission, 100, range(90, 100))
+    admission.update(Load(in_flight=25, queue_delay=6.5, at=100.0))
+    refusal = admission.verdict(100.0)
+    assert refusal is not None and refusal.reason == "decision_delay" and "6.5s" in refusal.detail
+
+
+def test_the_in_flight_bound_holds_regardless_of_rate() -> None:
+    admission = door(in_flight=10)
+    deciding(admission, 1_000, range(90, 100))
+    admission.update(Load(in_flight=9, queue_delay=0.0, at=100.0))
+    assert admission.verdict(100.1) is None
+    admission.admitted()
+    refusal = admission.verdict(100.1)
     assert refusal is not None and refusal.reason == "in_flight"
-    admission.update(Load(in_flight=2, queue_delay=0.0, at=0.5))
-    assert admission.verdict(0.6) is None
 
 
 def test_a_stale_reading_opens_the_door() -> None:
-    admission = door()
+    admission = door(in_flight=10)
     assert admission.verdict(0.0) is None  # no reading yet
     admission.update(Load(in_flight=10_000, queue_delay=60.0, at=0.0))
     assert admission.verdict(1.0) is not None
@@ -46,8 +88,7 @@ def test_a_stale_reading_opens_the_door() -> None:
     assert admission.snapshot(6.0)["stale"] is True
 
 
-def test_retry_after_stays_within_reason() -> None:
-    admission = door(delay=1.0)
-    admission.update(Load(in_flight=1, queue_delay=500.0, at=0.0))
-    refusal = admission.verdict(0.0)
-    assert refusal is not None and refusal.retry_after == 30
+def test_a_worker_without_order_partitions_relies_on_the_other_bounds() -> None:
+    admission = door()
+    admission.update(Load(in_flight=500, queue_delay=1.0, at=0.0, share=0.0))
+    assert admission.capacity(0.0) is None and admission.verdict(0.0) is None
