@@ -85,9 +85,11 @@ async def _place_all(services: Services, workers: list[Worker], orders: int, cli
     jobs = list(range(orders))
     latencies: list[float] = []
     accepted: list[str] = []
+    refused = 0
     tokens = [services.token(f"bench-user-{i}") for i in range(clients)]
 
     async def client(n: int) -> None:
+        nonlocal refused
         async with aiohttp.ClientSession() as session:
             base = workers[n % len(workers)].url
             while jobs:
@@ -95,11 +97,17 @@ async def _place_all(services: Services, workers: list[Worker], orders: int, cli
                 lines = [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in rng.sample(skus, rng.randint(1, 3))]
                 payment = "tok_ok" if rng.random() < 0.9 else "tok_declined"
                 body = {"lines": lines, "payment": {"token": payment}, "email": "bench@example.com"}
-                started = time.perf_counter()
-                async with session.post(f"{base}/v1/orders", json=body,
-                                        headers={"Authorization": f"Bearer {tokens[n]}"}) as resp:
-                    reply = await resp.json()
-                latencies.append(time.perf_counter() - started)
+                while True:
+                    started = time.perf_counter()
+                    async with session.post(f"{base}/v1/orders", json=body,
+                                            headers={"Authorization": f"Bearer {tokens[n]}"}) as resp:
+                        reply = await resp.json(content_type=None)
+                    latencies.append(time.perf_counter() - started)
+                    if resp.status != 503:
+                        break
+                    # Refused at the door (admission control): come back when told, as a shop would.
+                    refused += 1
+                    await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
                 if resp.status == 202:
                     accepted.append(reply["order_id"])
 
@@ -129,6 +137,7 @@ async def _place_all(services: Services, workers: list[Worker], orders: int, cli
         counts[r[0]] = counts.get(r[0], 0) + 1
     return {
         "orders": orders, "clients": clients, "workers": len(workers), "accepted": len(accepted),
+        "refused_then_retried": refused,
         "post_ms": {q: round(_pct(latencies, p) * 1000, 1) for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
         "post_ms_mean": round(statistics.mean(latencies) * 1000, 1),
         "accepted_per_s": round(len(accepted) / placing, 1),

@@ -43,6 +43,7 @@ import json
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -394,6 +395,7 @@ class Config:
     duration: float
     sample_interval: float
     idle_seconds: float
+    fulfil_after: float
     metric_prefixes: list[str]
     results_dir: str
     raw: bool
@@ -969,13 +971,47 @@ async def scenario_soak(bench: Bench, report: dict[str, Any]) -> None:
                 flush=True,
             )
 
+    fulfilled = [0, 0]  # asked, refused
+
+    async def warehouse() -> None:
+        """Ships confirmed orders `fulfil_after` seconds after their confirmation."""
+        token = bench.services.token("bench-warehouse", ("service",))
+        query = text(
+            "select order_id from orders where status = 'CONFIRMED' "
+            "and updated_at < now() - make_interval(secs => :after) order by updated_at limit 200"
+        )
+        asked: set[str] = set()
+        while not stop.is_set():
+            async with bench.engine.connect() as conn:
+                due = [r[0] for r in await conn.execute(query, {"after": cfg.fulfil_after})]
+            for order_id in due:
+                if order_id in asked:
+                    continue
+                url = f"{bench.workers[len(asked) % len(bench.workers)].url}/v1/orders/{order_id}/fulfil"
+                async with bench.session.post(
+                    url, headers={"Authorization": f"Bearer {token}"}
+                ) as resp:
+                    await resp.read()
+                    fulfilled[0 if resp.status == 202 else 1] += 1
+                asked.add(order_id)
+            if len(asked) > 100_000:
+                asked.clear()  # the orders table says what is still CONFIRMED
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+
     task = asyncio.create_task(sampler())
+    shipper = asyncio.create_task(warehouse()) if cfg.fulfil_after > 0 else None
     try:
         print(f"[{_now()}] soak: {rate:.1f}/s for {cfg.duration:g} s", file=sys.stderr, flush=True)
         fig, reqs = await _run_step(bench, rate, cfg.duration, cfg.seed + 1, None)
     finally:
         stop.set()
         await task
+        if shipper is not None:
+            await shipper
+    report["fulfilled"] = {"asked": fulfilled[0], "refused": fulfilled[1]}
     fig["multiplier"] = round(rate / float(setup["capacity_per_s"]), 3)
     report["steps"].append(fig)
     bench.all_requests.extend(("soak", r) for r in reqs)
@@ -991,6 +1027,7 @@ async def scenario_soak(bench: Bench, report: dict[str, Any]) -> None:
         "rss_mb": {k: {"first": v[0], "last": v[-1], "max": max(v)} for k, v in rss_series.items()},
         "idle_cpu_pct_before": report["idle_before"]["worker_cpu_pct"],
         "idle_cpu_pct_after": report["idle_after"]["worker_cpu_pct"],
+        "fulfilled": report.get("fulfilled"),
     }
 
 
@@ -1269,6 +1306,13 @@ def _parse(argv: Sequence[str] | None = None) -> Config:
         help="soak: idle CPU measured this long before and after the load",
     )
     p.add_argument(
+        "--fulfil-after",
+        type=float,
+        default=30.0,
+        help="soak: fulfil each CONFIRMED order this many seconds after its confirmation, as a "
+        "warehouse would (a confirmed order holds its stock and its saga until then); 0: never",
+    )
+    p.add_argument(
         "--metric-prefixes",
         default=DEFAULT_METRIC_PREFIXES,
         help="/metrics lines starting with these (comma-separated) are kept",
@@ -1314,6 +1358,7 @@ def _parse(argv: Sequence[str] | None = None) -> Config:
         duration=a.duration,
         sample_interval=a.sample_interval,
         idle_seconds=a.idle_seconds,
+        fulfil_after=a.fulfil_after,
         metric_prefixes=[s for s in a.metric_prefixes.split(",") if s],
         results_dir=a.results_dir,
         raw=a.raw,
@@ -1337,7 +1382,12 @@ async def _measure(bench: Bench, report: dict[str, Any]) -> None:
         await bench.engine.dispose()
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # so a SIGTERM stops every process this run started
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _interrupted)
     cfg = _parse(argv)
     started = time.monotonic()
     report: dict[str, Any] = {

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import logging
 import random
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,22 +19,20 @@ log = logging.getLogger("orion.payments")
 class SandboxPaymentGateway:
     """tok_ok approves, tok_declined declines, tok_timeout never answers, all else is invalid.
 
-    It remembers the latest `remember` authorisations, so a void finds them; an older one
-    is answered as nothing to void (a sandbox, not a ledger: its memory stays bounded)."""
+    Stateless: an authorisation id is derived from the payment key, so a void names the
+    authorisation it voids and nothing is remembered (its memory stays flat however many
+    orders it serves). A void by payment key alone finds nothing: the sandbox answers at
+    once, so only a payment that never answered (tok_timeout) is voided that way."""
 
-    def __init__(self, remember: int = 100_000) -> None:
-        self.remember = remember
-        self._authorized: OrderedDict[str, str] = OrderedDict()
+    @staticmethod
+    def _authorization_id(payment_key: str) -> str:
+        return "auth_" + hashlib.sha256(payment_key.encode()).hexdigest()[:16]
 
     async def authorize(
         self, *, amount: int, currency: str, token: str, idempotency_key: str
     ) -> PaymentResult:
         if token == "tok_ok":
-            digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
-            self._authorized[idempotency_key] = f"auth_{digest}"
-            if len(self._authorized) > self.remember:
-                self._authorized.popitem(last=False)
-            return PaymentResult(approved=True, authorization_id=f"auth_{digest}")
+            return PaymentResult(approved=True, authorization_id=self._authorization_id(idempotency_key))
         if token == "tok_declined":
             return PaymentResult(approved=False, reason="card declined")
         if token == "tok_timeout":
@@ -43,11 +40,9 @@ class SandboxPaymentGateway:
         return PaymentResult(approved=False, reason="invalid payment token")
 
     async def void(self, *, authorization_id: str | None, payment_key: str) -> VoidOutcome:
-        held = self._authorized.get(payment_key)
-        if held is None or (authorization_id is not None and authorization_id != held):
-            return VoidOutcome.NOTHING
-        del self._authorized[payment_key]
-        return VoidOutcome.VOIDED
+        if authorization_id is not None and authorization_id == self._authorization_id(payment_key):
+            return VoidOutcome.VOIDED
+        return VoidOutcome.NOTHING
 
     async def refund(
         self, *, authorization_id: str | None, payment_key: str, amount: int, currency: str

@@ -46,7 +46,8 @@ class Refusal:
 
 class DecisionRate:
     """Decisions per second, in one-second buckets: the best `window`-second rate seen in
-    the last `memory` seconds."""
+    the last `memory` seconds. A window that reaches back before the first decision still
+    remembered counts from that decision, so a burst after a lull is measured at once."""
 
     def __init__(self, *, window: int = 10, memory: int = 13) -> None:
         self.window = window
@@ -64,15 +65,20 @@ class DecisionRate:
             self._buckets.popleft()
 
     def best(self, now: float) -> float:
-        """The highest rate over any `window` whole seconds of the last `memory`."""
+        """The highest rate over any `window` seconds of the last `memory` (0: none)."""
         second = int(now)
         if self._cached[0] == second:
             return self._cached[1]
         counts = {s: c for s, c in self._buckets if s > second - self.memory}
         best = 0.0
-        for end in range(second - self.memory + self.window, second + 1):
-            total = sum(counts.get(s, 0) for s in range(end - self.window, end))
-            best = max(best, total / self.window)
+        if counts:
+            first = min(counts)
+            for end in range(second - self.memory + self.window, second + 2):
+                start = max(end - self.window, first)
+                if start >= end:
+                    continue
+                total = sum(counts.get(s, 0) for s in range(start, end))
+                best = max(best, total / max(end - start, 1))
         self._cached = (second, best)
         return best
 
@@ -81,11 +87,14 @@ class Admission:
     """Decides, per order, from the latest `Load`, the decision rate and the orders
     admitted since the reading."""
 
-    # Below this many orders in flight the door never closes for the delay estimate: a
-    # worker that has decided nothing yet must still take the orders that show its rate.
-    MIN_IN_FLIGHT = 20
+    # Below this many orders in flight the door never closes for the delay estimate: enough
+    # to keep the pipeline busy while its rate is being learnt (after a start or a lull).
+    MIN_IN_FLIGHT = 100
     # The head of the queue waiting this many times the bound means nothing moves.
     STALL_FACTOR = 3.0
+    # Room over the estimate: a pipeline that could decide faster with more in flight (larger
+    # batches) gets the orders to show it; without it the measured rate would cap itself.
+    HEADROOM = 1.25
 
     def __init__(
         self, *, max_decision_delay: float, max_in_flight: int, stale_after: float = 5.0,
@@ -134,17 +143,16 @@ class Admission:
                 _clamp(math.ceil(load.queue_delay - self.max_decision_delay)),
             )
         capacity = self.capacity(now)
-        if capacity is None or in_flight < self.MIN_IN_FLIGHT:
-            return None
-        allowed = capacity * self.max_decision_delay
+        if not capacity or in_flight < self.MIN_IN_FLIGHT:
+            return None  # no rate to go by (nothing decided of late): the stall guard watches
+        allowed = capacity * self.max_decision_delay * self.HEADROOM
         if in_flight < allowed:
             return None
-        wait = in_flight / capacity if capacity > 0 else math.inf
         return Refusal(
             "decision_delay",
             f"{in_flight} orders in flight at {capacity:.1f} decisions/s would wait "
-            f"{wait:.1f}s (limit {self.max_decision_delay:g}s)",
-            _clamp(math.ceil((in_flight - allowed) / capacity) + 1) if capacity > 0 else 2,
+            f"{in_flight / capacity:.1f}s (limit {self.max_decision_delay:g}s)",
+            _clamp(math.ceil((in_flight - allowed) / capacity) + 1),
         )
 
     def snapshot(self, now: float) -> dict[str, object]:

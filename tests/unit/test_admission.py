@@ -25,6 +25,13 @@ def test_the_rate_is_the_best_recent_window() -> None:
     assert DecisionRate().best(0.0) == 0.0
 
 
+def test_a_burst_after_a_lull_is_measured_from_its_first_decision() -> None:
+    rate = DecisionRate(window=10, memory=13)
+    rate.add(500.2, 30)
+    rate.add(501.2, 30)
+    assert rate.best(501.5) == 30.0  # not 6/s: the window starts at the first decision
+
+
 def test_an_idle_system_admits() -> None:
     admission = door()
     admission.update(Load(in_flight=3, queue_delay=0.2, at=100.0))
@@ -34,31 +41,43 @@ def test_an_idle_system_admits() -> None:
 
 def test_a_new_order_that_would_wait_too_long_is_refused() -> None:
     admission = door(delay=5.0)
-    deciding(admission, 30, range(90, 100))  # 30 decisions/s: room for 150 in flight
-    admission.update(Load(in_flight=140, queue_delay=4.0, at=100.0))
+    # 30 decisions/s: 150 in flight wait 5 s; the door leaves 25 % room over that (187.5).
+    deciding(admission, 30, range(90, 100))
+    admission.update(Load(in_flight=180, queue_delay=4.0, at=100.0))
     assert admission.verdict(100.1) is None
-    for _ in range(10):
+    for _ in range(8):
         admission.admitted()
     refusal = admission.verdict(100.2)
     assert refusal is not None and refusal.reason == "decision_delay"
-    assert "150 orders in flight at 30.0 decisions/s would wait 5.0s" in refusal.detail
-    assert refusal.retry_after == 1
+    assert "188 orders in flight at 30.0 decisions/s would wait 6.3s" in refusal.detail
+    assert refusal.retry_after == 2
 
 
 def test_the_rate_counts_for_the_partitions_this_worker_does_not_see() -> None:
     admission = door(delay=5.0)
     deciding(admission, 10, range(90, 100))  # this worker's quarter of the partitions
-    admission.update(Load(in_flight=150, queue_delay=1.0, at=100.0, share=0.25))
+    admission.update(Load(in_flight=249, queue_delay=1.0, at=100.0, share=0.25))
     assert admission.capacity(100.0) == 40.0
-    assert admission.verdict(100.0) is None  # 150 < 40/s * 5 s
+    assert admission.verdict(100.0) is None  # 249 < 40/s * 5 s * 1.25
+    admission.update(Load(in_flight=250, queue_delay=1.0, at=100.0, share=0.25))
+    assert admission.verdict(100.0) is not None
 
 
-def test_a_cold_worker_takes_a_first_batch_to_learn_its_rate() -> None:
+def test_a_slow_start_keeps_a_first_batch_coming() -> None:
     admission = door()
+    admission.decided(0.5)  # one decision: 1/s, room for 5 by the estimate alone
     admission.update(Load(in_flight=Admission.MIN_IN_FLIGHT - 1, queue_delay=0.0, at=0.0))
-    assert admission.verdict(0.1) is None
+    assert admission.verdict(1.0) is None
     admission.admitted()
-    assert admission.verdict(0.1) is not None  # nothing decided yet: no rate to wait on
+    assert admission.verdict(1.0) is not None
+
+
+def test_without_any_decision_of_late_only_the_stall_guard_and_the_bound_apply() -> None:
+    admission = door(delay=5.0)
+    admission.update(Load(in_flight=400, queue_delay=2.0, at=0.0))
+    assert admission.verdict(0.1) is None  # a cold worker hit by a burst takes it
+    admission.update(Load(in_flight=400, queue_delay=16.0, at=1.0))
+    assert admission.verdict(1.1) is not None  # but not once the queue stands still
 
 
 def test_a_stalled_queue_closes_the_door_whatever_the_estimate() -> None:
