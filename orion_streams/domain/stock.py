@@ -186,4 +186,6 @@ def adjust(
     applied = StockAdjusted(
         cmd.sku, cmd.adjustment_id, cmd.delta, cmd.reason, new.on_hand, new.reserved
     )
-    return new, [applied, *events]
+    # The adjustment comes after the level it made: both go to the SKU's partition of the
+    # stock-levels topic, in order, so whoever sees the adjustment stored sees its level too.
+    return new, [*events, applied]
