@@ -5,7 +5,8 @@
     # the same rates straight into the `orders` topic (aiokafka, acks=all): nothing is refused
     .venv/bin/python -m bench.overload --scenario overload --mode kafka --capacity 40
     # half of the capacity for 20 minutes: worker memory, CPU and /metrics every 30 s
-    .venv/bin/python -m bench.overload --scenario soak --fraction 0.5 --duration 1200
+    .venv/bin/python -m bench.overload --scenario soak --fraction 0.5 --duration 1200 --settle 120 \
+        --worker-env ORION_ORDER_RETENTION=60
     # a quick end-to-end check of the generator itself
     .venv/bin/python -m bench.overload --probe-seconds 10 --step-seconds 10 --steps 1,2
 
@@ -71,7 +72,7 @@ from orion_streams.domain.catalog import DEMO_PRODUCTS
 DECIDED = ("CONFIRMED", "REJECTED", "PAYMENT_FAILED", "CANCELLED", "FULFILLED")
 SKUS = [p.sku for p in DEMO_PRODUCTS]
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
-DEFAULT_METRIC_PREFIXES = "orion_table_entries,orion_housekeeping,orion_admission"
+DEFAULT_METRIC_PREFIXES = "orion_table_entries,orion_housekeeping,orion_admission,orion_state_retired"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -396,6 +397,7 @@ class Config:
     sample_interval: float
     idle_seconds: float
     fulfil_after: float
+    settle: float
     metric_prefixes: list[str]
     results_dir: str
     raw: bool
@@ -651,9 +653,14 @@ class Bench:
         progress: list[tuple[float, int]] = []
         next_progress = started
         query = text(
-            "select order_id, status, failure_reason, extract(epoch from created_at), "
-            "extract(epoch from updated_at) from orders "
-            "where order_id = any(:ids) and status = any(:decided)"
+            # A fulfilled order (the soak's warehouse) was decided when it was confirmed:
+            # its audit says when; updated_at moved on with the fulfilment.
+            "select o.order_id, o.status, o.failure_reason, extract(epoch from o.created_at), "
+            "extract(epoch from case when o.status <> 'FULFILLED' then o.updated_at else coalesce("
+            "(select e.at from order_events e where e.order_id = o.order_id "
+            "and e.type = 'OrderStatusChanged' and e.data->>'to' = 'CONFIRMED' order by e.seq limit 1), "
+            "o.updated_at) end) from orders o "
+            "where o.order_id = any(:ids) and o.status = any(:decided)"
         )
         while True:
             still: list[str] = []
@@ -1006,6 +1013,9 @@ async def scenario_soak(bench: Bench, report: dict[str, Any]) -> None:
     try:
         print(f"[{_now()}] soak: {rate:.1f}/s for {cfg.duration:g} s", file=sys.stderr, flush=True)
         fig, reqs = await _run_step(bench, rate, cfg.duration, cfg.seed + 1, None)
+        if cfg.settle > 0:
+            print(f"[{_now()}] settle {cfg.settle:g} s", file=sys.stderr, flush=True)
+            await asyncio.sleep(cfg.settle)  # a fixed span of the benchmark, not a wait for a condition
     finally:
         stop.set()
         await task
@@ -1128,7 +1138,7 @@ def _markdown(report: dict[str, Any]) -> str:
         + ("produce ack (acks=all)" if cfg["mode"] == "kafka" else "HTTP answer")
         + "; accept→decision from "
         + ("the intended send time" if cfg["mode"] == "kafka" else "orders.created_at")
-        + " to orders.updated_at; RSS end = at the end of sending, peak = during sending",
+        + " to orders.updated_at (a fulfilled order: to its confirmation in the audit); RSS end = at the end of sending, peak = during sending",
     ]
     probe = report.get("probe")
     if probe:
@@ -1154,19 +1164,41 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "| t s | worker RSS MB | worker CPU % | broker CPU % | pg CPU % | generator CPU % "
-            "| in flight | metrics lines |",
-            "|---|---|---|---|---|---|---|---|",
+            "| in flight | table entries | housekeeping ms per round since the last sample | retired |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        before: dict[str, float] = {}
         for s in report["samples"]:
-            n = sum(len(v) for v in s["metrics"].values())
+            now = _metric_values(s["metrics"])
+            entries = {k.split('table="')[1].rstrip('"}'): int(v) for k, v in now.items()
+                       if k.startswith("orion_table_entries{")}
+            rounds = {}
+            for agent in sorted({k.split('agent="')[1].split('"')[0] for k in now
+                                 if k.startswith("orion_housekeeping_seconds_count{")}):
+                count, total = (f'orion_housekeeping_seconds_{x}{{agent="{agent}"}}' for x in ("count", "sum"))
+                n = now[count] - before.get(count, 0.0)
+                if n:
+                    rounds[agent] = round((now[total] - before.get(total, 0.0)) / n * 1000, 1)
+            retired = sum(v for k, v in now.items() if k.startswith("orion_state_retired_total"))
+            before = now
             lines.append(
                 f"| {s['t_s']:.0f} | {s['worker_rss_mb']} | {s['worker_cpu_pct']} "
                 f"| {_fmt(s['broker_cpu_pct'])} | {_fmt(s['postgres_cpu_pct'])} "
-                f"| {_fmt(s['generator_cpu_pct'])} | {s['in_flight']} | {n} |"
+                f"| {_fmt(s['generator_cpu_pct'])} | {s['in_flight']} | {entries} | {rounds} | {retired:.0f} |"
             )
         summary = report["soak_summary"]
         lines += ["", f"soak summary: {json.dumps(summary)}"]
     return "\n".join(lines) + "\n"
+
+
+def _metric_values(metrics: dict[str, list[str]]) -> dict[str, float]:
+    """The sampled metric lines of every worker, summed per series."""
+    values: dict[str, float] = {}
+    for lines in metrics.values():
+        for line in lines:
+            series, _, value = line.rpartition(" ")
+            values[series] = values.get(series, 0.0) + float(value)
+    return values
 
 
 def _write(report: dict[str, Any], bench: Bench | None, cfg: Config) -> Path:
@@ -1313,6 +1345,14 @@ def _parse(argv: Sequence[str] | None = None) -> Config:
         "warehouse would (a confirmed order holds its stock and its saga until then); 0: never",
     )
     p.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="soak: after the load, keep shipping and sampling this long before the idle "
+        "measurement (e.g. fulfil-after + ORION_ORDER_RETENTION + a margin, so the last orders "
+        "are retired and the idle figure is the worker at rest)",
+    )
+    p.add_argument(
         "--metric-prefixes",
         default=DEFAULT_METRIC_PREFIXES,
         help="/metrics lines starting with these (comma-separated) are kept",
@@ -1359,6 +1399,7 @@ def _parse(argv: Sequence[str] | None = None) -> Config:
         sample_interval=a.sample_interval,
         idle_seconds=a.idle_seconds,
         fulfil_after=a.fulfil_after,
+        settle=a.settle,
         metric_prefixes=[s for s in a.metric_prefixes.split(",") if s],
         results_dir=a.results_dir,
         raw=a.raw,
