@@ -83,6 +83,11 @@ DEAD_LETTERS = Counter(
     "orion_dead_letters_total", "Messages parked on dead-letters, by reason class and source topic",
     ["reason", "topic"],
 )
+HEADERS_DROPPED = Counter(
+    "orion_headers_dropped_total",
+    "Kafka headers ignored because they were unsafe (too long, control characters, not UTF-8), by header",
+    ["header"],
+)
 EMAILS = Counter(
     "orion_emails_total", "Email attempts by template and outcome (sent, retried, failed)",
     ["template", "outcome"],

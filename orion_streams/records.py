@@ -7,6 +7,7 @@ decoding is strict and raises `BadRecord` with a reason that goes to the dead-le
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields, is_dataclass
 from enum import Enum
@@ -19,6 +20,47 @@ from .domain.errors import ValidationFailed
 from .domain.orders import OrderStatus, parse_order_request
 from .domain.saga import LineState, OrderSaga, SagaLine, VoidState
 from .domain.stock import Hold, HoldState, StockLevel
+
+# --- Headers -------------------------------------------------------------------------------
+# Producers' headers travel into logs, the audit trail, WebSocket messages and email headers:
+# each one Orion reads is checked where it enters and dropped when unsafe.
+CORRELATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_ROLES = re.compile(r"[A-Za-z0-9_.:\-]{1,64}(?:,[A-Za-z0-9_.:\-]{1,64}){0,15}")
+ACTOR_LIMIT = 256
+
+
+def header_text(name: str, raw: bytes | str | None) -> tuple[str | None, str | None]:
+    """A Kafka header's text if it is safe to pass on, else None and why it was dropped.
+
+    `correlation-id` is a token of letters, digits and `._:-` (as X-Correlation-ID), at most
+    128 characters; `actor-roles` a comma-separated list of such role names; any other header
+    (`actor`) printable UTF-8 text of at most 256 characters without surrounding spaces.
+    """
+    if raw is None:
+        return None, None
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "not UTF-8"
+    else:
+        text = str(raw)
+    if name == "correlation-id":
+        ok = CORRELATION_ID.fullmatch(text) is not None
+        why = "not a token of at most 128 letters, digits or ._:-"
+    elif name == "actor-roles":
+        ok = _ROLES.fullmatch(text) is not None
+        why = "not a comma-separated list of role names"
+    else:
+        ok = 0 < len(text) <= ACTOR_LIMIT and text.isprintable() and text == text.strip()
+        why = f"empty, over {ACTOR_LIMIT} characters or not printable text"
+    if ok:
+        return text, None
+    if any(ch in text for ch in "\r\n\x00") or not text.isprintable():
+        why = "control characters"
+    elif len(text) > (128 if name == "correlation-id" else ACTOR_LIMIT):
+        why = f"{len(text)} characters, over the limit"
+    return None, why
 
 
 class BadRecord(Exception):

@@ -39,12 +39,31 @@ def now() -> Clock:
     return Clock(iso=iso, epoch=epoch)
 
 
-def header(event: faust.EventT[bytes], name: str) -> str | None:
+def _raw_header(event: faust.EventT[bytes], name: str) -> Any:
     headers = event.headers or {}
-    value = headers.get(name) if isinstance(headers, Mapping) else dict(headers).get(name)
-    if value is None:
-        return None
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return headers.get(name) if isinstance(headers, Mapping) else dict(headers).get(name)
+
+
+def header(event: faust.EventT[bytes], name: str) -> str | None:
+    """An identity header's text, or None when absent or unsafe (`records.header_text`)."""
+    value, problem = records.header_text(name, _raw_header(event, name))
+    if problem is not None:
+        metrics.HEADERS_DROPPED.labels(name).inc()
+        log.warning(
+            "header %s of %s[%s]@%s dropped: %s", name, event.message.topic, event.message.partition,
+            event.message.offset, problem,
+        )
+    return value
+
+
+def dropped_headers(event: faust.EventT[bytes]) -> dict[str, str]:
+    """The identity headers an event carried that are unsafe, with the reason, for the audit."""
+    out = {}
+    for name in (CORRELATION_HEADER, ACTOR_HEADER, ROLES_HEADER):
+        _, problem = records.header_text(name, _raw_header(event, name))
+        if problem is not None:
+            out[name] = problem
+    return out
 
 
 def make_headers(

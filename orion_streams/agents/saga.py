@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Hashable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +46,7 @@ from .common import (
     UNIDENTIFIED,
     Outbox,
     dead_letter,
+    dropped_headers,
     handle_in_batches,
     header,
     key_text,
@@ -150,6 +152,12 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         correlation_id = correlation_id or message.event_id
         if not actor:  # a producer that identified nobody is recorded as such
             actor, roles = UNIDENTIFIED, None
+        if dropped := dropped_headers(event):
+            # Unsafe identity headers were replaced (the event id) or dropped: say so.
+            outputs = [
+                replace(m, data={**m.data, "headers_dropped": dropped}) if isinstance(m, e.AuditEntry) and m.kind == "OrderPlaced"
+                else m for m in outputs
+            ]
     else:
         if current is None:
             await _for_unknown_order(event, message, outbox)

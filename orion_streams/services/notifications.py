@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any, Protocol
 
-from .. import logs, metrics, tracing
+from .. import logs, metrics, records, tracing
 from ..adapters.email import (
     Delivery,
     PermanentEmailError,
@@ -72,7 +72,7 @@ def dead_letter_record(message: Claimed, reason: str, at: str) -> tuple[bytes, b
     headers = [
         ("reason", reason.encode()[:1000]), ("reason-class", b"email_failed"), ("source-topic", b"notifications"),
     ]
-    if message.correlation_id:
+    if message.correlation_id and records.CORRELATION_ID.fullmatch(message.correlation_id):
         headers.append(("correlation-id", message.correlation_id.encode()))
     key = (message.order_id or message.sku or message.id).encode()
     return key, json.dumps(body).encode(), headers
@@ -173,13 +173,17 @@ class NotificationDispatcher:
         # is recognised as the same email by mail clients.
         message_id = f"<{m.id}@{self.sender.rpartition('@')[2] or 'orion.local'}>"
         headers = {"X-Orion-Notification-Id": m.id, "X-Orion-Template": m.template}
-        if m.correlation_id:
-            headers["X-Correlation-ID"] = m.correlation_id
+        if m.correlation_id and records.CORRELATION_ID.fullmatch(m.correlation_id):
+            headers["X-Correlation-ID"] = m.correlation_id  # one queued before headers were checked is left out
         if m.order_id:
             headers["X-Orion-Order-Id"] = m.order_id
         if m.sku:
             headers["X-Orion-SKU"] = m.sku
-        email = compose(rendered, sender=self.sender, to=m.recipients, message_id=message_id, headers=headers)
+        try:
+            email = compose(rendered, sender=self.sender, to=m.recipients, message_id=message_id, headers=headers)
+        except Exception as exc:  # an email that cannot be built never builds on a retry either
+            await self._give_up(m, f"cannot compose {m.template}: {exc}", None, rendered.subject)
+            return
         try:
             delivery = await self.mailer.send(email)
         except PermanentEmailError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,12 +10,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .. import logs, metrics, tracing
+from ..records import CORRELATION_ID as _VALID_ID
 from .problems import ApiError, problem_body, problem_response
 
 log = logging.getLogger("orion.web")
 
 CORRELATION_ID = "X-Correlation-ID"
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,7 +42,7 @@ def route_of(request: web.Request) -> str:
 @web.middleware
 async def correlation_and_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get(CORRELATION_ID, "")
-    cid = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
+    cid = incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
     request["correlation_id"] = cid
     log_token = logs.bind(correlation_id=cid)
     started = time.perf_counter()

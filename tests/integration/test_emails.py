@@ -4,6 +4,7 @@ that the tests start, stop and script; what arrives is parsed with the `email` p
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
@@ -300,3 +301,46 @@ async def test_low_stock_alerts_once_per_crossing(
     status, rows, _ = await api.call("GET", f"/v1/inventory/{sku}", admin)
     assert rows["available"] == 2 and rows["low_stock"] is True
     assert len(mails(mail, sku=sku, template="low_stock")) == 1
+
+
+HOSTILE = {
+    "line breaks": b"x\r\nBcc: evil@example.com",
+    "over-long": b"x" * 4000,
+    "invalid UTF-8": b"\xff\xfe\xc3",
+}
+
+
+async def test_hostile_identity_headers_are_dropped_and_said_so_and_the_emails_still_go(
+    api: Api, services: Services, customer: str, admin: str, fresh_sku: Any, mail: MailServers,
+) -> None:
+    # A producer's correlation-id, actor and actor-roles headers carrying what a hostile
+    # producer would try; once the mailer could not compose such an order's emails at all.
+    sku = fresh_sku()
+    await api.restock(admin, sku, 10)
+    orders = {}
+    for kind, raw in HOSTILE.items():
+        order_id = f"hostile-{uuid.uuid4().hex}"
+        event_id = str(uuid.uuid4())
+        body = {
+            "type": "OrderPlaced", "event_id": event_id, "order_id": order_id, "user_id": "sarah",
+            "email": "sarah@example.com", "lines": [{"sku": sku, "quantity": 1}], "payment": {"token": "tok_ok"},
+        }
+        await produce(services.bootstrap, "orders", order_id.encode(), json.dumps(body).encode(),
+                      headers=[("correlation-id", raw), ("actor", raw), ("actor-roles", raw)])
+        orders[kind] = (order_id, event_id)
+    for kind, (order_id, event_id) in orders.items():
+        order = await api.decided(customer, order_id)
+        assert order["status"] == "CONFIRMED", (kind, order)
+        _, trail, _ = await api.call("GET", f"/v1/orders/{order_id}/events", customer)
+        placed = trail["items"][0]
+        assert placed["type"] == "OrderPlaced"
+        # the correlation id is replaced by the event's id, the actor recorded as unidentified
+        assert placed["correlation_id"] == event_id and placed["actor"] == "external:unidentified"
+        assert set(placed["data"]["headers_dropped"]) == {"correlation-id", "actor", "actor-roles"}, kind
+        assert all(isinstance(reason, str) and reason for reason in placed["data"]["headers_dropped"].values())
+        assert all(item["correlation_id"] == event_id for item in trail["items"])
+        sent = [*await arrived(mail, 1, order_id=order_id, template="order_received"),
+                *await arrived(mail, 1, order_id=order_id, template="order_processing")]
+        for msg in sent:
+            assert msg["X-Correlation-ID"] == event_id and msg["Bcc"] is None
+            assert "evil@example.com" not in msg.as_string()

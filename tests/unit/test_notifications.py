@@ -321,6 +321,30 @@ async def test_a_slow_send_does_not_hold_up_other_messages() -> None:
             await runner
 
 
+async def test_an_unsafe_correlation_id_is_left_out_and_the_email_still_goes() -> None:
+    # Queued from an event whose correlation-id header smuggled a line break (before headers
+    # were checked where they enter): the email goes without it, nothing is injected.
+    queue, mailer, dead = FakeQueue(), FakeMailer(), []
+    queue.add("m1")
+    queue.rows["m1"].claimed = replace(queue.rows["m1"].claimed, correlation_id="cid\r\nBcc: evil@example.com")
+    await make(queue, mailer, dead).run_once()
+    assert queue.rows["m1"].status == "sent" and dead == []
+    msg = mailer.sent[0]
+    assert msg["X-Correlation-ID"] is None and msg["Bcc"] is None and "evil" not in msg.as_string()
+
+
+async def test_an_email_that_cannot_be_composed_fails_once_with_a_dead_letter() -> None:
+    queue, mailer, dead = FakeQueue(), FakeMailer(), []
+    queue.add("m1")
+    queue.rows["m1"].claimed = replace(queue.rows["m1"].claimed, recipients=("a@example.com\r\nBcc: evil@example.com",))
+    dispatcher = make(queue, mailer, dead)
+    await dispatcher.run_once()
+    assert queue.rows["m1"].status == "failed" and mailer.tried == []
+    assert len(dead) == 1 and dead[0][0] == "m1" and "cannot compose order_received" in dead[0][1]
+    queue.clock += 1000
+    assert await dispatcher.run_once() == 0  # given up on, not retried
+
+
 # --- the mailer process's pieces ---------------------------------------------------
 
 
@@ -335,6 +359,8 @@ def test_dead_letter_record_names_the_email_and_why() -> None:
     assert key == b"o1"
     assert body["notification_id"] == "n1" and body["attempts"] == 4 and body["source_topic"] == "notifications"
     assert ("correlation-id", b"cid-3") in headers and ("reason", b"gave up after 4 attempts") in headers
+    unsafe = replace(claimed, correlation_id="cid\nX: y")
+    assert all(name != "correlation-id" for name, _ in dead_letter_record(unsafe, "x", AT)[2])
 
 
 def test_the_mailer_listens_with_a_plain_asyncpg_dsn() -> None:

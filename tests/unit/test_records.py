@@ -342,3 +342,50 @@ def test_text_postgresql_cannot_store_is_a_bad_record() -> None:
                            "low_stock_threshold": 0, "version": 1, "at": "x"}).encode()
         with pytest.raises(records.BadRecord, match="U\\+0000"):
             records.decode(raw)
+
+
+# --- identity headers from producers ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "expected"),
+    [
+        ("correlation-id", b"req-42.a:b_c", "req-42.a:b_c"),
+        ("correlation-id", "already-text", "already-text"),
+        ("actor", b"user:sarah@example.com", "user:sarah@example.com"),
+        ("actor", "user:Zoë Müller".encode(), "user:Zoë Müller"),
+        ("actor-roles", b"customer,admin", "customer,admin"),
+        ("actor", None, None),
+    ],
+)
+def test_safe_headers_pass_unchanged(name: str, raw: Any, expected: str | None) -> None:
+    assert records.header_text(name, raw) == (expected, None)
+
+
+@pytest.mark.parametrize("name", ["correlation-id", "actor", "actor-roles"])
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"abc\r\nBcc: evil@example.com", "control characters"),
+        (b"abc\n", "control characters"),
+        (b"a\x00b", "control characters"),
+        (b"\x1b[31mred", "control characters"),
+        (b"\xff\xfeabc", "not UTF-8"),
+        (b"\xc3", "not UTF-8"),
+        (b"x" * 5000, "over the limit"),
+        (b"", ""),
+    ],
+)
+def test_unsafe_headers_are_dropped_with_a_reason(name: str, raw: bytes, why: str) -> None:
+    value, problem = records.header_text(name, raw)
+    assert value is None and problem is not None and why in problem
+
+
+def test_header_limits_are_exact() -> None:
+    assert records.header_text("correlation-id", b"c" * 128)[0] == "c" * 128
+    assert records.header_text("correlation-id", b"c" * 129)[0] is None
+    assert records.header_text("actor", b"a" * records.ACTOR_LIMIT)[0] is not None
+    assert records.header_text("actor", b"a" * (records.ACTOR_LIMIT + 1))[0] is None
+    assert records.header_text("actor", b" user:x")[0] is None  # no surrounding spaces
+    assert records.header_text("correlation-id", b"has space")[0] is None
+    assert records.header_text("actor-roles", b"customer,,admin")[0] is None
