@@ -216,6 +216,7 @@ class KafkaBroker:
         libs = fetch_kafka(self.cache_dir)
         started = time.monotonic()
         cport = self.controller_port if self.controller_port is not None else free_port()
+        self.controller_port = cport  # a restart on the same data keeps the quorum's address
         self._write_properties(cport)
         self._format_storage(libs)
         self._launch(libs)

@@ -44,8 +44,9 @@ class Services:
     app_id: str
     partitions: int
     payment_timeout: float
-    # The stack's own database server, for tests that take it away and bring it back.
+    # The stack's own database server and broker, for tests that take them away and back.
     postgres: LocalPostgres | None = field(default=None, repr=False)
+    broker: KafkaBroker | None = field(default=None, repr=False)
     settings: Settings = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +91,9 @@ def running_services(
 
             asyncio.run(seed())
             app_id = f"orion-{uuid.uuid4().hex[:8]}"
-            yield Services(broker.bootstrap, pg.url, root, app_id, partitions, payment_timeout, postgres=pg)
+            yield Services(
+                broker.bootstrap, pg.url, root, app_id, partitions, payment_timeout, postgres=pg, broker=broker,
+            )
         finally:
             pg.stop()
     finally:

@@ -248,6 +248,11 @@ def _on_reserved(saga: OrderSaga, msg: LineReserved, now: Clock) -> Step:
         return saga, []  # a repeated answer: the units are already counted
     if line.state is LineState.RELEASED and not line.settled:
         return saga, []  # a repeat of the answer the release now in flight gives back
+    if line.state is LineState.RELEASED:
+        # Given back and settled: a replayed answer (or a hold a stray repeat made after the
+        # old one was retired). Release whatever may be held; record nothing new, so a
+        # replay leaves the order and its audit trail as they were.
+        return saga, [ReleaseLine(saga.order_id, msg.sku)]
     out: list[SagaOutput] = []
     if line.state is not LineState.PENDING or saga.status is not OrderStatus.PENDING:
         # Units are held that this order will not use (it failed while the line was in

@@ -1,0 +1,271 @@
+"""Judge a fault run from the outside: the client history against what Orion left behind
+in PostgreSQL, its tables' changelogs, the published stock levels, dead letters and emails.
+
+Invariants (each violation is listed with the order or SKU it concerns):
+- every acknowledged order exists exactly once in PostgreSQL and is decided (lost, stuck);
+- no request refused at the door created an order;
+- no order was placed twice (two orders for one key, two OrderPlaced for one order);
+- per SKU, units sold and held <= units stocked, and available >= 0 in every published level
+  and in PostgreSQL (oversold);
+- PostgreSQL's stock equals the inventory table's; each order's status equals its saga's;
+- each decided order has exactly one email per stage (missing; duplicates counted);
+- nothing is left undecided without a dead-letter record naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import text
+
+from orion_streams.adapters.postgres import SqlAlchemyStore
+from orion_streams.devservices.smtp import MailCatcher
+
+from ...integration.harness import Services, read_topic, table_values
+from .history import OK, REFUSED, History
+
+DECIDED = {"CONFIRMED", "FULFILLED", "REJECTED", "PAYMENT_FAILED", "CANCELLED"}
+# The email each status sends (see README "Emails"); PENDING's order_received comes first.
+STAGE_EMAIL = {
+    "CONFIRMED": "order_processing", "FULFILLED": "order_fulfilled", "REJECTED": "order_failed",
+    "PAYMENT_FAILED": "order_failed", "CANCELLED": "order_cancelled",
+}
+
+
+@dataclass
+class Verdict:
+    scenario: str
+    acknowledged: int = 0
+    refused: int = 0
+    unknown: int = 0
+    in_postgres: int = 0
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    oversold: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    refused_but_created: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    emails_missing: list[str] = field(default_factory=list)
+    emails_duplicated: int = 0
+    dead_letters: int = 0
+    takeover_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> dict[str, list[str]]:
+        return {k: v for k, v in {
+            "lost": self.lost, "duplicated": self.duplicated, "oversold": self.oversold, "stuck": self.stuck,
+            "refused but created": self.refused_but_created, "PostgreSQL differs from the tables": self.mismatched,
+            "emails missing": self.emails_missing,
+        }.items() if v}
+
+    def row(self) -> list[str]:
+        take = "-" if self.takeover_s is None else f"{self.takeover_s:.1f} s"
+        return [self.scenario, str(self.acknowledged), str(self.in_postgres), str(len(self.lost)),
+                str(len(self.duplicated)), str(len(self.oversold)), str(len(self.stuck)),
+                str(len(self.emails_missing)), take]
+
+    def explain(self) -> str:
+        return "; ".join(f"{k}: {len(v)} e.g. {v[:5]}" for k, v in self.failures.items()) or "ok"
+
+
+HEADER = ["scenario", "orders acknowledged", "in PostgreSQL", "lost", "duplicated", "oversold", "stuck",
+          "emails missing", "takeover"]
+
+
+def table(verdicts: list[Verdict]) -> str:
+    rows = [HEADER, ["---"] * len(HEADER), *(v.row() for v in verdicts)]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+async def _orders(store: SqlAlchemyStore) -> dict[str, dict[str, Any]]:
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(text("select order_id, user_id, status, idempotency_key from orders"))).mappings()
+        return {r["order_id"]: dict(r) for r in rows}
+
+
+async def _scalar_map(store: SqlAlchemyStore, sql: str) -> dict[Any, Any]:
+    async with store.engine.connect() as conn:
+        return {tuple(r[:-1]) if len(r) > 2 else r[0]: r[-1] for r in (await conn.execute(text(sql))).all()}
+
+
+async def wait_decided(services: Services, history: History, timeout: float) -> float:
+    """The drain: wait until every order that may exist is decided (unknown ones included
+    when they exist), or the deadline passes; returns the seconds it took."""
+    started = time.monotonic()
+    store = SqlAlchemyStore(services.database_url, pool_size=1)
+    try:
+        while True:
+            orders = await _orders(store)
+            open_ = [o for o, r in orders.items() if r["status"] not in DECIDED]
+            missing = [op for op in history.by(OK) if op.order_id not in orders]
+            if not open_ and not missing:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                return time.monotonic() - started
+            await asyncio.sleep(0.5)  # poll PostgreSQL until the deadline
+    finally:
+        await store.close()
+
+
+async def wait_emails(services: Services, timeout: float) -> None:
+    """Until no email is queued or being retried (the mailer caught up), or the deadline."""
+    store = SqlAlchemyStore(services.database_url, pool_size=1)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            queued = await _scalar_map(store, "select 1, count(*) from notifications where status = 'queued'")
+            if not queued.get(1):
+                return
+            await asyncio.sleep(0.5)  # poll PostgreSQL until the deadline
+    finally:
+        await store.close()
+
+
+async def _stock_levels(services: Services) -> list[dict[str, Any]]:
+    out = []
+    for rec in await read_topic(services.bootstrap, "stock-levels"):
+        try:
+            body = json.loads(rec.value)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(body, dict) and body.get("type") == "StockLevelChanged":
+            out.append(body)
+    return out
+
+
+async def _dead_letter_ids(services: Services) -> set[str]:
+    ids = set()
+    for rec in await read_topic(services.bootstrap, "dead-letters"):
+        try:
+            body = json.loads(rec.value)
+        except (TypeError, ValueError):
+            continue
+        for k in ("order_id", "key"):
+            if isinstance(body, dict) and isinstance(body.get(k), str):
+                ids.add(body[k])
+        if rec.key:
+            ids.add(rec.key.decode(errors="replace"))
+    return ids
+
+
+async def lag(services: Services) -> int:
+    """Unconsumed records of Orion's group over all source topics."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from orion_streams import topics
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(services.app_id)
+    finally:
+        await admin.close()
+    tps = [TopicPartition(s.name, p) for s in topics.ALL if s is not topics.DEAD_LETTERS
+           for p in range(services.partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=services.bootstrap)
+    await consumer.start()
+    try:
+        end = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return sum(max(0, end[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
+
+
+async def check(scenario: str, services: Services, history: History, mail: MailCatcher | None,
+                stocked: dict[str, int], *, emails: bool = True) -> Verdict:
+    """Everything the run left behind against the history; `stocked`: units put on each SKU."""
+    v = Verdict(scenario)
+    ok = history.by(OK)
+    v.acknowledged, v.refused = len(ok), len(history.by(REFUSED))
+    v.unknown = sum(op.outcome not in (OK, REFUSED) for op in history.ops)
+    store = SqlAlchemyStore(services.database_url, pool_size=2)
+    try:
+        orders = await _orders(store)
+        placed = await _scalar_map(store, "select order_id, count(*) from order_events where type = 'OrderPlaced' "
+                                          "group by order_id")
+        lines = await _scalar_map(store, "select o.status, l.sku, sum(l.quantity) from order_lines l "
+                                         "join orders o using (order_id) group by o.status, l.sku")
+        pg_stock = {r[0]: (r[1], r[2]) for r in (await _rows(store, "select sku, on_hand, reserved from stock_levels"))}
+        notes = await _rows(store, "select order_id, template, status from notifications where order_id is not null")
+    finally:
+        await store.close()
+    dead = await _dead_letter_ids(services)
+
+    # acknowledged orders: there, once, decided
+    keys: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for op in ok:
+        assert op.order_id is not None
+        keys[(op.user, op.key)].add(op.order_id)
+        row = orders.get(op.order_id)
+        if row is None:
+            v.lost.append(op.order_id)
+            continue
+        v.in_postgres += 1
+    v.duplicated += [f"key {k[1]}: {sorted(ids)}" for k, ids in keys.items() if len(ids) > 1]
+    v.duplicated += [f"{o}: {n} OrderPlaced" for o, n in placed.items() if n > 1]
+    for order_id, row in orders.items():
+        if row["status"] not in DECIDED and order_id not in dead:
+            v.stuck.append(f"{order_id} {row['status']}")
+    # a key refused every time it was tried (a double click may be refused once and taken once)
+    refused_keys = {(op.user, op.key) for op in history.by(REFUSED)} - {
+        (op.user, op.key) for op in history.ops if op.outcome != REFUSED}
+    v.refused_but_created += [o for o, r in orders.items() if (r["user_id"], r["idempotency_key"]) in refused_keys]
+
+    # stock: nothing sold or held beyond what was stocked; never negative anywhere
+    held = Counter[str]()
+    for (status, sku), qty in lines.items():
+        if status in ("CONFIRMED", "FULFILLED"):
+            held[sku] += int(qty)
+    for sku, units in held.items():
+        if units > stocked.get(sku, 0):
+            v.oversold.append(f"{sku}: {units} sold or held of {stocked.get(sku, 0)}")
+    for level in await _stock_levels(services):
+        if level["on_hand"] - level["reserved"] < 0 or level["reserved"] < 0:
+            v.oversold.append(f"{level['sku']} v{level['version']}: published {level['on_hand']}/{level['reserved']}")
+    for sku, (on_hand, reserved) in pg_stock.items():
+        if on_hand - reserved < 0:
+            v.oversold.append(f"{sku}: PostgreSQL {on_hand}/{reserved}")
+
+    # PostgreSQL equals the tables
+    inventory = await table_values(services, "inventory")
+    for sku, (on_hand, reserved) in pg_stock.items():
+        value = inventory.get(sku)
+        if value is None or tuple(value[:2]) != (on_hand, reserved):
+            v.mismatched.append(f"{sku}: PostgreSQL {on_hand}/{reserved}, table {value}")
+    sagas = await table_values(services, "sagas")
+    for order_id, value in sagas.items():
+        if value is None or order_id not in orders:
+            continue
+        status = value["saga"]["status"]
+        if status != orders[order_id]["status"]:
+            v.mismatched.append(f"{order_id}: PostgreSQL {orders[order_id]['status']}, saga {status}")
+
+    # one email per stage
+    if emails:
+        queued = Counter((o, t) for o, t, _ in notes)
+        sent = {(o, t) for o, t, s in notes if s == "sent"}
+        delivered: Counter[tuple[str, str]] = Counter()
+        if mail is not None:
+            delivered = Counter((m["X-Orion-Order-Id"], m["X-Orion-Template"]) for m in list(mail.messages))
+        for order_id, row in orders.items():
+            if row["status"] not in DECIDED:
+                continue
+            for template in ("order_received", STAGE_EMAIL[row["status"]]):
+                if (order_id, template) not in sent or (mail is not None and not delivered[(order_id, template)]):
+                    v.emails_missing.append(f"{order_id} {template}")
+        v.emails_duplicated = sum(n - 1 for n in delivered.values() if n > 1) + sum(
+            n - 1 for n in queued.values() if n > 1)
+    v.dead_letters = len(dead)
+    return v
+
+
+async def _rows(store: SqlAlchemyStore, sql: str) -> list[Any]:
+    async with store.engine.connect() as conn:
+        return list((await conn.execute(text(sql))).all())
