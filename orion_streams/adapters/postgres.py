@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg.exceptions as pg_errors
 from sqlalchemy import and_, func, select, text, tuple_
+from sqlalchemy import exc as sa_errors
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -38,6 +40,32 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    sa_errors.TimeoutError,  # no pooled connection came free in time
+    sa_errors.OperationalError,
+    sa_errors.InterfaceError,
+    pg_errors.OperatorInterventionError,  # shutting down, starting up, crashed
+    pg_errors.PostgresConnectionError,
+    pg_errors.TooManyConnectionsError,
+    pg_errors.InterfaceError,  # the connection is gone
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether an error means PostgreSQL could not be reached (down, restarting, no free
+    connection) rather than that it refused a statement: the first is worth a retry."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # SQLAlchemy wraps the driver's error, which may wrap a socket's
+        if seen is None:
+            return False
+        if isinstance(seen, _UNREACHABLE) or (isinstance(seen, sa_errors.DBAPIError) and seen.connection_invalidated):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .. import logs, metrics, tracing
+from ..adapters.postgres import database_unavailable
 from ..records import CORRELATION_ID as _VALID_ID
-from .problems import ApiError, problem_body, problem_response
+from .problems import ApiError, problem_body, problem_response, unavailable
 
 log = logging.getLogger("orion.web")
 
@@ -64,9 +65,15 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
                 status = exc.status
                 raise
             response = _problem(exc.status, exc.reason, exc.text or exc.reason)
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            response = _problem(500, "Internal Server Error", f"something went wrong; quote {cid}")
+        except Exception as exc:
+            if database_unavailable(exc):
+                # PostgreSQL is away (restarting, failing over): nothing was accepted; say so
+                # and when to come back, as for any overload.
+                log.warning("%s %s: the database is unavailable: %s", request.method, request.path, exc)
+                response = problem_response(unavailable("the database is unavailable; try again shortly"))
+            else:
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                response = _problem(500, "Internal Server Error", f"something went wrong; quote {cid}")
         if not response.prepared:
             response.headers[CORRELATION_ID] = cid
         status = response.status

@@ -16,9 +16,11 @@ from .faults.scenarios import FULL, QUICK, SCENARIOS, run_scenario
 
 FULL_RUN = os.environ.get("ORION_FAULTS") == "full"
 QUICK_SCENARIOS = ["kill", "scale", "replay", "poison"]
+# ORION_FAULT_SCENARIOS=flash,pause picks scenarios (at the scale ORION_FAULTS gives).
+CHOSEN = [n for n in os.environ.get("ORION_FAULT_SCENARIOS", "").split(",") if n]
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS) if FULL_RUN else QUICK_SCENARIOS)
+@pytest.mark.parametrize("name", CHOSEN or (list(SCENARIOS) if FULL_RUN else QUICK_SCENARIOS))
 def test_nothing_is_lost_oversold_or_stuck(name: str, tmp_path: Path) -> None:
     verdict, history, logs = run_scenario(name, tmp_path, FULL if FULL_RUN else QUICK)
     REPORT.append(verdict)

@@ -69,3 +69,33 @@ def test_shorten_marks_a_cut_hidden_by_whitespace() -> None:
 
 def test_shorten_takes_a_limit() -> None:
     assert shorten("select   a, b, c from t", limit=10) == "select a, ..."
+
+
+# --- telling "PostgreSQL is away" from "PostgreSQL refused it" ----------------------------
+
+
+def test_database_unavailable_tells_unreachable_from_refused() -> None:
+    import asyncpg.exceptions as pg
+    from sqlalchemy import exc as sa
+
+    from orion_streams.adapters.postgres import database_unavailable
+
+    def wrapped(orig: BaseException, cls: type[sa.DBAPIError] = sa.DBAPIError, invalidated: bool = False) -> BaseException:
+        return cls("select 1", {}, orig, connection_invalidated=invalidated)
+
+    away = [
+        ConnectionRefusedError(111, "Connect call failed"),
+        TimeoutError(),
+        sa.TimeoutError("QueuePool limit reached"),
+        wrapped(ConnectionRefusedError(111, "refused"), sa.OperationalError),
+        wrapped(pg.AdminShutdownError("terminating connection due to administrator command")),
+        wrapped(pg.CannotConnectNowError("the database system is starting up")),
+        wrapped(Exception("connection was closed in the middle of operation"), invalidated=True),
+    ]
+    refused = [
+        wrapped(pg.UniqueViolationError("duplicate key"), sa.IntegrityError),
+        wrapped(pg.UndefinedTableError("no such table")),
+        ValueError("a bug"),
+    ]
+    assert [database_unavailable(e) for e in away] == [True] * len(away)
+    assert [database_unavailable(e) for e in refused] == [False] * len(refused)

@@ -52,6 +52,7 @@ class Verdict:
     refused_but_created: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     emails_missing: list[str] = field(default_factory=list)
+    server_errors: list[str] = field(default_factory=list)
     emails_duplicated: int = 0
     dead_letters: int = 0
     takeover_s: float | None = None
@@ -62,7 +63,7 @@ class Verdict:
         return {k: v for k, v in {
             "lost": self.lost, "duplicated": self.duplicated, "oversold": self.oversold, "stuck": self.stuck,
             "refused but created": self.refused_but_created, "PostgreSQL differs from the tables": self.mismatched,
-            "emails missing": self.emails_missing,
+            "emails missing": self.emails_missing, "HTTP 5xx other than 503": self.server_errors,
         }.items() if v}
 
     def row(self) -> list[str]:
@@ -183,8 +184,11 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
     """Everything the run left behind against the history; `stocked`: units put on each SKU."""
     v = Verdict(scenario)
     ok = history.by(OK)
-    v.acknowledged, v.refused = len(ok), len(history.by(REFUSED))
+    v.acknowledged, v.refused = len({op.order_id for op in ok}), len(history.by(REFUSED))
     v.unknown = sum(op.outcome not in (OK, REFUSED) for op in history.ops)
+    # a fault is answered with 503 and Retry-After, never with an error of the server's own
+    v.server_errors = [f"{op.key}: {op.answers}" for op in history.ops
+                       if any(a.isdigit() and int(a) >= 500 and a != "503" for a in op.answers)]
     store = SqlAlchemyStore(services.database_url, pool_size=2)
     try:
         orders = await _orders(store)
@@ -203,11 +207,9 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
     for op in ok:
         assert op.order_id is not None
         keys[(op.user, op.key)].add(op.order_id)
-        row = orders.get(op.order_id)
-        if row is None:
+        if op.order_id not in orders and op.order_id not in v.lost:
             v.lost.append(op.order_id)
-            continue
-        v.in_postgres += 1
+    v.in_postgres = len({op.order_id for op in ok if op.order_id in orders})
     v.duplicated += [f"key {k[1]}: {sorted(ids)}" for k, ids in keys.items() if len(ids) > 1]
     v.duplicated += [f"{o}: {n} OrderPlaced" for o, n in placed.items() if n > 1]
     for order_id, row in orders.items():
