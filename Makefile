@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint typecheck bench bench-overload clean
+.PHONY: run test unit test-faults lint typecheck bench bench-overload clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(BIN)/.installed
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/unit
+
+# Every fault scenario at full scale (about 25 minutes); prints one table at the end.
+test-faults: $(BIN)/.installed
+	ORION_FAULTS=full $(BIN)/python -m pytest -q tests/e2e/test_faults.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check orion_streams tests bench

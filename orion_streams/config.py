@@ -86,8 +86,13 @@ class Settings:
     mailer_metrics_port: int = 0
     # SQL statements slower than this (milliseconds) are logged, without their parameters.
     db_slow_query_ms: float = 200.0
-    session_timeout: float = 30.0
+    # A worker that stops heartbeating loses its partitions after this long (heartbeats every
+    # tenth of it): a killed worker's orders move to the others within seconds.
+    session_timeout: float = 10.0
     standby_replicas: int = 1
+    # /health fails when a rebalance's table recovery has not finished after this long, so an
+    # orchestrator restarts the worker (faust-streaming can stall in recovery).
+    recovery_stall: float = 300.0
 
     @property
     def jwt_secret_is_default(self) -> bool:
@@ -150,4 +155,5 @@ class Settings:
             db_slow_query_ms=float(_env("ORION_DB_SLOW_QUERY_MS", str(cls.db_slow_query_ms))),
             standby_replicas=int(_env("ORION_STANDBY_REPLICAS", str(cls.standby_replicas))),
             session_timeout=float(_env("ORION_SESSION_TIMEOUT", str(cls.session_timeout))),
+            recovery_stall=float(_env("ORION_RECOVERY_STALL", str(cls.recovery_stall))),
         )

@@ -1,12 +1,35 @@
-"""Work-arounds for faust-streaming behaviour that loses events; applied when the app loads.
+"""Work-arounds for faust-streaming 0.15.3 behaviour that loses events or stalls; applied
+when the app loads.
 
-Faust's consumer treats any jump in the offsets it reads as a "gap" and counts the skipped
-offsets as acknowledged: meant for compacted topics and transaction markers. Orion's source
-topics have neither, but after a rebalance Faust can advance a partition's fetch position
-past records it never handed to an agent (faust-streaming issues 166, 629); the gap rule then
-commits past them and the events are lost for good (an order stuck in PENDING, seen in
-tests/e2e/test_failover.py). With gaps ignored the commit stops at the first missing event;
-agents/watchdog.py notices the stalled partition and re-fetches from there.
+1. Offset gaps. Faust's consumer treats any jump in the offsets it reads as a "gap" and
+   counts the skipped offsets as acknowledged: meant for compacted topics and transaction
+   markers. Orion's source topics have neither, but after a rebalance Faust can advance a
+   partition's fetch position past records it never handed to an agent (faust-streaming
+   issues 166, 629); the gap rule then commits past them and the events are lost for good
+   (an order stuck in PENDING, seen in tests/e2e/test_failover.py). With gaps ignored the
+   commit stops at the first missing event; agents/watchdog.py notices the stalled partition
+   and re-fetches from there.
+
+2. Table recovery on compacted changelogs (faust-streaming issue 176; the fix is commit
+   4271aecb on the project's branch, in no release). Recovery records, per changelog
+   partition, the offset of the last change applied, and for a changelog whose head was
+   cleaned it starts from `earliest - 1`; 0.15.3 then seeks to that offset itself. The
+   broker answers a fetch below the log start with OffsetOutOfRange, no change ever arrives
+   for the partition, and recovery waits forever ("No event received for active tp").
+   Seeking to the offset after the last one applied, as the fix does, never asks for an
+   offset below the log start and does not re-read the change already applied.
+
+3. Commits past an unhandled event (faust-streaming 606; the fix, PR 707, is in no
+   release). The offset to commit is one past the first run of acknowledged offsets, and
+   0.15.3 checks that this run starts at the committed offset with `min(acked) - committed
+   > 1`, which lets through the very case it exists for: the event at the committed offset
+   itself was never handed to an agent (dropped after a rebalance) or is still in flight,
+   and the next one was acknowledged. A committed offset of 0, or none yet, skips the check
+   altogether. The commit then passes the event and it is lost for good (an accepted order
+   PENDING that the saga never saw, in about one SIGKILL failover run in ten here). Here a
+   run is committed only if it starts exactly at the next offset expected (the committed
+   one, or where reading began on a partition nothing was committed for) and stops before
+   any event still in flight; the watchdog re-fetches a partition whose commit stands still.
 """
 
 from __future__ import annotations
@@ -14,7 +37,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from faust.tables.recovery import Recovery
 from faust.transport import consumer as faust_consumer
+from faust.utils.functional import consecutive_numbers
 
 log = logging.getLogger("orion.faust")
 _applied = False
@@ -27,8 +52,72 @@ async def _no_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
     )
 
 
+async def _seek_after_applied(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+    """Resume each changelog partition after the last change applied (-1: from the start)."""
+    new_offsets = {}
+    for tp in tps:
+        offset = offsets[tp]
+        new_offsets[tp] = max((-1 if offset is None else offset) + 1, 0)
+    await consumer.seek_wait(new_offsets)
+
+
+# Where reading began on partitions nothing was committed for: the first offset expected.
+_start: dict[Any, int] = {}
+_original_perform_seek = faust_consumer.Consumer.perform_seek
+
+
+async def _perform_seek(self: Any) -> None:
+    await _original_perform_seek(self)
+    fresh = [tp for tp in self.assignment() if self._committed_offset.get(tp) is None]
+    _start.clear()
+    if fresh:
+        read = self._read_offset
+        earliest = await self.earliest_offsets(*fresh)
+        for tp in fresh:
+            # committed 0 is stored as None by 0.15.3; a partition never committed starts at
+            # its log start (auto_offset_reset=earliest)
+            _start[tp] = 0 if read.get(tp) == 0 else (earliest.get(tp) or 0)
+
+
+def expected_offset(consumer: Any, tp: Any) -> int | None:
+    """The next offset of `tp` to be done: the committed one, or where reading began."""
+    committed = consumer._committed_offset.get(tp)
+    return committed if committed is not None else _start.get(tp)
+
+
+def _new_offset(self: Any, tp: Any) -> int | None:
+    """One past the acknowledged run that starts at the next offset expected, stopping
+    before any event still in flight; None while the next expected event is not done."""
+    acked = self._acked[tp]
+    if not acked:
+        return None
+    acked.sort()
+    expected = expected_offset(self, tp)
+    if expected is not None:
+        stale = [o for o in acked if o < expected]  # already committed
+        if stale:
+            del acked[: len(stale)]
+            self._acked_index[tp].difference_update(stale)
+            if not acked:
+                return None
+        if acked[0] != expected:
+            return None  # the event at `expected` is not done: never commit past it
+    batch = next(consecutive_numbers(acked))
+    in_flight = [m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked]
+    if in_flight:
+        batch = [o for o in batch if o < min(in_flight)]
+        if not batch:
+            return None
+    del acked[: len(batch)]
+    self._acked_index[tp].difference_update(batch)
+    return int(batch[-1]) + 1
+
+
 def apply() -> None:
     global _applied
     if not _applied:
         faust_consumer.Consumer._add_gap = _no_gap  # type: ignore[method-assign]
+        Recovery._seek_offsets = _seek_after_applied  # type: ignore[method-assign]
+        faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
+        faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
         _applied = True

@@ -259,6 +259,15 @@ async def handle_in_batches(
                     await flush()
     finally:
         quiet.cancel()
+        # Stopping (a graceful shutdown cancels the agent): the events handled so far are
+        # sent and acknowledged now, or the consumer waits for them until it is killed and
+        # the group cannot move this worker's partitions meanwhile.
+        try:
+            async with asyncio.timeout(5):
+                async with lock:
+                    await flush()
+        except Exception as exc:  # noqa: BLE001 - they are redelivered to the next owner
+            log.warning("%s: %d handled event(s) not acknowledged at stop: %r", what, len(pending), exc)
 
 
 async def dead_letter(event: faust.EventT[bytes], reason: str, *, kind: str) -> None:

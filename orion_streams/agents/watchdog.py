@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from .. import faust_fixes
 from .. import topics as t
 from ..app import app, settings
 
@@ -25,16 +26,45 @@ SOURCE_TOPICS = frozenset(spec.name for spec in t.ALL if spec is not t.DEAD_LETT
 # after its answer, so one may hold its partition's commit for a provider's whole budget.
 STALL_AFTER = 15.0
 STALL_AFTER_PAYMENTS = max(STALL_AFTER, 2 * max(settings.payment_timeout, settings.payment_void_timeout))
+# A partition whose later events are done while the one at its committed offset is neither
+# done nor in hand lost that one: Faust's stream skips an event fetched in an earlier
+# generation (streams.py, "Skipping message ... generation_id"). The commit stands still at
+# it (faust_fixes), and it is fetched again as soon as the gap is seen twice.
+HEAD_GAP_AFTER = 1.5
 
 _progress: dict[object, tuple[tuple[int, int], float]] = {}
+# Since when table recovery (a rebalance) has been unfinished, for the liveness check.
+_recovering_since: float | None = None
 
 
-@app.timer(interval=2.0)
+def recovery_stalled_for(now: float) -> float | None:
+    """Seconds a rebalance's table recovery has been unfinished, if longer than
+    ORION_RECOVERY_STALL; None while the worker is making progress."""
+    if _recovering_since is None:
+        return None
+    waited = now - _recovering_since
+    return waited if waited > settings.recovery_stall else None
+
+
+def _skipped_head(consumer: Any, tp: Any) -> bool:
+    """Later events of `tp` are acknowledged and the one at its next expected offset is not:
+    it was dropped on its way to an agent (every agent acknowledges in offset order, so a
+    later event is never done before an earlier one that is still being handled)."""
+    acked = consumer._acked.get(tp)
+    expected = faust_fixes.expected_offset(consumer, tp)
+    return bool(acked) and expected is not None and min(acked) > expected
+
+
+@app.timer(interval=1.0)
 async def refetch_stalled_partitions() -> None:
+    global _recovering_since
     consumer: Any = app.consumer  # Faust's consumer internals are not in its type stubs
     if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
         _progress.clear()
+        if _recovering_since is None:
+            _recovering_since = time.monotonic()
         return
+    _recovering_since = None
     try:
         aio = consumer._thread._ensure_consumer()
         assignment = aio._subscription.subscription.assignment
@@ -57,12 +87,18 @@ async def refetch_stalled_partitions() -> None:
         if seen is None or seen[0] != (committed, position):
             _progress[tp] = ((committed, position), now)
             continue
-        if now - seen[1] >= (STALL_AFTER_PAYMENTS if tp.topic == t.PAYMENT_REQUESTS.name else STALL_AFTER):
+        skipped = _skipped_head(consumer, tp)
+        limit = HEAD_GAP_AFTER if skipped else (
+            STALL_AFTER_PAYMENTS if tp.topic == t.PAYMENT_REQUESTS.name else STALL_AFTER)
+        if now - seen[1] >= limit:
             flow = consumer.flow_active, app.flow_control.is_active()
-            log.error(
+            log.log(
+                logging.WARNING if skipped else logging.ERROR,
                 "partition %s[%d] stands at committed %d, fetched %d, end %d for %.0fs "
-                "(consumer flow %s, flow control %s): re-fetching",
-                tp.topic, tp.partition, committed, position, ends.get(tp, -1), now - seen[1], *flow,
+                "(%s; consumer flow %s, flow control %s): re-fetching",
+                tp.topic, tp.partition, committed, position, ends.get(tp, -1), now - seen[1],
+                "the event at the committed offset was dropped, later ones are done" if skipped else "no progress",
+                *flow,
             )
             if not all(flow):
                 consumer.resume_flow()

@@ -373,6 +373,7 @@ SCHEMAS: dict[str, Any] = {
                                              "description": "The key itself: shown only now"}}),
     "ApiKeyList": obj({"items": {"type": "array", "items": schema_ref("ApiKey")}, "next_cursor": {"type": "null"}}),
     "Health": obj({"status": {"const": "ok"}, "worker": STRING}),
+    "Stalled": obj({"status": {"const": "stalled"}, "worker": STRING, "detail": STRING}),
     "Admission": obj(
         {
             "open": {"type": "boolean", "description": "Whether POST /v1/orders takes new orders now"},
@@ -643,7 +644,13 @@ PATHS: dict[str, Any] = {
         "get": {
             "operationId": "health", "tags": ["operations"], "summary": "Liveness", "security": [],
             "parameters": [ref("parameters", "CorrelationId")],
-            "responses": {"200": json_response("The process serves HTTP", schema_ref("Health"))},
+            "responses": {
+                "200": json_response("The process serves HTTP and makes progress", schema_ref("Health")),
+                "503": json_response(
+                    "Alive but stuck (table recovery unfinished past ORION_RECOVERY_STALL): restart it",
+                    schema_ref("Stalled"),
+                ),
+            },
         },
     },
     "/ready": {

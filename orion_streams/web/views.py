@@ -17,6 +17,7 @@ from faust.web import View
 
 from .. import logs, metrics, records
 from ..adapters.postgres import InvalidCursor
+from ..agents import watchdog
 from ..app import app, orders_topic, runtime, settings, stock_requests_topic
 from ..domain import commands as c
 from ..domain import events as e
@@ -408,7 +409,15 @@ class AdjustmentsView(View):
 
 @app.page("/health")
 class HealthView(View):
+    """Liveness: 503 when the worker is alive but stuck, so an orchestrator restarts it."""
+
     async def get(self, request: web.Request) -> web.Response:
+        stalled = watchdog.recovery_stalled_for(time.monotonic())
+        if stalled is not None:
+            return json_response({
+                "status": "stalled", "worker": settings.worker_id,
+                "detail": f"table recovery unfinished for {stalled:.0f} s (ORION_RECOVERY_STALL)",
+            }, 503)
         return json_response({"status": "ok", "worker": settings.worker_id})
 
 

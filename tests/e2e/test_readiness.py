@@ -40,6 +40,22 @@ def test_ready_is_503_while_postgresql_is_down_and_200_when_it_is_back(fresh_ser
             assert any(m.startswith("postgresql") for m in body["missing"]), body
             assert not any(m.startswith("kafka") for m in body["missing"]), body
             assert _get(f"{worker.url}/health")[0] == 200
+            # Requests that need the database are refused like any overload: 503 with
+            # Retry-After and a problem body, never a 500 (once 192 of them in a 15 s outage).
+            token = fresh_services.token("sarah")
+            order = json.dumps({"lines": [{"sku": "SKU-001", "quantity": 1}], "payment": {"token": "tok_ok"},
+                                "email": "sarah@example.com"}).encode()
+            for method, path, body in (("POST", "/v1/orders", order), ("GET", "/v1/orders", None)):
+                req = urllib.request.Request(f"{worker.url}{path}", data=body, method=method, headers={
+                    "Authorization": f"Bearer {token}", "Content-Type": "application/json", "Idempotency-Key": "pg-down",
+                })
+                try:
+                    urllib.request.urlopen(req, timeout=30)
+                    raise AssertionError(f"{method} {path} answered 2xx without PostgreSQL")
+                except urllib.error.HTTPError as exc:
+                    assert exc.code == 503, (method, path, exc.code, exc.read())
+                    assert exc.headers["Retry-After"] and exc.headers["Content-Type"] == "application/problem+json"
+                    assert "database" in json.loads(exc.read())["detail"]
         finally:
             pg.start()
         wait_until(lambda: _get(f"{worker.url}/ready")[0] == 200, 60, "/ready to answer 200 again")

@@ -53,6 +53,7 @@ class Verdict:
     mismatched: list[str] = field(default_factory=list)
     emails_missing: list[str] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)
+    voids_missing: list[str] = field(default_factory=list)
     emails_duplicated: int = 0
     dead_letters: int = 0
     takeover_s: float | None = None
@@ -64,6 +65,7 @@ class Verdict:
             "lost": self.lost, "duplicated": self.duplicated, "oversold": self.oversold, "stuck": self.stuck,
             "refused but created": self.refused_but_created, "PostgreSQL differs from the tables": self.mismatched,
             "emails missing": self.emails_missing, "HTTP 5xx other than 503": self.server_errors,
+            "authorised, failed and never voided": self.voids_missing,
         }.items() if v}
 
     def row(self) -> list[str]:
@@ -188,7 +190,8 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
     v.unknown = sum(op.outcome not in (OK, REFUSED) for op in history.ops)
     # a fault is answered with 503 and Retry-After, never with an error of the server's own
     v.server_errors = [f"{op.key}: {op.answers}" for op in history.ops
-                       if any(a.isdigit() and int(a) >= 500 and a != "503" for a in op.answers)]
+                       if any(a.split()[-1].isdigit() and int(a.split()[-1]) >= 500 and a.split()[-1] != "503"
+                              for a in op.answers if a)]
     store = SqlAlchemyStore(services.database_url, pool_size=2)
     try:
         orders = await _orders(store)
@@ -198,6 +201,8 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
                                          "join orders o using (order_id) group by o.status, l.sku")
         pg_stock = {r[0]: (r[1], r[2]) for r in (await _rows(store, "select sku, on_hand, reserved from stock_levels"))}
         notes = await _rows(store, "select order_id, template, status from notifications where order_id is not null")
+        trail = await _rows(store, "select order_id, type from order_events where type in "
+                                   "('PaymentAuthorized', 'PaymentVoided', 'PaymentRefunded', 'PaymentVoidFailed')")
     finally:
         await store.close()
     dead = await _dead_letter_ids(services)
@@ -234,6 +239,18 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
     for sku, (on_hand, reserved) in pg_stock.items():
         if on_hand - reserved < 0:
             v.oversold.append(f"{sku}: PostgreSQL {on_hand}/{reserved}")
+
+    # money taken for an order that did not go through is given back (or parked for an operator)
+    payments: dict[str, set[str]] = defaultdict(set)
+    for order_id, kind in trail:
+        payments[order_id].add(kind)
+    for order_id, kinds in payments.items():
+        status = orders[order_id]["status"] if order_id in orders else None
+        if status not in ("REJECTED", "PAYMENT_FAILED", "CANCELLED"):
+            continue
+        if "PaymentAuthorized" in kinds and not kinds & {"PaymentVoided", "PaymentRefunded"}:
+            if "PaymentVoidFailed" not in kinds or order_id not in dead:
+                v.voids_missing.append(f"{order_id} {status}: {sorted(kinds)}")
 
     # PostgreSQL equals the tables
     inventory = await table_values(services, "inventory")

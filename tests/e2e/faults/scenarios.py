@@ -80,6 +80,7 @@ class Run:
         self.kafka = KafkaClient(history, c.services.bootstrap)
         self.session: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task[object]] = set()
+        self.takeovers: list[float] = []
 
     def token(self, user: str) -> str:
         if user not in self._tokens:
@@ -119,13 +120,39 @@ class Run:
         user, lines, card = self._order()
         via = via or self.rng.choice(("http", "kafka"))
         assert self.session is not None
+        then = self.rng.choices(("", "cancel", "fulfil"), (90, 5, 5))[0]
         coro: Awaitable[object] = (
-            self.http.place(self.session, user, lines, card) if via == "http" else self.kafka.place(user, lines, card)
+            self._http_order(user, lines, card, then) if via == "http" else self.kafka.place(user, lines, card)
         )
         task: asyncio.Task[object] = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    async def _http_order(self, user: str, lines: Lines, card: str, then: str) -> None:
+        """An order through HTTP; now and then its customer cancels it (a void or refund if it
+        was paid) or the warehouse ships it, shortly after."""
+        assert self.session is not None
+        op = await self.http.place(self.session, user, lines, card)
+        if op.outcome != OK or not then:
+            return
+        await asyncio.sleep(self.rng.uniform(0, 3))  # the customer changes their mind
+        token = self.token(user) if then == "cancel" else self.admin
+        for _ in range(5):
+            urls = self.c.urls()
+            if not urls:
+                await asyncio.sleep(1)  # wait for a worker
+                continue
+            try:
+                async with self.session.post(f"{self.rng.choice(urls)}/v1/orders/{op.order_id}/{then}",
+                                             headers={"Authorization": f"Bearer {token}"},
+                                             timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    op.answers.append(f"{then} {resp.status}")
+                    if resp.status < 500:
+                        return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                op.answers.append(f"{then} {type(exc).__name__}")
+            await asyncio.sleep(1)  # then try again
 
     async def load(self, seconds: float, rate: float | None = None) -> None:
         """Open loop: orders at `rate`/s (Poisson), each its own task, for `seconds`."""
@@ -152,17 +179,21 @@ class Run:
                     rows = (await conn.execute(text("select status from orders where order_id = any(:ids)"),
                                                {"ids": ids})).scalars().all()
                 if len(rows) == len(ids) and all(s in DECIDED for s in rows):
-                    return time.monotonic() - started
+                    self.takeovers.append(time.monotonic() - started)
+                    return self.takeovers[-1]
                 await asyncio.sleep(0.2)  # poll until the deadline
         finally:
             await store.close()
+        self.takeovers.append(float("inf"))
         return float("inf")
 
     async def finish(self, scenario: str, **kw: object) -> Verdict:
         """Drain (every order decided, emails caught up), then judge."""
         await wait_decided(self.c.services, self.h, self.scale.drain)
         await wait_emails(self.c.services, 60)
-        return await check(scenario, self.c.services, self.h, self.c.mail, self.stocked, **kw)  # type: ignore[arg-type]
+        v = await check(scenario, self.c.services, self.h, self.c.mail, self.stocked, **kw)  # type: ignore[arg-type]
+        v.stuck += [f"a partition served nothing for {t:.0f} s after a fault" for t in self.takeovers if t > 120]
+        return v
 
 
 async def _standard_stock(run: Run) -> None:
@@ -200,8 +231,8 @@ async def kill_workers(c: Cluster, h: History, scale: Scale) -> Verdict:
 
 
 async def pause_worker(c: Cluster, h: History, scale: Scale) -> Verdict:
-    """(2) SIGSTOP a worker past the session timeout, then SIGCONT: the zombie must not
-    apply anything twice."""
+    """(2) SIGSTOP a worker for 20 s, past the session timeout, then SIGCONT: the zombie
+    must not apply anything twice."""
     async with Run(c, h, scale) as run:
         await _standard_stock(run)
 
@@ -210,12 +241,12 @@ async def pause_worker(c: Cluster, h: History, scale: Scale) -> Verdict:
             victim = c.up()[-1]
             c.pause(victim)
             took = await run.takeover()
-            await asyncio.sleep(max(0.0, 15 - took))  # well past the 6 s session timeout
+            await asyncio.sleep(max(0.0, 20 - took))  # well past the 10 s session timeout
             c.resume(victim)
             return took
 
         _, took = await asyncio.gather(run.load(scale.seconds), faults())
-        v = await run.finish("2 SIGSTOP a worker 15 s, SIGCONT")
+        v = await run.finish("2 SIGSTOP a worker 20 s, SIGCONT")
         v.takeover_s = took
         return v
 
@@ -225,16 +256,17 @@ async def scale_out_and_in(c: Cluster, h: History, scale: Scale) -> Verdict:
     async with Run(c, h, scale) as run:
         await _standard_stock(run)
 
-        async def faults() -> None:
+        async def faults() -> float:
             await asyncio.sleep(scale.seconds / 5)  # the fault schedule
             added = [await asyncio.to_thread(c.start_worker) for _ in range(2)]
             await asyncio.sleep(scale.seconds / 5)  # the fault schedule
             for w in added:
                 await asyncio.to_thread(c.remove, w)
+            return await run.takeover()  # every partition served by the one left
 
-        await asyncio.gather(run.load(scale.seconds), faults())
+        _, took = await asyncio.gather(run.load(scale.seconds), faults())
         v = await run.finish("3 scale 1 -> 3 -> 1")
-        v.takeover_s = await run.takeover()
+        v.takeover_s = took
         return v
 
 
