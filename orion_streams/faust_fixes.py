@@ -48,7 +48,10 @@ _applied = False
 async def _no_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
     log.warning(
         "offsets %d..%d of %s[%d] were skipped by the consumer; not counting them as done",
-        offset_from, offset_to, tp.topic, tp.partition,
+        offset_from,
+        offset_to,
+        tp.topic,
+        tp.partition,
     )
 
 

@@ -33,6 +33,7 @@ STALL_AFTER_PAYMENTS = max(STALL_AFTER, 2 * max(settings.payment_timeout, settin
 HEAD_GAP_AFTER = 1.5
 
 _progress: dict[object, tuple[tuple[int, int], float]] = {}
+_refetched: dict[object, float] = {}  # when each partition was last fetched again
 # Since when table recovery (a rebalance) has been unfinished, for the liveness check.
 _recovering_since: float | None = None
 
@@ -87,7 +88,9 @@ async def refetch_stalled_partitions() -> None:
         if seen is None or seen[0] != (committed, position):
             _progress[tp] = ((committed, position), now)
             continue
-        skipped = _skipped_head(consumer, tp)
+        # Fetched again lately: give that fetch time to arrive (each seek restarts the
+        # consumer's fetches, so seeking on every tick would starve every partition).
+        skipped = _skipped_head(consumer, tp) and now - _refetched.get(tp, -STALL_AFTER) >= STALL_AFTER
         limit = HEAD_GAP_AFTER if skipped else (
             STALL_AFTER_PAYMENTS if tp.topic == t.PAYMENT_REQUESTS.name else STALL_AFTER)
         if now - seen[1] >= limit:
@@ -106,3 +109,4 @@ async def refetch_stalled_partitions() -> None:
             consumer.resume_partitions([tp])
             await consumer.seek(tp, committed)
             _progress.pop(tp, None)
+            _refetched[tp] = now

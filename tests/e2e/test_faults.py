@@ -25,4 +25,6 @@ def test_nothing_is_lost_oversold_or_stuck(name: str, tmp_path: Path) -> None:
     verdict, history, logs = run_scenario(name, tmp_path, FULL if FULL_RUN else QUICK)
     REPORT.append(verdict)
     assert verdict.acknowledged > 0, history.ops[:5]
-    assert not verdict.failures, f"{verdict.explain()}\nnotes: {verdict.notes}\nfaults: {history.events}\n{logs}"
+    assert not verdict.failures, (
+        f"{verdict.explain()}\nnotes: {verdict.notes}\nfaults: {history.events}\n{logs}"
+    )

@@ -50,7 +50,10 @@ def test_health_fails_once_recovery_has_stalled_past_the_limit() -> None:
         assert watchdog.recovery_stalled_for(1e9) is None
         watchdog._recovering_since = 1000.0
         assert watchdog.recovery_stalled_for(1000.0 + settings.recovery_stall - 1) is None
-        assert watchdog.recovery_stalled_for(1000.0 + settings.recovery_stall + 5) == settings.recovery_stall + 5
+        assert (
+            watchdog.recovery_stalled_for(1000.0 + settings.recovery_stall + 5)
+            == settings.recovery_stall + 5
+        )
     finally:
         watchdog._recovering_since = saved
 
@@ -63,13 +66,17 @@ class FakeMessage:
 class Offsets:
     """The consumer state `_new_offset` reads, as 0.15.3 keeps it."""
 
-    def __init__(self, committed: int | None, acked: list[int], in_flight: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, committed: int | None, acked: list[int], in_flight: tuple[int, ...] = ()
+    ) -> None:
         from collections import defaultdict
 
         self.tp = TP("orders", 3)
         self._acked: dict[TP, list[int]] = defaultdict(list, {self.tp: list(acked)})
         self._acked_index: dict[TP, set[int]] = defaultdict(set, {self.tp: set(acked)})
-        self._committed_offset: dict[TP, int | None] = defaultdict(lambda: None, {self.tp: committed})
+        self._committed_offset: dict[TP, int | None] = defaultdict(
+            lambda: None, {self.tp: committed}
+        )
         self._unacked_messages = {FakeMessage(self.tp, o) for o in in_flight}
 
     def new_offset(self) -> int | None:

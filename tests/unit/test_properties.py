@@ -36,7 +36,9 @@ CATALOG = Catalog(Product(sku, f"Product {sku}", 500) for sku in SKUS)
 NOW = Clock("2026-12-02T00:00:00.000Z", 1_796_169_600.0)
 AT = NOW.iso
 # What the provider does with a payment request when it is delivered.
-PAYMENT = st.sampled_from(["authorise", "decline", "timeout", "timeout_after_authorising", "authorise_after_timeout"])
+PAYMENT = st.sampled_from(
+    ["authorise", "decline", "timeout", "timeout_after_authorising", "authorise_after_timeout"]
+)
 GONE_BACK = {VoidState.VOIDED, VoidState.REFUNDED}
 
 
@@ -74,7 +76,9 @@ class Pipeline(RuleBasedStateMachine):
 
     def _adjust(self, sku: str, delta: int, reason: str) -> None:
         self.adjustments += 1
-        level, events = stock.adjust(self.levels[sku], c.AdjustStock(sku, f"adj-{self.adjustments}", delta, reason), AT)
+        level, events = stock.adjust(
+            self.levels[sku], c.AdjustStock(sku, f"adj-{self.adjustments}", delta, reason), AT
+        )
         self.levels[sku] = level
         if any(isinstance(ev, e.StockAdjusted) for ev in events):
             (self.initial if reason == "seed" else self.restocked)[sku] += delta
@@ -105,7 +109,11 @@ class Pipeline(RuleBasedStateMachine):
     def _to_payment(self, m: c.AuthorizePayment | c.VoidPayment, outcome: str) -> None:
         if isinstance(m, c.VoidPayment):
             auth = m.authorization_id or self.authorised.get(m.order_id)
-            if auth is not None and auth == self.authorised.get(m.order_id) and not self.voids[auth]:
+            if (
+                auth is not None
+                and auth == self.authorised.get(m.order_id)
+                and not self.voids[auth]
+            ):
                 self.voids[auth] += 1
                 self._to_saga(e.PaymentVoided(m.order_id, m.authorization_id, "voided"))
             elif auth is not None and self.voids[auth]:
@@ -161,8 +169,12 @@ class Pipeline(RuleBasedStateMachine):
                 self._adjust(sku, n, "seed")
 
     @rule(
-        lines=st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 3)), min_size=1, max_size=3,
-                       unique_by=lambda line: line[0]),
+        lines=st.lists(
+            st.tuples(st.sampled_from(SKUS), st.integers(1, 3)),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda line: line[0],
+        ),
         card=st.sampled_from(["tok_ok", "tok_ok", "tok_declined"]),
         provider=PAYMENT,
     )
@@ -170,8 +182,15 @@ class Pipeline(RuleBasedStateMachine):
         self.orders += 1
         order_id = f"o{self.orders}"
         self.script[order_id] = provider
-        placed = e.OrderPlaced(f"ev-{order_id}", order_id, "sarah", "sarah@example.com",
-                               tuple(RequestedLine(sku, q) for sku, q in lines), card, AT)
+        placed = e.OrderPlaced(
+            f"ev-{order_id}",
+            order_id,
+            "sarah",
+            "sarah@example.com",
+            tuple(RequestedLine(sku, q) for sku, q in lines),
+            card,
+            AT,
+        )
         saga, outputs = domain.start(placed, CATALOG, NOW)
         self.sagas[order_id] = saga
         self._emit(outputs)
@@ -233,19 +252,36 @@ class Pipeline(RuleBasedStateMachine):
     def stock_is_conserved_and_never_negative(self) -> None:
         for sku, level in self.levels.items():
             assert level.available >= 0 and level.reserved >= 0, level
-            assert level.on_hand == self.initial[sku] + self.restocked[sku] - self.sold[sku], (sku, level)
+            assert level.on_hand == self.initial[sku] + self.restocked[sku] - self.sold[sku], (
+                sku,
+                level,
+            )
             assert (
                 self.initial[sku] + self.restocked[sku] + self.released[sku]
                 == level.available + self.reserved_ever[sku]
-            ), (sku, level, self.initial[sku], self.restocked[sku], self.sold[sku], self.released[sku])
-            held = sum(h.quantity for (_, s), h in self.holds.items() if s == sku and h.state is stock.HoldState.HELD)
+            ), (
+                sku,
+                level,
+                self.initial[sku],
+                self.restocked[sku],
+                self.sold[sku],
+                self.released[sku],
+            )
+            held = sum(
+                h.quantity
+                for (_, s), h in self.holds.items()
+                if s == sku and h.state is stock.HoldState.HELD
+            )
             assert level.reserved == held, (sku, level, held)
 
     @invariant()
     def nothing_is_sold_that_was_not_paid_for(self) -> None:
         for (order_id, _), hold in self.holds.items():
             if hold.state is stock.HoldState.COMMITTED:
-                assert order_id in self.authorised and self.sagas[order_id].status is OrderStatus.FULFILLED
+                assert (
+                    order_id in self.authorised
+                    and self.sagas[order_id].status is OrderStatus.FULFILLED
+                )
 
     @rule()
     def heal(self) -> None:
@@ -261,27 +297,37 @@ class Pipeline(RuleBasedStateMachine):
         assert not self.network, "the pipeline never went quiet"
         self.stock_is_conserved_and_never_negative()
         for order_id, saga in self.sagas.items():
-            assert saga.status.is_terminal or saga.status is OrderStatus.CONFIRMED, (order_id, saga.status)
+            assert saga.status.is_terminal or saga.status is OrderStatus.CONFIRMED, (
+                order_id,
+                saga.status,
+            )
             assert domain.retirable(saga) or saga.status is OrderStatus.CONFIRMED, saga
             mine = [h for (o, _), h in self.holds.items() if o == order_id]
             if saga.status.is_failure:
                 assert all(h.state is not stock.HoldState.HELD for h in mine), (saga, mine)
                 auth = self.authorised.get(order_id)
-                if auth is not None:  # charged for an order that did not go through: given back once
+                if (
+                    auth is not None
+                ):  # charged for an order that did not go through: given back once
                     assert self.voids[auth] == 1 and saga.void in GONE_BACK, (saga, self.voids)
             elif saga.status is OrderStatus.CONFIRMED:
                 assert sorted(h.sku for h in mine if h.state is stock.HoldState.HELD) == sorted(
-                    line.sku for line in saga.lines)
+                    line.sku for line in saga.lines
+                )
                 assert order_id in self.authorised and not self.voids[self.authorised[order_id]]
             else:  # FULFILLED
-                assert all(h.state is stock.HoldState.COMMITTED for h in mine) and len(mine) == len(saga.lines)
+                assert all(h.state is stock.HoldState.COMMITTED for h in mine) and len(mine) == len(
+                    saga.lines
+                )
 
     def teardown(self) -> None:
         self.heal()
 
 
 Pipeline.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=50, deadline=None,
+    max_examples=300,
+    stateful_step_count=50,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_the_pipeline_never_oversells_and_every_order_ends_decided = Pipeline.TestCase

@@ -33,8 +33,11 @@ from .history import OK, REFUSED, History
 DECIDED = {"CONFIRMED", "FULFILLED", "REJECTED", "PAYMENT_FAILED", "CANCELLED"}
 # The email each status sends (see README "Emails"); PENDING's order_received comes first.
 STAGE_EMAIL = {
-    "CONFIRMED": "order_processing", "FULFILLED": "order_fulfilled", "REJECTED": "order_failed",
-    "PAYMENT_FAILED": "order_failed", "CANCELLED": "order_cancelled",
+    "CONFIRMED": "order_processing",
+    "FULFILLED": "order_fulfilled",
+    "REJECTED": "order_failed",
+    "PAYMENT_FAILED": "order_failed",
+    "CANCELLED": "order_cancelled",
 }
 
 
@@ -61,25 +64,51 @@ class Verdict:
 
     @property
     def failures(self) -> dict[str, list[str]]:
-        return {k: v for k, v in {
-            "lost": self.lost, "duplicated": self.duplicated, "oversold": self.oversold, "stuck": self.stuck,
-            "refused but created": self.refused_but_created, "PostgreSQL differs from the tables": self.mismatched,
-            "emails missing": self.emails_missing, "HTTP 5xx other than 503": self.server_errors,
-            "authorised, failed and never voided": self.voids_missing,
-        }.items() if v}
+        return {
+            k: v
+            for k, v in {
+                "lost": self.lost,
+                "duplicated": self.duplicated,
+                "oversold": self.oversold,
+                "stuck": self.stuck,
+                "refused but created": self.refused_but_created,
+                "PostgreSQL differs from the tables": self.mismatched,
+                "emails missing": self.emails_missing,
+                "HTTP 5xx other than 503": self.server_errors,
+                "authorised, failed and never voided": self.voids_missing,
+            }.items()
+            if v
+        }
 
     def row(self) -> list[str]:
         take = "-" if self.takeover_s is None else f"{self.takeover_s:.1f} s"
-        return [self.scenario, str(self.acknowledged), str(self.in_postgres), str(len(self.lost)),
-                str(len(self.duplicated)), str(len(self.oversold)), str(len(self.stuck)),
-                str(len(self.emails_missing)), take]
+        return [
+            self.scenario,
+            str(self.acknowledged),
+            str(self.in_postgres),
+            str(len(self.lost)),
+            str(len(self.duplicated)),
+            str(len(self.oversold)),
+            str(len(self.stuck)),
+            str(len(self.emails_missing)),
+            take,
+        ]
 
     def explain(self) -> str:
         return "; ".join(f"{k}: {len(v)} e.g. {v[:5]}" for k, v in self.failures.items()) or "ok"
 
 
-HEADER = ["scenario", "orders acknowledged", "in PostgreSQL", "lost", "duplicated", "oversold", "stuck",
-          "emails missing", "takeover"]
+HEADER = [
+    "scenario",
+    "orders acknowledged",
+    "in PostgreSQL",
+    "lost",
+    "duplicated",
+    "oversold",
+    "stuck",
+    "emails missing",
+    "takeover",
+]
 
 
 def table(verdicts: list[Verdict]) -> str:
@@ -89,13 +118,20 @@ def table(verdicts: list[Verdict]) -> str:
 
 async def _orders(store: SqlAlchemyStore) -> dict[str, dict[str, Any]]:
     async with store.engine.connect() as conn:
-        rows = (await conn.execute(text("select order_id, user_id, status, idempotency_key from orders"))).mappings()
+        rows = (
+            await conn.execute(
+                text("select order_id, user_id, status, idempotency_key from orders")
+            )
+        ).mappings()
         return {r["order_id"]: dict(r) for r in rows}
 
 
 async def _scalar_map(store: SqlAlchemyStore, sql: str) -> dict[Any, Any]:
     async with store.engine.connect() as conn:
-        return {tuple(r[:-1]) if len(r) > 2 else r[0]: r[-1] for r in (await conn.execute(text(sql))).all()}
+        return {
+            tuple(r[:-1]) if len(r) > 2 else r[0]: r[-1]
+            for r in (await conn.execute(text(sql))).all()
+        }
 
 
 async def wait_decided(services: Services, history: History, timeout: float) -> float:
@@ -123,7 +159,9 @@ async def wait_emails(services: Services, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            queued = await _scalar_map(store, "select 1, count(*) from notifications where status = 'queued'")
+            queued = await _scalar_map(
+                store, "select 1, count(*) from notifications where status = 'queued'"
+            )
             if not queued.get(1):
                 return
             await asyncio.sleep(0.5)  # poll PostgreSQL until the deadline
@@ -170,8 +208,12 @@ async def lag(services: Services) -> int:
         committed = await admin.list_consumer_group_offsets(services.app_id)
     finally:
         await admin.close()
-    tps = [TopicPartition(s.name, p) for s in topics.ALL if s is not topics.DEAD_LETTERS
-           for p in range(services.partitions)]
+    tps = [
+        TopicPartition(s.name, p)
+        for s in topics.ALL
+        if s is not topics.DEAD_LETTERS
+        for p in range(services.partitions)
+    ]
     consumer = AIOKafkaConsumer(bootstrap_servers=services.bootstrap)
     await consumer.start()
     try:
@@ -181,28 +223,55 @@ async def lag(services: Services) -> int:
     return sum(max(0, end[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
 
 
-async def check(scenario: str, services: Services, history: History, mail: MailCatcher | None,
-                stocked: dict[str, int], *, emails: bool = True) -> Verdict:
+async def check(
+    scenario: str,
+    services: Services,
+    history: History,
+    mail: MailCatcher | None,
+    stocked: dict[str, int],
+    *,
+    emails: bool = True,
+) -> Verdict:
     """Everything the run left behind against the history; `stocked`: units put on each SKU."""
     v = Verdict(scenario)
     ok = history.by(OK)
     v.acknowledged, v.refused = len({op.order_id for op in ok}), len(history.by(REFUSED))
     v.unknown = sum(op.outcome not in (OK, REFUSED) for op in history.ops)
     # a fault is answered with 503 and Retry-After, never with an error of the server's own
-    v.server_errors = [f"{op.key}: {op.answers}" for op in history.ops
-                       if any(a.split()[-1].isdigit() and int(a.split()[-1]) >= 500 and a.split()[-1] != "503"
-                              for a in op.answers if a)]
+    v.server_errors = [
+        f"{op.key}: {op.answers}"
+        for op in history.ops
+        if any(
+            a.split()[-1].isdigit() and int(a.split()[-1]) >= 500 and a.split()[-1] != "503"
+            for a in op.answers
+            if a
+        )
+    ]
     store = SqlAlchemyStore(services.database_url, pool_size=2)
     try:
         orders = await _orders(store)
-        placed = await _scalar_map(store, "select order_id, count(*) from order_events where type = 'OrderPlaced' "
-                                          "group by order_id")
-        lines = await _scalar_map(store, "select o.status, l.sku, sum(l.quantity) from order_lines l "
-                                         "join orders o using (order_id) group by o.status, l.sku")
-        pg_stock = {r[0]: (r[1], r[2]) for r in (await _rows(store, "select sku, on_hand, reserved from stock_levels"))}
-        notes = await _rows(store, "select order_id, template, status from notifications where order_id is not null")
-        trail = await _rows(store, "select order_id, type from order_events where type in "
-                                   "('PaymentAuthorized', 'PaymentVoided', 'PaymentRefunded', 'PaymentVoidFailed')")
+        placed = await _scalar_map(
+            store,
+            "select order_id, count(*) from order_events where type = 'OrderPlaced' "
+            "group by order_id",
+        )
+        lines = await _scalar_map(
+            store,
+            "select o.status, l.sku, sum(l.quantity) from order_lines l "
+            "join orders o using (order_id) group by o.status, l.sku",
+        )
+        pg_stock = {
+            r[0]: (r[1], r[2])
+            for r in (await _rows(store, "select sku, on_hand, reserved from stock_levels"))
+        }
+        notes = await _rows(
+            store, "select order_id, template, status from notifications where order_id is not null"
+        )
+        trail = await _rows(
+            store,
+            "select order_id, type from order_events where type in "
+            "('PaymentAuthorized', 'PaymentVoided', 'PaymentRefunded', 'PaymentVoidFailed')",
+        )
     finally:
         await store.close()
     dead = await _dead_letter_ids(services)
@@ -222,8 +291,11 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
             v.stuck.append(f"{order_id} {row['status']}")
     # a key refused every time it was tried (a double click may be refused once and taken once)
     refused_keys = {(op.user, op.key) for op in history.by(REFUSED)} - {
-        (op.user, op.key) for op in history.ops if op.outcome != REFUSED}
-    v.refused_but_created += [o for o, r in orders.items() if (r["user_id"], r["idempotency_key"]) in refused_keys]
+        (op.user, op.key) for op in history.ops if op.outcome != REFUSED
+    }
+    v.refused_but_created += [
+        o for o, r in orders.items() if (r["user_id"], r["idempotency_key"]) in refused_keys
+    ]
 
     # stock: nothing sold or held beyond what was stocked; never negative anywhere
     held = Counter[str]()
@@ -235,7 +307,9 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
             v.oversold.append(f"{sku}: {units} sold or held of {stocked.get(sku, 0)}")
     for level in await _stock_levels(services):
         if level["on_hand"] - level["reserved"] < 0 or level["reserved"] < 0:
-            v.oversold.append(f"{level['sku']} v{level['version']}: published {level['on_hand']}/{level['reserved']}")
+            v.oversold.append(
+                f"{level['sku']} v{level['version']}: published {level['on_hand']}/{level['reserved']}"
+            )
     for sku, (on_hand, reserved) in pg_stock.items():
         if on_hand - reserved < 0:
             v.oversold.append(f"{sku}: PostgreSQL {on_hand}/{reserved}")
@@ -264,7 +338,9 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
             continue
         status = value["saga"]["status"]
         if status != orders[order_id]["status"]:
-            v.mismatched.append(f"{order_id}: PostgreSQL {orders[order_id]['status']}, saga {status}")
+            v.mismatched.append(
+                f"{order_id}: PostgreSQL {orders[order_id]['status']}, saga {status}"
+            )
 
     # one email per stage
     if emails:
@@ -272,15 +348,20 @@ async def check(scenario: str, services: Services, history: History, mail: MailC
         sent = {(o, t) for o, t, s in notes if s == "sent"}
         delivered: Counter[tuple[str, str]] = Counter()
         if mail is not None:
-            delivered = Counter((m["X-Orion-Order-Id"], m["X-Orion-Template"]) for m in list(mail.messages))
+            delivered = Counter(
+                (m["X-Orion-Order-Id"], m["X-Orion-Template"]) for m in list(mail.messages)
+            )
         for order_id, row in orders.items():
             if row["status"] not in DECIDED:
                 continue
             for template in ("order_received", STAGE_EMAIL[row["status"]]):
-                if (order_id, template) not in sent or (mail is not None and not delivered[(order_id, template)]):
+                if (order_id, template) not in sent or (
+                    mail is not None and not delivered[(order_id, template)]
+                ):
                     v.emails_missing.append(f"{order_id} {template}")
         v.emails_duplicated = sum(n - 1 for n in delivered.values() if n > 1) + sum(
-            n - 1 for n in queued.values() if n > 1)
+            n - 1 for n in queued.values() if n > 1
+        )
     v.dead_letters = len(dead)
     return v
 

@@ -35,7 +35,9 @@ FAST = {
 
 
 class Cluster:
-    def __init__(self, services: Services, mail: MailCatcher, history: History, env: dict[str, str]) -> None:
+    def __init__(
+        self, services: Services, mail: MailCatcher, history: History, env: dict[str, str]
+    ) -> None:
         self.services = services
         self.mail = mail
         self.history = history
@@ -70,8 +72,11 @@ class Cluster:
         return m
 
     def up(self) -> list[Worker]:
-        return [w for n, w in self.workers.items() if w.proc is not None and w.proc.poll() is None
-                and n not in self.stopped]
+        return [
+            w
+            for n, w in self.workers.items()
+            if w.proc is not None and w.proc.poll() is None and n not in self.stopped
+        ]
 
     def urls(self) -> list[str]:
         return [w.url for w in self.up()]
@@ -113,7 +118,9 @@ class Cluster:
 
     # --- faults on a schedule ---------------------------------------------------------------
 
-    async def kill_and_restart(self, until: float, every: tuple[float, float], rng: random.Random) -> int:
+    async def kill_and_restart(
+        self, until: float, every: tuple[float, float], rng: random.Random
+    ) -> int:
         """kill -9 a random worker every `every` seconds and start it again, until `until`;
         returns how many were killed."""
         kills = 0
@@ -135,12 +142,19 @@ class Cluster:
     async def reset_group_to_earliest(self) -> None:
         """Commit offset 0 on every source partition for Orion's group (workers down):
         the next workers consume every topic from the start, a full replay."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.services.bootstrap, group_id=self.services.app_id,
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.services.bootstrap,
+            group_id=self.services.app_id,
+            enable_auto_commit=False,
+        )
         await consumer.start()
         try:
-            tps = [TopicPartition(spec.name, p) for spec in topics.ALL if spec is not topics.DEAD_LETTERS
-                   for p in range(self.services.partitions)]
+            tps = [
+                TopicPartition(spec.name, p)
+                for spec in topics.ALL
+                if spec is not topics.DEAD_LETTERS
+                for p in range(self.services.partitions)
+            ]
             consumer.assign(tps)
             await consumer.commit({tp: 0 for tp in tps})
         finally:
@@ -149,8 +163,14 @@ class Cluster:
 
 
 @contextmanager
-def cluster(root: Path, history: History, *, workers: int = 1, mailer: bool = True,
-            env: dict[str, str] | None = None) -> Iterator[Cluster]:
+def cluster(
+    root: Path,
+    history: History,
+    *,
+    workers: int = 1,
+    mailer: bool = True,
+    env: dict[str, str] | None = None,
+) -> Iterator[Cluster]:
     """Services, an SMTP server, `workers` workers and a mailer; all stopped on exit."""
     with ExitStack() as stack:
         services = stack.enter_context(running_services(root / "stack"))

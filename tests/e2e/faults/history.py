@@ -55,21 +55,38 @@ class HttpClients:
     """Customers placing orders through whichever workers are up; each request is retried
     with its Idempotency-Key until it gets a definite answer or the client gives up."""
 
-    def __init__(self, history: History, urls: Callable[[], Sequence[str]], tokens: Callable[[str], str],
-                 *, attempts: int = 8, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        history: History,
+        urls: Callable[[], Sequence[str]],
+        tokens: Callable[[str], str],
+        *,
+        attempts: int = 8,
+        timeout: float = 10.0,
+    ) -> None:
         self.history = history
         self.urls = urls
         self.tokens = tokens
         self.attempts = attempts
         self.timeout = timeout
 
-    async def place(self, session: aiohttp.ClientSession, user: str, lines: Lines, card: str = "tok_ok",
-                    key: str | None = None, op: Op | None = None) -> Op:
+    async def place(
+        self,
+        session: aiohttp.ClientSession,
+        user: str,
+        lines: Lines,
+        card: str = "tok_ok",
+        key: str | None = None,
+        op: Op | None = None,
+    ) -> Op:
         if op is None:
             op = Op(key or f"k-{uuid.uuid4().hex}", "http", user, lines, card)
             self.history.ops.append(op)
-        body = {"lines": [{"sku": s, "quantity": q} for s, q in lines], "payment": {"token": card},
-                "email": f"{user}@example.com"}
+        body = {
+            "lines": [{"sku": s, "quantity": q} for s, q in lines],
+            "payment": {"token": card},
+            "email": f"{user}@example.com",
+        }
         headers = {"Authorization": f"Bearer {self.tokens(user)}", "Idempotency-Key": op.key}
         delay = 0.2
         unanswered = refused = False
@@ -80,8 +97,12 @@ class HttpClients:
             else:
                 url = urls[(hash(op.key) + attempt) % len(urls)]
                 try:
-                    async with session.post(f"{url}/v1/orders", json=body, headers=headers,
-                                            timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                    async with session.post(
+                        f"{url}/v1/orders",
+                        json=body,
+                        headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    ) as resp:
                         text = await resp.text()
                         op.answers.append(str(resp.status))
                         if resp.status in (200, 201, 202):
@@ -119,15 +140,21 @@ class KafkaClient:
         self.producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                         request_timeout_ms=15000)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            request_timeout_ms=15000,
+        )
         await self.producer.start()
 
     async def stop(self) -> None:
         if self.producer is not None:
             await self.producer.stop()
 
-    async def place(self, user: str, lines: Lines, card: str = "tok_ok", order_id: str | None = None) -> Op:
+    async def place(
+        self, user: str, lines: Lines, card: str = "tok_ok", order_id: str | None = None
+    ) -> Op:
         assert self.producer is not None
         order_id = order_id or f"kafka-{uuid.uuid4().hex}"
         op = Op(order_id, "kafka", user, lines, card, order_id=order_id)
@@ -136,8 +163,13 @@ class KafkaClient:
         try:
             await asyncio.wait_for(
                 await self.producer.send(
-                    "orders", key=order_id.encode(), value=value,
-                    headers=[("correlation-id", order_id.encode()), ("actor", f"service:{user}".encode())],
+                    "orders",
+                    key=order_id.encode(),
+                    value=value,
+                    headers=[
+                        ("correlation-id", order_id.encode()),
+                        ("actor", f"service:{user}".encode()),
+                    ],
                 ),
                 30,
             )
@@ -150,8 +182,12 @@ class KafkaClient:
 
 def placed(order_id: str, user: str, lines: Lines, card: str) -> bytes:
     body: dict[str, Any] = {
-        "type": "OrderPlaced", "event_id": str(uuid.uuid4()), "order_id": order_id, "user_id": user,
-        "email": f"{user}@example.com", "lines": [{"sku": s, "quantity": q} for s, q in lines],
+        "type": "OrderPlaced",
+        "event_id": str(uuid.uuid4()),
+        "order_id": order_id,
+        "user_id": user,
+        "email": f"{user}@example.com",
+        "lines": [{"sku": s, "quantity": q} for s, q in lines],
         "payment": {"token": card},
     }
     return json.dumps(body).encode()

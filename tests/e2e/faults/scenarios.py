@@ -42,9 +42,26 @@ class Scale:
     drain: float  # seconds allowed for every order to be decided
 
 
-QUICK = Scale("quick", seconds=30, rate=5, workers=2, kill_every=(10, 18), flash_units=30, flash_buyers=200, drain=120)
-FULL = Scale("full", seconds=120, rate=12, workers=2, kill_every=(10, 30), flash_units=100, flash_buyers=2000,
-             drain=300)
+QUICK = Scale(
+    "quick",
+    seconds=30,
+    rate=5,
+    workers=2,
+    kill_every=(10, 18),
+    flash_units=30,
+    flash_buyers=200,
+    drain=120,
+)
+FULL = Scale(
+    "full",
+    seconds=120,
+    rate=12,
+    workers=2,
+    kill_every=(10, 30),
+    flash_units=100,
+    flash_buyers=2000,
+    drain=300,
+)
 
 SKUS = [p.sku for p in TEST_PRODUCTS[:20]]
 UNITS = 100_000  # per SKU: orders are decided on their cards, not on scarcity
@@ -104,9 +121,11 @@ class Run:
         assert self.session is not None
         url = self.c.urls()[0]
         for sku, n in units.items():
-            async with self.session.post(f"{url}/v1/inventory/{sku}/adjustments",
-                                         json={"delta": n, "reason": "restock"},
-                                         headers={"Authorization": f"Bearer {self.admin}"}) as resp:
+            async with self.session.post(
+                f"{url}/v1/inventory/{sku}/adjustments",
+                json={"delta": n, "reason": "restock"},
+                headers={"Authorization": f"Bearer {self.admin}"},
+            ) as resp:
                 assert resp.status == 200, await resp.text()
             self.stocked[sku] = self.stocked.get(sku, 0) + n
 
@@ -122,7 +141,9 @@ class Run:
         assert self.session is not None
         then = self.rng.choices(("", "cancel", "fulfil"), (90, 5, 5))[0]
         coro: Awaitable[object] = (
-            self._http_order(user, lines, card, then) if via == "http" else self.kafka.place(user, lines, card)
+            self._http_order(user, lines, card, then)
+            if via == "http"
+            else self.kafka.place(user, lines, card)
         )
         task: asyncio.Task[object] = asyncio.ensure_future(coro)
         self.tasks.add(task)
@@ -144,9 +165,11 @@ class Run:
                 await asyncio.sleep(1)  # wait for a worker
                 continue
             try:
-                async with self.session.post(f"{self.rng.choice(urls)}/v1/orders/{op.order_id}/{then}",
-                                             headers={"Authorization": f"Bearer {token}"},
-                                             timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                async with self.session.post(
+                    f"{self.rng.choice(urls)}/v1/orders/{op.order_id}/{then}",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as resp:
                     op.answers.append(f"{then} {resp.status}")
                     if resp.status < 500:
                         return
@@ -170,14 +193,24 @@ class Run:
         started = time.monotonic()
         ids = []
         for p, sku in enumerate(_probe_skus(parts)):
-            op = await self.kafka.place("prober", ((sku, 1),), "tok_ok", order_id=_order_id_on(p, parts))
+            op = await self.kafka.place(
+                "prober", ((sku, 1),), "tok_ok", order_id=_order_id_on(p, parts)
+            )
             ids.append(op.order_id)
         store = SqlAlchemyStore(self.c.services.database_url, pool_size=1)
         try:
             while time.monotonic() - started < timeout:
                 async with store.engine.connect() as conn:
-                    rows = (await conn.execute(text("select status from orders where order_id = any(:ids)"),
-                                               {"ids": ids})).scalars().all()
+                    rows = (
+                        (
+                            await conn.execute(
+                                text("select status from orders where order_id = any(:ids)"),
+                                {"ids": ids},
+                            )
+                        )
+                        .scalars()
+                        .all()
+                    )
                 if len(rows) == len(ids) and all(s in DECIDED for s in rows):
                     self.takeovers.append(time.monotonic() - started)
                     return self.takeovers[-1]
@@ -192,12 +225,18 @@ class Run:
         await wait_decided(self.c.services, self.h, self.scale.drain)
         await wait_emails(self.c.services, 60)
         v = await check(scenario, self.c.services, self.h, self.c.mail, self.stocked, **kw)  # type: ignore[arg-type]
-        v.stuck += [f"a partition served nothing for {t:.0f} s after a fault" for t in self.takeovers if t > 120]
+        v.stuck += [
+            f"a partition served nothing for {t:.0f} s after a fault"
+            for t in self.takeovers
+            if t > 120
+        ]
         return v
 
 
 async def _standard_stock(run: Run) -> None:
-    await run.restock({**{s: UNITS for s in SKUS}, **{s: UNITS for s in _probe_skus(run.c.services.partitions)}})
+    await run.restock(
+        {**{s: UNITS for s in SKUS}, **{s: UNITS for s in _probe_skus(run.c.services.partitions)}}
+    )
 
 
 # --- the scenarios -----------------------------------------------------------------------------
@@ -294,8 +333,14 @@ async def replay(c: Cluster, h: History, scale: Scale) -> Verdict:
         await wait_emails(c.services, 30)
         after = await _snapshot(c)
         v = await run.finish("7 consumer group reset to earliest")
-        v.mismatched += [f"after the replay {k}: {before[k]} -> {after.get(k)}" for k in before if before[k] != after.get(k)]
-        v.mismatched += [f"after the replay {k} appeared: {after[k]}" for k in after if k not in before]
+        v.mismatched += [
+            f"after the replay {k}: {before[k]} -> {after.get(k)}"
+            for k in before
+            if before[k] != after.get(k)
+        ]
+        v.mismatched += [
+            f"after the replay {k} appeared: {after[k]}" for k in after if k not in before
+        ]
         v.notes.append(f"{behind} records replayed in {replayed:.1f} s")
         return v
 
@@ -305,10 +350,18 @@ async def poison(c: Cluster, h: History, scale: Scale) -> Verdict:
     async with Run(c, h, scale) as run:
         await _standard_stock(run)
         poisons = [
-            b"not json", b"{", b"[]", json.dumps({"type": "NoSuchThing"}).encode(),
-            json.dumps({"type": "OrderPlaced", "order_id": "x"}).encode(), b"\xff\xfe\x00",
-            json.dumps({"type": "LineReserved", "order_id": "nobody", "sku": SKUS[0], "quantity": 1}).encode(),
-            json.dumps({"type": "ReserveLine", "order_id": "nobody", "sku": SKUS[0], "quantity": -5}).encode(),
+            b"not json",
+            b"{",
+            b"[]",
+            json.dumps({"type": "NoSuchThing"}).encode(),
+            json.dumps({"type": "OrderPlaced", "order_id": "x"}).encode(),
+            b"\xff\xfe\x00",
+            json.dumps(
+                {"type": "LineReserved", "order_id": "nobody", "sku": SKUS[0], "quantity": 1}
+            ).encode(),
+            json.dumps(
+                {"type": "ReserveLine", "order_id": "nobody", "sku": SKUS[0], "quantity": -5}
+            ).encode(),
             b"x" * 200_000,
         ]
         topics_ = [spec.name for spec in topics.ALL if spec is not topics.DEAD_LETTERS]
@@ -321,7 +374,11 @@ async def poison(c: Cluster, h: History, scale: Scale) -> Verdict:
                 await asyncio.sleep(scale.seconds / 4)  # the fault schedule
                 for topic in topics_:
                     for n, body in enumerate(poisons):
-                        key = SKUS[0] if topic in ("stock-requests", "stock-levels") else f"poison-{i}-{n}"
+                        key = (
+                            SKUS[0]
+                            if topic in ("stock-requests", "stock-levels")
+                            else f"poison-{i}-{n}"
+                        )
                         md = await producer.send_and_wait(topic, body, key=key.encode())
                         sent[(md.topic, md.partition, md.offset)] = body
 
@@ -331,9 +388,13 @@ async def poison(c: Cluster, h: History, scale: Scale) -> Verdict:
         for rec in await read_topic(c.services.bootstrap, "dead-letters"):
             body = json.loads(rec.value)
             parked.add((body.get("source_topic"), body.get("partition"), body.get("offset")))
-        unparked = Counter(f"{t}: {sent[(t, p, o)][:60]!r}" for t, p, o in sent if (t, p, o) not in parked)
-        v.notes.append(f"{len(sent)} poison records, {len(sent) - sum(unparked.values())} on dead-letters; "
-                       f"not: {dict(unparked)}")
+        unparked = Counter(
+            f"{t}: {sent[(t, p, o)][:60]!r}" for t, p, o in sent if (t, p, o) not in parked
+        )
+        v.notes.append(
+            f"{len(sent)} poison records, {len(sent) - sum(unparked.values())} on dead-letters; "
+            f"not: {dict(unparked)}"
+        )
         v.stuck += [f"poison never dead-lettered: {k} x{n}" for k, n in unparked.items()]
         return v
 
@@ -351,7 +412,9 @@ async def flash_sale(c: Cluster, h: History, scale: Scale) -> Verdict:
 
         async def buy(user: str) -> None:
             key = f"flash-{user}"  # a double click: the same request twice at once
-            await asyncio.gather(*(run.http.place(session, user, ((sku, 1),), "tok_ok", key=key) for _ in range(2)))
+            await asyncio.gather(
+                *(run.http.place(session, user, ((sku, 1),), "tok_ok", key=key) for _ in range(2))
+            )
 
         async def burst() -> None:
             tasks = []
@@ -369,22 +432,38 @@ async def flash_sale(c: Cluster, h: History, scale: Scale) -> Verdict:
         store = SqlAlchemyStore(c.services.database_url, pool_size=1)
         try:
             async with store.engine.connect() as conn:
-                sold = (await conn.execute(text(
-                    "select coalesce(sum(l.quantity), 0) from order_lines l join orders o using (order_id) "
-                    "where l.sku = :sku and o.status in ('CONFIRMED', 'FULFILLED')"), {"sku": sku})).scalar_one()
+                sold = (
+                    await conn.execute(
+                        text(
+                            "select coalesce(sum(l.quantity), 0) from order_lines l join orders o using (order_id) "
+                            "where l.sku = :sku and o.status in ('CONFIRMED', 'FULFILLED')"
+                        ),
+                        {"sku": sku},
+                    )
+                ).scalar_one()
         finally:
             await store.close()
         buyers_ok = len({op.user for op in h.by(OK)})
         expected = min(scale.flash_units, buyers_ok)
-        v.notes.append(f"{sold} of {scale.flash_units} units sold to {buyers_ok} buyers with an order")
+        v.notes.append(
+            f"{sold} of {scale.flash_units} units sold to {buyers_ok} buyers with an order"
+        )
         if sold != expected:
-            v.oversold.append(f"{sku}: {sold} sold, expected exactly {expected}") if sold > expected else \
-                v.stuck.append(f"{sku}: only {sold} sold of {expected}")
+            v.oversold.append(
+                f"{sku}: {sold} sold, expected exactly {expected}"
+            ) if sold > expected else v.stuck.append(f"{sku}: only {sold} sold of {expected}")
         return v
 
 
-async def _outage(c: Cluster, h: History, scale: Scale, what: str, stop: Callable[[], None],
-                  start: Callable[[], None], down: float) -> Verdict:
+async def _outage(
+    c: Cluster,
+    h: History,
+    scale: Scale,
+    what: str,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+    down: float,
+) -> Verdict:
     """Load; a quarter in, `stop`; `down` seconds later, `start`; drain and judge."""
     async with Run(c, h, scale) as run:
         await _standard_stock(run)
@@ -435,14 +514,23 @@ async def _snapshot(c: Cluster) -> dict[str, object]:
     try:
         async with store.engine.connect() as conn:
             out: dict[str, object] = {}
-            for order_id, status, version in (await conn.execute(text("select order_id, status, version from orders"))).all():
+            for order_id, status, version in (
+                await conn.execute(text("select order_id, status, version from orders"))
+            ).all():
                 out[f"order {order_id}"] = (status, version)
-            for sku, on_hand, reserved in (await conn.execute(text("select sku, on_hand, reserved from stock_levels"))).all():
+            for sku, on_hand, reserved in (
+                await conn.execute(text("select sku, on_hand, reserved from stock_levels"))
+            ).all():
                 out[f"stock {sku}"] = (on_hand, reserved)
-            out["emails"] = (await conn.execute(text("select count(*) from notifications"))).scalar_one()
+            out["emails"] = (
+                await conn.execute(text("select count(*) from notifications"))
+            ).scalar_one()
             trail: dict[str, list[str]] = {}
-            for order_id, seq, kind in (await conn.execute(
-                    text("select order_id, seq, type from order_events order by order_id, seq"))).all():
+            for order_id, seq, kind in (
+                await conn.execute(
+                    text("select order_id, seq, type from order_events order by order_id, seq")
+                )
+            ).all():
                 trail.setdefault(f"audit {order_id}", []).append(f"{seq} {kind}")
             out.update(trail)
     finally:
