@@ -373,7 +373,6 @@ SCHEMAS: dict[str, Any] = {
                                              "description": "The key itself: shown only now"}}),
     "ApiKeyList": obj({"items": {"type": "array", "items": schema_ref("ApiKey")}, "next_cursor": {"type": "null"}}),
     "Health": obj({"status": {"const": "ok"}, "worker": STRING}),
-    "Stalled": obj({"status": {"const": "stalled"}, "worker": STRING, "detail": STRING}),
     "Admission": obj(
         {
             "open": {"type": "boolean", "description": "Whether POST /v1/orders takes new orders now"},
@@ -646,10 +645,7 @@ PATHS: dict[str, Any] = {
             "parameters": [ref("parameters", "CorrelationId")],
             "responses": {
                 "200": json_response("The process serves HTTP and makes progress", schema_ref("Health")),
-                "503": json_response(
-                    "Alive but stuck (table recovery unfinished past ORION_RECOVERY_STALL): restart it",
-                    schema_ref("Stalled"),
-                ),
+                "503": problem(503, "Alive but stuck (table recovery unfinished past ORION_RECOVERY_STALL): restart it"),
             },
         },
     },

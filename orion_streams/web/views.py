@@ -414,10 +414,10 @@ class HealthView(View):
     async def get(self, request: web.Request) -> web.Response:
         stalled = watchdog.recovery_stalled_for(time.monotonic())
         if stalled is not None:
-            return json_response({
-                "status": "stalled", "worker": settings.worker_id,
-                "detail": f"table recovery unfinished for {stalled:.0f} s (ORION_RECOVERY_STALL)",
-            }, 503)
+            raise ApiError(503, "Service Unavailable", (
+                f"worker {settings.worker_id} is stuck: table recovery unfinished for {stalled:.0f} s "
+                "(ORION_RECOVERY_STALL); restart it"
+            ))
         return json_response({"status": "ok", "worker": settings.worker_id})
 
 
