@@ -36,6 +36,7 @@ from ..domain import commands as c
 from ..domain import events as e
 from ..domain import saga as domain
 from ..domain.errors import ValidationFailed
+from ..domain.orders import OrderStatus
 from ..services.outstanding import OutstandingRequests
 from ..services.retirement import RetirementQueue
 from ..tables import sagas
@@ -197,9 +198,17 @@ def _old(event: faust.EventT[bytes], placed: e.OrderPlaced, now_epoch: float) ->
 
 async def _for_unknown_order(event: faust.EventT[bytes], message: Any, outbox: Outbox) -> None:
     """An answer for an order this worker holds no saga for: retired after the retention,
-    so a repeat. Units held for it go back; other answers change nothing."""
+    so a repeat, or one its OrderPlaced has not reached yet. Units held for a finished (or
+    never known) order go back; other answers change nothing."""
     match message:
         case e.LineReserved():
+            status = await until_done(lambda: runtime.store.order_status(message.order_id), "looking up an order")
+            if status is not None and not OrderStatus(status).is_terminal:
+                # In flight: after a takeover the dead worker's answer (order-events) can come
+                # before its OrderPlaced (orders). Giving the units back now would leave the
+                # order, once its saga starts and is answered "held", confirmed on nothing.
+                log.info("units of %s held for order %s, not seen yet (%s): kept", message.sku, message.order_id, status)
+                return
             log.warning("units of %s held for finished order %s: giving them back", message.sku, message.order_id)
             outbox.send(stock_requests_topic, message.sku, c.ReleaseLine(message.order_id, message.sku),
                         make_headers(header(event, CORRELATION_HEADER), "service:orion-saga", "service"))

@@ -115,3 +115,46 @@ async def test_bad_events_go_to_dead_letters_and_the_partition_moves_on(
     for key in bad:
         status, _, _ = await api.call("GET", f"/v1/orders/{key}", customer)
         assert status == 404
+
+
+async def test_a_reservation_answer_for_an_order_not_seen_yet_keeps_its_units(
+    api: Api, services: Services, customer: str, admin: str, fresh_sku: Any
+) -> None:
+    # After a takeover the dead worker's LineReserved (order-events) can reach the saga before
+    # the order's OrderPlaced (orders). Once that gave the units back, and the order, answered
+    # "held" when its saga started, was confirmed on nothing (51 sold of 50 in a failover run).
+    # An order PostgreSQL knows as in flight keeps them; one it knows as finished, or not at
+    # all, gives them back.
+    from datetime import UTC, datetime
+
+    sku = fresh_sku()
+    await api.restock(admin, sku, 10)
+    store = SqlAlchemyStore(services.database_url, pool_size=1)
+    in_flight, unknown = f"early-{uuid.uuid4().hex}", f"stray-{uuid.uuid4().hex}"
+    try:
+        await store.record_accepted(
+            order_id=in_flight, user_id="sarah", email="sarah@example.com", lines=[(sku, 2, 1000)],
+            currency="EUR", created_at=datetime.now(UTC), idempotency_key=None, request_hash="x",
+        )
+        for order_id in (in_flight, unknown):
+            reserve = {"type": "ReserveLine", "order_id": order_id, "sku": sku, "quantity": 2}
+            await produce(services.bootstrap, "stock-requests", sku.encode(), json.dumps(reserve).encode())
+
+        async def settled() -> Any:
+            table = await table_values(services, "inventory")
+            holds = [table.get(f"{sku}\x1f{o}") for o in (in_flight, unknown)]
+            return holds if holds[1] is not None and holds[1][1] == "released" else None
+
+        # 2 held for each, the stray's given back; the early order's stay held for its saga
+        early, stray = await eventually(settled, 30, "the stray order's units to go back")
+        assert early is not None and early[:2] == [2, "held"], early
+        level = await api.stock(admin, sku)
+        assert (level["on_hand"], level["reserved"]) == (10, 2)
+    finally:
+        await store.close()
+    # its OrderPlaced arrives: the saga asks, is answered "held", and the order is confirmed on
+    # the units kept for it
+    await produce(services.bootstrap, "orders", in_flight.encode(), json.dumps(_placed(in_flight, sku, 2)).encode())
+    assert (await api.decided(customer, in_flight))["status"] == "CONFIRMED"
+    level = await api.stock(admin, sku)
+    assert (level["on_hand"], level["reserved"]) == (10, 2)
