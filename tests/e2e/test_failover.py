@@ -9,7 +9,6 @@ import signal
 from typing import Any
 
 import aiohttp
-import pytest
 from sqlalchemy import text
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
@@ -26,12 +25,6 @@ FAST_FAILOVER = {"ORION_STANDBY_REPLICAS": os.environ.get("SB", "1")}
 DECIDED = ("CONFIRMED", "REJECTED", "PAYMENT_FAILED")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="1 run in 20 (2026-12-03) confirmed 51 orders for 50 units after the takeover: the killed "
-    "worker's reservation of one order and the survivor's re-reservation of it both counted; under "
-    "investigation (README, 'Known gap')",
-)
 async def test_worker_killed_mid_rush_loses_nothing(fresh_services: Services) -> None:
     services = fresh_services
     a = Worker(services, "a", FAST_FAILOVER).start()

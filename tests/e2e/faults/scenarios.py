@@ -98,6 +98,7 @@ class Run:
         self.session: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task[object]] = set()
         self.takeovers: list[float] = []
+        self.held_rebalance: list[str] = []
 
     def token(self, user: str) -> str:
         if user not in self._tokens:
@@ -301,11 +302,18 @@ async def scale_out_and_in(c: Cluster, h: History, scale: Scale) -> Verdict:
             await asyncio.sleep(scale.seconds / 5)  # the fault schedule
             for w in added:
                 await asyncio.to_thread(c.remove, w)
+                # A stopping worker acknowledges what it handled; once its consumer waited
+                # for such events until it was killed, holding the group's rebalance 30 s.
+                log = w.log_path.read_text(errors="replace")
+                stopping = log.split("[^Worker]: Stopping...", 1)
+                if len(stopping) == 2 and "wait_empty: Waiting for tasks" in stopping[1]:
+                    run.held_rebalance.append(w.name)
             return await run.takeover()  # every partition served by the one left
 
         _, took = await asyncio.gather(run.load(scale.seconds), faults())
         v = await run.finish("3 scale 1 -> 3 -> 1")
         v.takeover_s = took
+        v.stuck += [f"{name} stopped with events handled but not acknowledged" for name in run.held_rebalance]
         return v
 
 
