@@ -21,7 +21,7 @@ test: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/unit
 
-# Every fault scenario at full scale (about 25 minutes); prints one table at the end.
+# Every fault scenario at full scale (about 20 minutes here); prints one table at the end.
 test-faults: $(BIN)/.installed
 	ORION_FAULTS=full $(BIN)/python -m pytest -q tests/e2e/test_faults.py
 
