@@ -21,13 +21,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.devservices.smtp import MailCatcher
 
-from ...integration.harness import Services, read_topic, table_values
+from ...integration.harness import Services, group_lag, read_topic, table_values
 from .history import OK, REFUSED, History
 
 DECIDED = {"CONFIRMED", "FULFILLED", "REJECTED", "PAYMENT_FAILED", "CANCELLED"}
@@ -198,29 +197,7 @@ async def _dead_letter_ids(services: Services) -> set[str]:
 
 async def lag(services: Services) -> int:
     """Unconsumed records of Orion's group over all source topics."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from orion_streams import topics
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=services.bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(services.app_id)
-    finally:
-        await admin.close()
-    tps = [
-        TopicPartition(s.name, p)
-        for s in topics.ALL
-        if s is not topics.DEAD_LETTERS
-        for p in range(services.partitions)
-    ]
-    consumer = AIOKafkaConsumer(bootstrap_servers=services.bootstrap)
-    await consumer.start()
-    try:
-        end = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return sum(max(0, end[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
+    return sum((await group_lag(services)).values())
 
 
 async def check(

@@ -8,11 +8,8 @@ cluster does, pass or fail.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import random
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -117,25 +114,6 @@ class Cluster:
         return "\n".join(out)
 
     # --- faults on a schedule ---------------------------------------------------------------
-
-    async def kill_and_restart(
-        self, until: float, every: tuple[float, float], rng: random.Random
-    ) -> int:
-        """kill -9 a random worker every `every` seconds and start it again, until `until`;
-        returns how many were killed."""
-        kills = 0
-        while True:
-            wait = rng.uniform(*every)
-            if time.monotonic() + wait >= until:
-                return kills
-            await asyncio.sleep(wait)  # the fault schedule
-            victims = self.up()
-            if len(victims) < 2:
-                continue
-            victim = rng.choice(victims)
-            self.kill(victim)
-            kills += 1
-            await asyncio.to_thread(self.start_worker, victim.name)
 
     # --- Kafka from outside -----------------------------------------------------------------
 

@@ -77,11 +77,9 @@ class HttpClients:
         lines: Lines,
         card: str = "tok_ok",
         key: str | None = None,
-        op: Op | None = None,
     ) -> Op:
-        if op is None:
-            op = Op(key or f"k-{uuid.uuid4().hex}", "http", user, lines, card)
-            self.history.ops.append(op)
+        op = Op(key or f"k-{uuid.uuid4().hex}", "http", user, lines, card)
+        self.history.ops.append(op)
         body = {
             "lines": [{"sku": s, "quantity": q} for s, q in lines],
             "payment": {"token": card},

@@ -24,7 +24,7 @@ from orion_streams import topics
 from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.agents.common import partition_for
 
-from ...integration.harness import TEST_PRODUCTS, read_topic
+from ...integration.harness import TEST_PRODUCTS, eventually, read_topic
 from .checker import DECIDED, Verdict, check, lag, wait_decided, wait_emails
 from .cluster import Cluster, cluster
 from .history import OK, History, HttpClients, KafkaClient, Lines
@@ -161,9 +161,8 @@ class Run:
         await asyncio.sleep(self.rng.uniform(0, 3))  # the customer changes their mind
         token = self.token(user) if then == "cancel" else self.admin
         for _ in range(5):
-            urls = self.c.urls()
+            urls = await self._workers_up()
             if not urls:
-                await asyncio.sleep(1)  # wait for a worker
                 continue
             try:
                 async with self.session.post(
@@ -177,6 +176,18 @@ class Run:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 op.answers.append(f"{then} {type(exc).__name__}")
             await asyncio.sleep(1)  # then try again
+
+    async def _workers_up(self, timeout: float = 30) -> list[str]:
+        """The URLs of the workers that are up, once there is one (or none after `timeout`)."""
+
+        async def up() -> list[str]:
+            return self.c.urls()
+
+        try:
+            urls: list[str] = await eventually(up, timeout, "a worker to be up", interval=0.2)
+        except AssertionError:
+            return []
+        return urls
 
     async def load(self, seconds: float, rate: float | None = None) -> None:
         """Open loop: orders at `rate`/s (Poisson), each its own task, for `seconds`."""
@@ -313,7 +324,10 @@ async def scale_out_and_in(c: Cluster, h: History, scale: Scale) -> Verdict:
         _, took = await asyncio.gather(run.load(scale.seconds), faults())
         v = await run.finish("3 scale 1 -> 3 -> 1")
         v.takeover_s = took
-        v.stuck += [f"{name} stopped with events handled but not acknowledged" for name in run.held_rebalance]
+        v.stuck += [
+            f"{name} stopped with events handled but not acknowledged"
+            for name in run.held_rebalance
+        ]
         return v
 
 
@@ -424,15 +438,19 @@ async def flash_sale(c: Cluster, h: History, scale: Scale) -> Verdict:
                 *(run.http.place(session, user, ((sku, 1),), "tok_ok", key=key) for _ in range(2))
             )
 
+        a_third_in = asyncio.Event()
+
         async def burst() -> None:
             tasks = []
-            for user in buyers:
+            for n, user in enumerate(buyers):
                 tasks.append(asyncio.ensure_future(buy(user)))
+                if n == len(buyers) // 3:
+                    a_third_in.set()
                 await asyncio.sleep(run.rng.expovariate(scale.rate * 8))  # the arrival schedule
             await asyncio.gather(*tasks)
 
         async def faults() -> None:
-            await asyncio.sleep(len(buyers) / (scale.rate * 8) / 3)  # a third into the burst
+            await a_third_in.wait()  # a third of the buyers have come
             c.kill(run.rng.choice(c.up()))
 
         await asyncio.gather(burst(), faults())
