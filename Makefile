@@ -32,8 +32,10 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
+# Every hot-path scenario beside pgbench, Kafka's perf tools and a bare aiokafka loop (about
+# 25 minutes here); JSON and a markdown table in bench/results/ (see bench/hotpath.py).
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench.orders
+	$(BIN)/python -m bench.hotpath
 
 # Capacity, then 1x, 2x and 5x of it, open loop (see bench/overload.py for the other modes).
 bench-overload: $(BIN)/.installed

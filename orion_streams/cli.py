@@ -87,6 +87,13 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     os.environ["ORION_SMTP_URL"] = settings.smtp_url
     if loglevel:
         os.environ["ORION_LOG_LEVEL"] = loglevel
+    # Before the app exists: Faust takes the event loop when the app is built.
+    if settings.event_loop == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")
+    elif settings.event_loop != "asyncio":
+        raise SystemExit(f"ORION_EVENT_LOOP must be uvloop or asyncio, not {settings.event_loop!r}")
     from . import (
         agents,  # noqa: F401  (registers the agents)
         tracing,

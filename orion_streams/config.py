@@ -58,6 +58,10 @@ class Settings:
     state_dir: Path = field(default_factory=_default_state_dir)
     log_format: str = "json"
     log_level: str = "info"
+    # Per-order info lines a second at most (placed, reserved, stored...); 0 logs every one.
+    log_order_lines: float = 20.0
+    # The worker's event loop: "uvloop" (faster sockets and callbacks) or "asyncio".
+    event_loop: str = "uvloop"
     app_id: str = "orion"
     partitions: int = 4
     # Seconds one authorisation may take at the provider, retries included, counted from
@@ -135,6 +139,8 @@ class Settings:
             state_dir=_default_state_dir(),
             log_format=_env("ORION_LOG_FORMAT", default_format),
             log_level=_env("ORION_LOG_LEVEL", "info"),
+            log_order_lines=float(_env("ORION_LOG_ORDER_LINES", str(cls.log_order_lines))),
+            event_loop=_env("ORION_EVENT_LOOP", cls.event_loop),
             app_id=_env("ORION_APP_ID", cls.app_id),
             partitions=int(_env("ORION_PARTITIONS", str(cls.partitions))),
             payment_timeout=float(_env("ORION_PAYMENT_TIMEOUT", str(cls.payment_timeout))),

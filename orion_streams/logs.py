@@ -180,3 +180,36 @@ def dict_config(log_format: str, level: str, worker_id: str) -> dict[str, Any]:
 def configure(log_format: str, level: str, worker_id: str) -> None:
     """Set up logging for a process that is not a Faust worker (the mailer, the CLI)."""
     logging.config.dictConfig(dict_config(log_format, level, worker_id))
+
+
+class PerOrderLines:
+    """Lines logged for every order (placed, reserved, stored, queued): all of them at a
+    normal pace, at most `rate` a second (bursts of `burst`) under load, where writing them
+    would cost more CPU than deciding the orders. Lines left out are counted
+    (`orion_log_lines_sampled_out_total`); warnings and errors are never sampled."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens, self._at = burst, time.monotonic()
+        self.left_out = 0
+
+    def allow(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.left_out += 1
+        return False
+
+
+per_order = PerOrderLines(rate=20.0, burst=100.0)
+
+
+def order_info(logger: logging.Logger, msg: str, *args: Any) -> None:
+    """Log a per-order line at info, unless the per-order lines run over their rate."""
+    if logger.isEnabledFor(logging.INFO) and per_order.allow():
+        logger.info(msg, *args, stacklevel=2)

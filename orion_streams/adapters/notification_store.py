@@ -8,13 +8,13 @@ once its lease runs out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..domain.notifications import Notification
@@ -40,6 +40,18 @@ class Claimed:
     created_at: datetime | None = None
 
 
+# One statement whatever the batch size (arrays, not a VALUES list per row): it is compiled
+# and prepared once, where a multi-row VALUES insert was compiled again for every batch.
+_ENQUEUE = text(
+    "insert into notifications (id, idempotency_key, order_id, sku, template, recipient, context, correlation_id) "
+    "select id, key, order_id, sku, template, recipient, context::jsonb, correlation_id from unnest("
+    "cast(:ids as text[]), cast(:keys as text[]), cast(:order_ids as text[]), cast(:skus as text[]), "
+    "cast(:templates as text[]), cast(:recipients as text[]), cast(:contexts as text[]), "
+    "cast(:correlation_ids as text[])) as t(id, key, order_id, sku, template, recipient, context, correlation_id) "
+    "on conflict (idempotency_key) do nothing returning id"
+)
+
+
 class NotificationStore:
     """The notifications table; all methods are safe to call from many workers at once."""
 
@@ -50,17 +62,16 @@ class NotificationStore:
         """Queue messages not seen before; returns the ids of those actually added."""
         if not notifications:
             return []
-        rows = [
-            {
-                "id": x.id, "idempotency_key": x.key, "order_id": x.order_id, "sku": x.sku,
-                "template": x.template, "recipient": ", ".join(x.recipients), "context": dict(x.context),
-                "correlation_id": x.correlation_id,
-            }
-            for x in {x.key: x for x in notifications}.values()
-        ]
-        stmt = insert(n).values(rows).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(n.c.id)
+        unique = list({x.key: x for x in notifications}.values())
+        columns = {
+            "ids": [x.id for x in unique], "keys": [x.key for x in unique],
+            "order_ids": [x.order_id for x in unique], "skus": [x.sku for x in unique],
+            "templates": [x.template for x in unique], "recipients": [", ".join(x.recipients) for x in unique],
+            "contexts": [json.dumps(dict(x.context)) for x in unique],
+            "correlation_ids": [x.correlation_id for x in unique],
+        }
         async with self.engine.begin() as conn:
-            added = [r.id for r in (await conn.execute(stmt)).all()]
+            added = [r.id for r in (await conn.execute(_ENQUEUE, columns)).all()]
             if added:
                 await _notify(conn)
         return added

@@ -1,6 +1,8 @@
-"""The email agent: queues one email per (order, status) and per low-stock crossing.
+"""Email queueing: one email per (order, status) and per low-stock crossing.
 
-The agent only writes rows to the notifications table (idempotent by key, with a NOTIFY)
+It runs in the projection agent's loop (agents/projection.py), which reads the same topics:
+each record is decoded once and a batch's emails are queued right after its projection
+write. It only writes rows to the notifications table (idempotent by key, with a NOTIFY)
 and acknowledges events after that transaction. Sending is the mailer's job (`orion mailer`,
 see mailer.py), a separate process: rendering and SMTP never take CPU from the pipeline, a
 slow or failing mail server never holds up the stream, and mailers scale on their own.
@@ -9,14 +11,15 @@ slow or failing mail server never holds up the stream, and mailers scale on thei
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 
-from .. import logs, records, tracing
-from ..app import app, notification_inputs, runtime, settings
+from .. import logs, tracing
+from ..app import runtime, settings
 from ..domain import events as e
 from ..domain import notifications as domain
-from .common import CORRELATION_HEADER, Outbox, handle_in_batches, header, until_done
+from .common import CORRELATION_HEADER, header, until_done
 
 log = logging.getLogger("orion.email")
 
@@ -34,12 +37,10 @@ class Queued:
         with tracing.span("email queue write", links=[n.correlation_id for n in items], attributes={"orion.batch.emails": len(items)}):
             added = set(await until_done(lambda: runtime.notifications.enqueue(items), f"queueing {len(items)} email(s)"))
         for note in items:
-            with logs.bound(correlation_id=note.correlation_id, order_id=note.order_id, sku=note.sku,
-                            notification_id=note.id):
-                if note.id in added:
+            if note.id in added and logs.per_order.allow():
+                with logs.bound(correlation_id=note.correlation_id, order_id=note.order_id, sku=note.sku,
+                                notification_id=note.id):
                     log.info("email %s queued", note.template)
-                else:
-                    log.debug("email %s was queued before", note.template)
 
 
 batch = Queued()
@@ -50,11 +51,8 @@ def _name(sku: str) -> str | None:
     return product.name if product is not None else None
 
 
-async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
-    try:
-        message = records.decode(event.value)
-    except records.BadRecord:
-        return  # the projection reads the same topics and dead-letters bad records once
+def collect(event: faust.EventT[bytes], message: Any) -> None:
+    """The email a decoded order-status or stock-levels record asks for, if any."""
     match message:
         case e.OrderStatusChanged():
             note = domain.for_status_change(message, _name, header(event, CORRELATION_HEADER))
@@ -63,11 +61,8 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         case _:
             note = None
     if note is not None:
-        batch.items.append(note)
-
-
-@app.agent(notification_inputs, concurrency=1)
-async def queue_emails(stream: faust.StreamT[bytes]) -> None:
-    """Order status changes and low-stock crossings -> rows in the notifications table."""
-    await runtime.ready()
-    await handle_in_batches(stream, handle_event, batch, what="email agent")
+        if tracing.enabled():
+            with tracing.span("email agent", attributes={"orion.email.template": note.template}):
+                batch.items.append(note)
+        else:
+            batch.items.append(note)

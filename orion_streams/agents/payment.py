@@ -70,13 +70,13 @@ async def handle_event(event: faust.EventT[bytes]) -> None:
             outcome = await payments.void(runtime.payments, command, settings.payment_void_timeout)
         match outcome:
             case e.PaymentAuthorized():
-                log.info("payment authorised (%s)", outcome.authorization_id)
+                logs.order_info(log, "payment authorised (%s)", outcome.authorization_id)
             case e.PaymentDeclined():
-                log.info("payment declined: %s", outcome.reason)
+                logs.order_info(log, "payment declined: %s", outcome.reason)
             case e.PaymentTimedOut():
                 log.warning("no definite payment answer: %s", outcome.reason)
             case e.PaymentVoided():
-                log.info("payment of %s: %s", command.order_id, outcome.outcome)
+                logs.order_info(log, "payment of %s: %s", command.order_id, outcome.outcome)
             case e.PaymentVoidFailed():
                 log.error("payment void failed: %s", outcome.reason)
                 await dead_letter(event, outcome.reason, kind="void_failed")

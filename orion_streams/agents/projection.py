@@ -1,4 +1,5 @@
-"""The projection agent: writes order states, the audit trail and stock levels to PostgreSQL."""
+"""The projection agent: writes order states, the audit trail and stock levels to PostgreSQL,
+then queues the emails they ask for (agents/notify.py), one batch at a time."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from .. import logs, records, tracing
 from ..adapters.postgres import AuditContext
 from ..app import app, projection_inputs, runtime
 from ..domain import events as e
+from . import notify
 from .common import (
     ACTOR_HEADER,
     CORRELATION_HEADER,
@@ -49,8 +51,9 @@ class Projection:
                     "projection write",
                 )
             for change, cid in zip(self.statuses, self.correlation_ids, strict=True):
-                with logs.bound(correlation_id=cid, order_id=change.order_id):
-                    log.info("stored order status %s (version %d)", change.status.value, change.version)
+                if logs.per_order.allow():
+                    with logs.bound(correlation_id=cid, order_id=change.order_id):
+                        log.info("stored order status %s (version %d)", change.status.value, change.version)
         self._reset()
 
 
@@ -65,8 +68,12 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         return
     match message:
         case e.OrderStatusChanged():
+            correlation_id = header(event, CORRELATION_HEADER)
             batch.statuses.append(message)
-            batch.correlation_ids.append(header(event, CORRELATION_HEADER))
+            batch.correlation_ids.append(correlation_id)
+            if message.audit:
+                ctx = AuditContext(correlation_id, header(event, ACTOR_HEADER), header(event, ROLES_HEADER))
+                batch.audit.extend((entry, ctx) for entry in message.audit)
         case e.AuditEntry():
             ctx = AuditContext(
                 header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER)
@@ -77,13 +84,16 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         case e.StockAdjusted() | e.AdjustmentRejected():
             batch.adjustments.append(message)
         case e.LowStockDetected():
-            pass  # alerts are the email and websocket agents' business
+            pass  # alerts are the emails' and the websocket's business
         case _:
             await dead_letter(event, f"{type(message).__name__} is not projected", kind="wrong_topic")
+            return
+    notify.collect(event, message)
 
 
 @app.agent(projection_inputs, concurrency=1)
 async def project(stream: faust.StreamT[bytes]) -> None:
-    """Batch events into one transaction each; retry while PostgreSQL is away."""
+    """Batch events into one transaction each, then queue their emails; retry while
+    PostgreSQL is away. The batch is acknowledged once both are written."""
     await runtime.ready()
-    await handle_in_batches(stream, handle_event, batch, what="projection")
+    await handle_in_batches(stream, handle_event, batch, notify.batch, what="projection")

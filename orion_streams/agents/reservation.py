@@ -61,14 +61,14 @@ def _observe(message: rules.StockEvent, *, changed: bool) -> None:
     match message:
         case e.LineReserved() if changed:
             metrics.RESERVATIONS.labels(_sku_class(message.sku), "accepted").inc()
-            log.info("reserved %d of %s", message.quantity, message.sku)
+            logs.order_info(log, "reserved %d of %s", message.quantity, message.sku)
         case e.LineRejected():
             metrics.RESERVATIONS.labels(_sku_class(message.sku), "rejected").inc()
-            log.info("refused %d of %s (%d available): %s", message.quantity, message.sku, message.available, message.reason)
+            logs.order_info(log, "refused %d of %s (%d available): %s", message.quantity, message.sku, message.available, message.reason)
         case e.LineReleased() if changed:
-            log.info("released %d of %s", message.quantity, message.sku)
+            logs.order_info(log, "released %d of %s", message.quantity, message.sku)
         case e.LineCommitted() if changed:
-            log.info("sold %d of %s", message.quantity, message.sku)
+            logs.order_info(log, "sold %d of %s", message.quantity, message.sku)
         case e.LowStockDetected():
             metrics.LOW_STOCK_ALERTS.inc()
             log.warning("low stock of %s: %d available (threshold %d)", message.sku, message.available, message.low_stock_threshold)
@@ -138,7 +138,12 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         return
     headers = identity(event)
     for m in outputs:
-        outbox.send(*_route(m), m, headers)
+        if isinstance(m, e.StockLevelChanged):
+            # A hot SKU changes hundreds of times a batch; the live feed and the projection
+            # want where it stands: the batch sends its last level, before its answers count.
+            outbox.send_latest(*_route(m), m, headers)
+        else:
+            outbox.send(*_route(m), m, headers)
         _observe(m, changed=new_level is not level)
     if new_level is not level:
         inventory.put(event, sku, records.stock_entry(new_level, offset, hold_key if hold_value else None, hold_value))

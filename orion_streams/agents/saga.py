@@ -171,6 +171,7 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     logs.bind(order_id=order_id, correlation_id=correlation_id)
     if not outputs:
         return
+    outputs = _audit_with_status(outputs)
     headers = make_headers(correlation_id, actor, roles)
     for m in outputs:
         if isinstance(m, domain.Request):
@@ -185,6 +186,18 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     waiting.keep_only(order_id, [_request_key(r) for r in domain.outstanding(saga)])
     if domain.retirable(saga):
         retiring.ended(order_id, now_.epoch)
+
+
+def _audit_with_status(outputs: list[domain.SagaOutput]) -> list[domain.SagaOutput]:
+    """A step's audit entries ride on its last status change, one record instead of one
+    each; a step that changes no status sends its entries on order-audit."""
+    changes = [i for i, m in enumerate(outputs) if isinstance(m, e.OrderStatusChanged)]
+    if not changes:
+        return outputs
+    last = outputs[changes[-1]]
+    assert isinstance(last, e.OrderStatusChanged)
+    change = replace(last, audit=tuple(m for m in outputs if isinstance(m, e.AuditEntry)))
+    return [change if m is last else m for m in outputs if not isinstance(m, e.AuditEntry)]
 
 
 def _old(event: faust.EventT[bytes], placed: e.OrderPlaced, now_epoch: float) -> bool:
@@ -229,11 +242,11 @@ def _observe(change: e.OrderStatusChanged, saga: domain.OrderSaga, now_: domain.
     status = change.status.value
     if change.previous is None:
         metrics.ORDERS_PLACED.inc()
-        log.info("order placed: %d line(s); reserving", len(saga.lines))
+        logs.order_info(log, "order placed: %d line(s); reserving", len(saga.lines))
     elif change.failure_reason:
-        log.info("order %s -> %s: %s", change.previous.value, status, change.failure_reason)
+        logs.order_info(log, "order %s -> %s: %s", change.previous.value, status, change.failure_reason)
     else:
-        log.info("order %s -> %s", change.previous.value, status)
+        logs.order_info(log, "order %s -> %s", change.previous.value, status)
     if status in _COUNTED:
         metrics.ORDERS.labels(status).inc()
     if status in _DECISIONS:

@@ -133,6 +133,9 @@ class OrderStatusChanged:
     version: int
     created_at: str
     at: str
+    # The audit entries of the step that made this change (its own included): they reach the
+    # audit trail with it, in one record instead of one each (see agents/saga.py).
+    audit: tuple[AuditEntry, ...] = ()
 
 
 @dataclass(frozen=True)

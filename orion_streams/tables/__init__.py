@@ -25,8 +25,9 @@ class DurableTable(faust.Table[str, Any]):
     resolves; here the agent awaits `written()` before its event is acknowledged.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, coalesce: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.coalesce = coalesce
         self._unsent: list[tuple[int, Any, Any]] = []
         self._partition: int | None = None
 
@@ -66,31 +67,40 @@ class DurableTable(faust.Table[str, Any]):
         self._unsent.append((partition, key, None))
 
     async def written(self) -> None:
-        """Send every change made so far, in order, and wait for the broker (acks=all)."""
+        """Send every change made so far and wait for the broker (acks=all).
+
+        In a coalescing table, a key changed several times since the last call is sent once,
+        with its last value, at the place of its last change. Only for tables whose keys are
+        independent: the inventory's stock row must reach the changelog before the holds it
+        counts (agents/reservation.py), so it sends every change in order."""
         pending, self._unsent = self._unsent, []
-        futures = [
-            await self.changelog_topic.send(
-                key=key, value=value, partition=partition, key_serializer=self.key_serializer,
-                # None is a tombstone: no value at all, not JSON null.
-                value_serializer=self.value_serializer if value is not None else "raw",
-            )
-            for partition, key, value in pending
-        ]
+        if self.coalesce:
+            last = {(partition, key): i for i, (partition, key, _) in enumerate(pending)}
+            if len(last) < len(pending):
+                pending = [pending[i] for i in sorted(last.values())]
+        topic: Any = self.changelog_topic
+        name, producer = topic.get_topic_name(), self.app.producer
+        futures = []
+        for partition, key, value in pending:
+            raw_key, headers = topic.prepare_key(key, self.key_serializer, None, None)
+            # None is a tombstone: no value at all, not JSON null.
+            raw_value = None if value is None else topic.prepare_value(value, self.value_serializer, None, headers)[0]
+            futures.append(await producer.send(name, raw_key, raw_value, partition, None, headers))
         if futures:
             await asyncio.gather(*futures)
 
 
-def _table(name: str) -> DurableTable:
+def _table(name: str, *, coalesce: bool = False) -> DurableTable:
     table = DurableTable(
         app, name=name, default=None, partitions=settings.partitions, key_type=str,
-        beacon=app.tables.beacon,
+        beacon=app.tables.beacon, coalesce=coalesce,
     )
     app.tables.add(table)
     return table
 
 
 # Saga state by order id: co-partitioned with `orders` and `order-events`.
-sagas = _table("sagas")
+sagas = _table("sagas", coalesce=True)
 # Stock by SKU (key "sku") and each order's hold on a SKU (key "sku\x1forder"), written only
 # by the reservation agent while it handles a `stock-requests` event for that SKU. One table,
 # so a SKU's stock row and the hold written after it share one changelog partition and

@@ -213,8 +213,8 @@ class OrdersView(View):
         await _send(orders_topic, order_id, placed, _headers(request, principal))
         door.admitted()
         metrics.ORDERS_ACCEPTED.inc()
-        log.info(
-            "order accepted: %d line(s), %s, by %s", len(lines),
+        logs.order_info(
+            log, "order accepted: %d line(s), %s, by %s", len(lines),
             format_amount(sum(q * price for _, q, price in lines), currency), principal.subject,
         )
         try:

@@ -389,3 +389,26 @@ def test_header_limits_are_exact() -> None:
     assert records.header_text("actor", b" user:x")[0] is None  # no surrounding spaces
     assert records.header_text("correlation-id", b"has space")[0] is None
     assert records.header_text("actor-roles", b"customer,,admin")[0] is None
+
+
+def test_encode_writes_the_document_to_dict_describes_for_every_kind_of_output() -> None:
+    saga, placed_out = start(PLACED, CATALOG, Clock(AT, 0.0))
+    saga, reserved_out = handle(saga, e.LineReserved("o1", "A", 2), Clock(AT, 1.0))
+    saga, more = handle(saga, e.LineReserved("o1", "B", 1), Clock(AT, 2.0))
+    status = next(m for m in more if isinstance(m, e.OrderStatusChanged))
+    with_audit = dataclasses.replace(status, audit=tuple(m for m in more if isinstance(m, e.AuditEntry)))
+    messages = [PLACED, *placed_out, *reserved_out, *more, with_audit]
+    for m in messages:
+        assert json.loads(records.encode(m)) == records.to_dict(m), type(m).__name__
+    decoded = records.decode(records.encode(with_audit))
+    assert decoded == with_audit and decoded.audit and decoded.audit[-1].data["to"] == "RESERVED"
+
+
+def test_json_that_orjson_refuses_gets_the_standard_parsers_verdict() -> None:
+    # An integer beyond 64 bits is valid JSON: the field check, not the parser, refuses it.
+    raw = b'{"type":"ReserveLine","order_id":"o1","sku":"A","quantity":99999999999999999999999}'
+    with pytest.raises(records.BadRecord) as err:
+        records.decode(raw)
+    assert "not JSON" not in str(err.value)
+    with pytest.raises(records.BadRecord, match="U\\+0000 or unpaired surrogates"):
+        records.decode(b'{"type":"ReserveLine","order_id":"\\ud800","sku":"A","quantity":1}')
