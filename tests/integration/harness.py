@@ -153,18 +153,23 @@ def new_id() -> str:
 
 
 async def group_lag(services: Services) -> dict[str, int]:
-    """Unconsumed messages per source topic partition for Orion's consumer group
-    (a partition nobody ever committed counts from offset 0)."""
+    """Unconsumed messages per source topic partition for Orion's consumer groups: the
+    agents', and the projection's for the topics it reads (a partition nobody ever committed
+    counts from offset 0)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     from orion_streams import topics
 
+    projected = {topics.ORDER_STATUS.name, topics.ORDER_AUDIT.name, topics.STOCK_LEVELS.name}
     admin = AIOKafkaAdminClient(bootstrap_servers=services.bootstrap)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(services.app_id)
+        agents = await admin.list_consumer_group_offsets(services.app_id)
+        projection = await admin.list_consumer_group_offsets(f"{services.app_id}-projection")
     finally:
         await admin.close()
+    committed = {tp: meta for tp, meta in agents.items() if tp.topic not in projected}
+    committed.update({tp: meta for tp, meta in projection.items() if tp.topic in projected})
     tps = [TopicPartition(spec.name, p) for spec in topics.ALL if spec is not topics.DEAD_LETTERS
            for p in range(PARTITIONS)]
     consumer = AIOKafkaConsumer(bootstrap_servers=services.bootstrap)

@@ -118,25 +118,26 @@ class Cluster:
     # --- Kafka from outside -----------------------------------------------------------------
 
     async def reset_group_to_earliest(self) -> None:
-        """Commit offset 0 on every source partition for Orion's group (workers down):
-        the next workers consume every topic from the start, a full replay."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.services.bootstrap,
-            group_id=self.services.app_id,
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            tps = [
-                TopicPartition(spec.name, p)
-                for spec in topics.ALL
-                if spec is not topics.DEAD_LETTERS
-                for p in range(self.services.partitions)
-            ]
-            consumer.assign(tps)
-            await consumer.commit({tp: 0 for tp in tps})
-        finally:
-            await consumer.stop()
+        """Commit offset 0 on every source partition for Orion's groups, the agents' and the
+        projection's (workers down): the next workers consume every topic from the start, a
+        full replay."""
+        projected = {topics.ORDER_STATUS.name, topics.ORDER_AUDIT.name, topics.STOCK_LEVELS.name}
+        sources = [spec.name for spec in topics.ALL if spec is not topics.DEAD_LETTERS]
+        groups = {
+            self.services.app_id: [name for name in sources if name not in projected],
+            f"{self.services.app_id}-projection": [name for name in sources if name in projected],
+        }
+        for group, names in groups.items():
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.services.bootstrap, group_id=group, enable_auto_commit=False,
+            )
+            await consumer.start()
+            try:
+                tps = [TopicPartition(name, p) for name in names for p in range(self.services.partitions)]
+                consumer.assign(tps)
+                await consumer.commit({tp: 0 for tp in tps})
+            finally:
+                await consumer.stop()
         self.history.note("consumer group reset to earliest")
 
 
