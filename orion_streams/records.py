@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from enum import Enum
 from types import MappingProxyType
 from typing import Any
@@ -80,17 +80,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def to_dict(message: Any) -> dict[str, Any]:
-    """A domain command or event as a JSON-ready dict with its type name."""
-    if not is_dataclass(message) or isinstance(message, type):
-        raise TypeError(f"not a message: {message!r}")
-    body = {"type": type(message).__name__, **_plain(asdict(message))}
-    if isinstance(message, e.OrderPlaced):
-        # The public event contract nests the token, as the HTTP body does.
-        body["payment"] = {"token": body.pop("payment_token")}
-    return body
-
-
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
@@ -109,8 +98,8 @@ def _default(value: Any) -> Any:
 
 
 def encode(message: Any) -> bytes:
-    """A domain command or event as compact JSON: the same document as `to_dict`, written by
-    orjson from the dataclass's fields (nested dataclasses and enums natively)."""
+    """A domain command or event as compact JSON: its fields and its type name, written by
+    orjson (nested dataclasses and enums natively)."""
     cls = type(message)
     if not is_dataclass(message) or isinstance(message, type):
         raise TypeError(f"not a message: {message!r}")
@@ -151,20 +140,36 @@ def storable(value: Any) -> bool:
     return True
 
 
+class NotJson(ValueError):
+    """Text that is not JSON (`str()` says why), or JSON nested too deeply to read."""
+
+    def __init__(self, why: str, *, nested: bool = False) -> None:
+        super().__init__(why)
+        self.nested = nested
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON text as Python values, read by orjson. orjson refuses some JSON the standard
+    parser takes (integers beyond 64 bits, lone surrogate escapes, NaN): for those the json
+    module's verdict and words decide, as they always did."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise NotJson(str(exc)) from exc
+        except RecursionError as exc:
+            raise NotJson("nested too deeply", nested=True) from exc
+
+
 def _loads(raw: bytes | str | None) -> dict[str, Any]:
     if raw is None:
         raise BadRecord("empty value")
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # orjson refuses some JSON the standard parser takes (integers beyond 64 bits, lone
-        # surrogate escapes, NaN): its verdict and words decide, as they always did.
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRecord(f"value is not JSON: {exc}") from exc
-        except RecursionError as exc:
-            raise BadRecord("value is nested too deeply") from exc
+        data = parse_json(raw)
+    except NotJson as exc:
+        raise BadRecord("value is nested too deeply" if exc.nested else f"value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadRecord("value must be a JSON object")
     if not storable(data):

@@ -222,16 +222,8 @@ consumer = Consumer()
 
 @app.service
 class ProjectionService(mode.Service):
-    """Runs this worker's projection consumer; stops it when the worker stops."""
+    """Runs this worker's projection consumer; mode cancels it when the worker stops."""
 
-    _task: asyncio.Task[None] | None = None
-
-    async def on_start(self) -> None:
-        self._task = asyncio.create_task(consumer.run(), name="orion-projection")
-
-    async def on_stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 10)
+    @mode.Service.task
+    async def _consume(self) -> None:
+        await consumer.run()

@@ -61,11 +61,9 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(415, "Unsupported Media Type", "send application/json")
     raw = await request.read()
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad_request(f"body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise bad_request("body is nested too deeply") from exc
+        body = records.parse_json(raw)
+    except records.NotJson as exc:
+        raise bad_request("body is nested too deeply" if exc.nested else f"body is not valid JSON: {exc}") from exc
     if not storable(body):
         raise unprocessable([FieldError("body", "text must not contain U+0000 or unpaired surrogates")])
     return body
