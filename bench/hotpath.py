@@ -499,7 +499,8 @@ def scenario_catalog(cfg: Config) -> dict[str, Any]:
         rng = random.Random(cfg.seed)
         orders = [Order(str(uuid.uuid4()), rng.randrange(cfg.customers), [{"sku": rng.choice(skus), "quantity": 1}],
                         "tok_ok") for _ in range(count)]
-        fig = await measure(run, orders, cfg.catalog_rate, "kafka", cfg.seed, cfg.drain_timeout)
+        fig = await measure(run, orders, cfg.catalog_rate, "kafka", cfg.seed, cfg.drain_timeout,
+                            cfg.profile_dir / "catalog.txt" if cfg.profile_dir else None)
         fig["stock"] = await sold_units(run)
         return fig
 

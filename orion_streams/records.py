@@ -163,13 +163,16 @@ def parse_json(raw: bytes | str) -> Any:
             raise NotJson("nested too deeply", nested=True) from exc
 
 
-def _loads(raw: bytes | str | None) -> dict[str, Any]:
+def _loads(raw: Any) -> dict[str, Any]:
     if raw is None:
         raise BadRecord("empty value")
-    try:
-        data = parse_json(raw)
-    except NotJson as exc:
-        raise BadRecord("value is nested too deeply" if exc.nested else f"value is not JSON: {exc}") from exc
+    if isinstance(raw, bytes | str):
+        try:
+            data: Any = parse_json(raw)
+        except NotJson as exc:
+            raise BadRecord("value is nested too deeply" if exc.nested else f"value is not JSON: {exc}") from exc
+    else:  # an item of a batch record, parsed with it
+        data = raw
     if not isinstance(data, dict):
         raise BadRecord("value must be a JSON object")
     if not storable(data):
@@ -303,8 +306,9 @@ _INTERNAL: dict[str, Callable[[Mapping[str, Any]], Any]] = {
 _INTERNAL["OrderStatusChanged"] = _status_changed
 
 
-def decode(raw: bytes | str | None, catalog: Catalog | None = None) -> Any:
-    """Any Orion message from its JSON bytes; raises BadRecord with the reason."""
+def decode(raw: Any, catalog: Catalog | None = None) -> Any:
+    """Any Orion message from its JSON bytes (or, for an item of a batch record, its parsed
+    object); raises BadRecord with the reason."""
     data = _loads(raw)
     kind = data["type"]
     if kind == "OrderPlaced":
@@ -318,6 +322,48 @@ def decode(raw: bytes | str | None, catalog: Catalog | None = None) -> Any:
         return decoder(data)
     except (KeyError, ValueError, TypeError) as exc:
         raise BadRecord(f"{kind}: {exc}") from exc
+
+
+# --- Batch records ----------------------------------------------------------------------
+# Orion's own requests and answers (stock-requests, order-events, payment-requests) travel as
+# one record per batch and partition: {"type": "Batch", "items": [{"key", "headers", "value"}]}
+# with the header `orion-batch`. A consumer pays Faust's cost per record once for all of them.
+# Single records on those topics (another producer's AdjustStock, an older worker) still count.
+BATCH_HEADER = "orion-batch"
+BATCH_LIMIT = 500  # items per batch record, well under the broker's message size limit
+
+
+def encode_batch(items: list[tuple[str, bytes, list[tuple[str, bytes]]]]) -> bytes:
+    """A batch record's value from (key, encoded message, headers) items, in their order."""
+    parts = [
+        b'{"key":' + orjson.dumps(key) + b',"headers":'
+        + orjson.dumps([[name, value.decode("utf-8", "replace")] for name, value in headers])
+        + b',"value":' + value + b"}"
+        for key, value, headers in items
+    ]
+    return b'{"type":"Batch","items":[' + b",".join(parts) + b"]}"
+
+
+def decode_batch(raw: bytes | None) -> list[tuple[str, list[tuple[str, bytes]], Any]]:
+    """The (key, headers, parsed message) items of a batch record; raises BadRecord."""
+    if raw is None:
+        raise BadRecord("empty batch record")
+    try:
+        data = parse_json(raw)
+    except NotJson as exc:
+        raise BadRecord(f"batch record is not JSON: {exc}") from exc
+    items = data.get("items") if isinstance(data, dict) and data.get("type") == "Batch" else None
+    if not isinstance(items, list):
+        raise BadRecord("a batch record must be an object with type 'Batch' and a list 'items'")
+    out = []
+    for i, item in enumerate(items):
+        key, headers = (item.get("key"), item.get("headers")) if isinstance(item, dict) else (None, None)
+        if not isinstance(key, str) or not isinstance(headers, list) or not all(
+            isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in headers
+        ):
+            raise BadRecord(f"batch item {i} needs a string 'key' and 'headers' as [name, text] pairs")
+        out.append((key, [(name, text.encode()) for name, text in headers], item.get("value")))
+    return out
 
 
 # Table values: plain dicts so the changelog stays JSON and small.
@@ -359,14 +405,15 @@ def stock_from_value(sku: str, value: Any) -> StockLevel:
     return StockLevel(sku, on_hand, reserved, threshold, version)
 
 
-def stock_entry(level: StockLevel, offset: int, hold_key: str | None, hold_value: Any) -> list[Any]:
-    """The stock row as stored: the level, the source offset that produced it, and the hold
+def stock_entry(level: StockLevel, offset: Any, hold_key: str | None, hold_value: Any) -> list[Any]:
+    """The stock row as stored: the level, the source position that produced it (an offset,
+    or [offset, index] for an item of a batch record), and the hold
     written with it (a fixed-size value: only the latest hold rides along)."""
     return [*stock_to_value(level), offset, hold_key, hold_value]
 
 
-def stock_entry_meta(value: Any) -> tuple[int | None, str | None, Any]:
-    """(source offset, hold key, hold value) of a stored stock row; Nones for old rows."""
+def stock_entry_meta(value: Any) -> tuple[Any, str | None, Any]:
+    """(source position, hold key, hold value) of a stored stock row; Nones for old rows."""
     if not value or len(value) < 7:
         return None, None, None
     return value[4], value[5], value[6]

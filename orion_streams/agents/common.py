@@ -9,14 +9,17 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import faust
+import orjson
 from aiokafka.errors import KafkaError
 
 from .. import logs, metrics, records, tracing
-from ..app import app, dead_letters_topic
+from .. import topics as t
+from ..app import app, dead_letters_topic, settings
 from ..domain.saga import Clock
 from ..partitioner import partition_for as partition_for  # the agents take it from here
 
@@ -39,12 +42,12 @@ def now() -> Clock:
     return Clock(iso=iso, epoch=epoch)
 
 
-def _raw_header(event: faust.EventT[bytes], name: str) -> Any:
+def _raw_header(event: Any, name: str) -> Any:
     headers = event.headers or {}
     return headers.get(name) if isinstance(headers, Mapping) else dict(headers).get(name)
 
 
-def header(event: faust.EventT[bytes], name: str) -> str | None:
+def header(event: Any, name: str) -> str | None:
     """An identity header's text, or None when absent or unsafe (`records.header_text`)."""
     value, problem = records.header_text(name, _raw_header(event, name))
     if problem is not None:
@@ -56,7 +59,7 @@ def header(event: faust.EventT[bytes], name: str) -> str | None:
     return value
 
 
-def dropped_headers(event: faust.EventT[bytes]) -> dict[str, str]:
+def dropped_headers(event: Any) -> dict[str, str]:
     """The identity headers an event carried that are unsafe, with the reason, for the audit."""
     out = {}
     for name in (CORRELATION_HEADER, ACTOR_HEADER, ROLES_HEADER):
@@ -80,7 +83,7 @@ def make_headers(
     return out
 
 
-def identity(event: faust.EventT[bytes]) -> list[tuple[str, bytes]]:
+def identity(event: Any) -> list[tuple[str, bytes]]:
     """An incoming event's correlation id, actor and roles, to pass on unchanged."""
     return make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER))
 
@@ -99,6 +102,56 @@ async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str,
     if futures:
         return list(await asyncio.gather(*futures))
     return []
+
+
+# Orion's own requests and answers go out as batch records (records.encode_batch).
+BATCHED_TOPICS = frozenset({t.STOCK_REQUESTS.name, t.ORDER_EVENTS.name, t.PAYMENT_REQUESTS.name})
+_BATCH_HEADERS = [(records.BATCH_HEADER, b"1")]
+
+
+@dataclass(slots=True, frozen=True)
+class ItemWhere:
+    """Where an item of a batch record came from: the record's place and the item's index."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None
+    index: int
+
+    @property
+    def tp(self) -> Any:
+        return (self.topic, self.partition)
+
+
+@dataclass(slots=True)
+class Item:
+    """One message of a batch record, with the attributes of a Faust event the handlers
+    read (key, value, headers, message.topic/partition/offset/timestamp)."""
+
+    key: bytes
+    value: Any  # the parsed message
+    headers: list[tuple[str, bytes]]
+    message: ItemWhere
+
+
+def unpack(event: Any) -> list[Any]:
+    """The messages a consumed record carries: the items of a batch record, else itself.
+    Raises records.BadRecord for a batch record that cannot be read."""
+    if _raw_header(event, records.BATCH_HEADER) is None:
+        return [event]
+    msg = event.message
+    return [
+        Item(key.encode(), value, headers, ItemWhere(msg.topic, msg.partition, msg.offset, msg.timestamp, i))
+        for i, (key, headers, value) in enumerate(records.decode_batch(event.value))
+    ]
+
+
+def position(event: Any) -> Any:
+    """Where a message sits in its partition, the same each time it is delivered: its
+    offset, or [offset, index] for an item of a batch record (as stored in JSON)."""
+    msg = event.message
+    return [msg.offset, msg.index] if isinstance(msg, ItemWhere) else msg.offset
 
 
 Send = tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]
@@ -141,12 +194,33 @@ class Outbox:
     async def flush(self) -> None:
         kept = [(s, cb) for s, cb in zip(self.sends, self.on_sent, strict=True) if s is not None]
         self.sends, self.on_sent, self._latest = [], [], {}
-        sends = [s for s, _ in kept]
-        callbacks = [cb for _, cb in kept]
-        landed = await send_all(sends)
-        for callback, metadata in zip(callbacks, landed, strict=True):
+        # Requests and answers: one batch record per topic and partition, in send order.
+        batches: dict[tuple[str, int], list[tuple[str, bytes, list[tuple[str, bytes]], OnSent | None]]] = {}
+        singles, single_callbacks = [], []
+        for (topic, key, message, headers), callback in kept:
+            name = topic.get_topic_name()
+            if name in BATCHED_TOPICS:
+                slot = (name, partition_for(key, settings.partitions))
+                batches.setdefault(slot, []).append((key, records.encode(message), headers, callback))
+            else:
+                singles.append((topic, key, message, headers))
+                single_callbacks.append(callback)
+        producer = app.producer
+        futures, waiting = [], []
+        for (name, partition), items in batches.items():
+            for start in range(0, len(items), records.BATCH_LIMIT):
+                chunk = items[start:start + records.BATCH_LIMIT]
+                value = records.encode_batch([(key, raw, headers) for key, raw, headers, _ in chunk])
+                futures.append(await producer.send(name, None, value, partition, None, _BATCH_HEADERS))
+                waiting.append([cb for *_, cb in chunk])
+        landed = await send_all(singles)
+        for callback, metadata in zip(single_callbacks, landed, strict=True):
             if callback is not None:
                 callback(metadata)
+        for callbacks, metadata in zip(waiting, await asyncio.gather(*futures), strict=True):
+            for callback in callbacks:
+                if callback is not None:
+                    callback(metadata)
         for table in self.tables:
             await table.written()
 
@@ -181,7 +255,7 @@ class OrderedAcks:
             del self._open[event.message.tp]
 
 
-Handler = Callable[[faust.EventT[bytes], Outbox], Awaitable[None]]
+Handler = Callable[[Any, Outbox], Awaitable[None]]  # a Faust event or an Item
 T = TypeVar("T")
 
 
@@ -219,12 +293,13 @@ async def handle_in_batches(
     manual = stream.noack()  # type: ignore[attr-defined]
     outbox = Outbox(*tables)
     pending: list[faust.EventT[bytes]] = []
+    handled = 0  # messages in `pending` (a batch record carries many)
     lock = asyncio.Lock()
     chores = metrics.HOUSEKEEPING.labels(what)
 
     async def flush() -> None:
-        nonlocal pending
-        batch, pending = pending, []
+        nonlocal pending, handled
+        batch, pending, handled = pending, [], 0
         if batch:
             await outbox.flush()
             for event in batch:
@@ -249,28 +324,38 @@ async def handle_in_batches(
                     chores.observe(finished - started)
                     next_chores = finished + every
 
+    async def one(message: Any) -> None:
+        try:
+            msg = message.message
+            with logs.bound(correlation_id=header(message, CORRELATION_HEADER)):
+                if tracing.enabled():
+                    with tracing.span(what, "consumer", attributes={
+                        "messaging.system": "kafka", "messaging.destination.name": msg.topic,
+                        "messaging.destination.partition.id": str(msg.partition),
+                        "messaging.kafka.offset": msg.offset,
+                    }):
+                        await handle(message, outbox)
+                else:
+                    await handle(message, outbox)
+        except Exception:
+            # A bug must not wedge the partition forever; the message is parked with why.
+            log.exception("%s failed on %s", what, message.message.tp)
+            await dead_letter(message, f"internal error in the {what}", kind="internal_error")
+
     quiet = asyncio.ensure_future(flush_when_quiet())
     try:
         async for event in manual.events():
             async with lock:
                 try:
-                    msg = event.message
-                    with logs.bound(correlation_id=header(event, CORRELATION_HEADER)):
-                        if tracing.enabled():
-                            with tracing.span(what, "consumer", attributes={
-                                "messaging.system": "kafka", "messaging.destination.name": msg.topic,
-                                "messaging.destination.partition.id": str(msg.partition),
-                                "messaging.kafka.offset": msg.offset,
-                            }):
-                                await handle(event, outbox)
-                        else:
-                            await handle(event, outbox)
-                except Exception:
-                    # A bug must not wedge the partition forever; the message is parked with why.
-                    log.exception("%s failed on %s", what, event.message.tp)
-                    await dead_letter(event, f"internal error in the {what}", kind="internal_error")
+                    messages = unpack(event)
+                except records.BadRecord as exc:
+                    messages = []
+                    await dead_letter(event, str(exc), kind="bad_record")
+                for message in messages:
+                    await one(message)
                 pending.append(event)
-                if len(pending) >= BATCH_SIZE:
+                handled += len(messages)
+                if handled >= BATCH_SIZE:
                     await flush()
     finally:
         quiet.cancel()
@@ -285,13 +370,18 @@ async def handle_in_batches(
             log.warning("%s: %d handled event(s) not acknowledged at stop: %r", what, len(pending), exc)
 
 
-async def dead_letter(event: faust.EventT[bytes], reason: str, *, kind: str) -> None:
+async def dead_letter(event: Any, reason: str, *, kind: str) -> None:
     """Park a message that cannot be processed, with why and where it came from.
 
     `kind` is a fixed class of the reason (bad_record, invalid_order, wrong_key, ...) for
     metrics and alerts; `reason` is the words for people."""
     msg = event.message
-    raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+    if isinstance(event.value, bytes):
+        raw = event.value
+    elif isinstance(event, Item):
+        raw = orjson.dumps(event.value)
+    else:
+        raw = str(event.value).encode()
     key = event.key if isinstance(event.key, bytes) else (str(event.key).encode() if event.key is not None else None)
     body = {
         "reason": reason,
@@ -310,6 +400,9 @@ async def dead_letter(event: faust.EventT[bytes], reason: str, *, kind: str) -> 
         ("source-partition", str(msg.partition).encode()),
         ("source-offset", str(msg.offset).encode()),
     ]
+    if isinstance(msg, ItemWhere):  # one message of a batch record: which one
+        body["item"] = msg.index
+        headers.append(("source-item", str(msg.index).encode()))
     correlation = header(event, CORRELATION_HEADER)
     if correlation:
         headers.append((CORRELATION_HEADER, correlation.encode()))
@@ -322,7 +415,7 @@ async def dead_letter(event: faust.EventT[bytes], reason: str, *, kind: str) -> 
     await fut
 
 
-def key_text(event: faust.EventT[bytes]) -> str:
+def key_text(event: Any) -> str:
     key = event.key
     if isinstance(key, bytes):
         return key.decode("utf-8", "replace")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import faust
 
@@ -14,7 +15,7 @@ from ..app import app, order_events_topic, payment_requests_topic, runtime, sett
 from ..domain import commands as c
 from ..domain import events as e
 from ..services import payments
-from .common import CORRELATION_HEADER, OrderedAcks, dead_letter, header, identity, send_all
+from .common import CORRELATION_HEADER, OrderedAcks, dead_letter, header, identity, send_all, unpack
 
 log = logging.getLogger("orion.payment")
 
@@ -27,30 +28,43 @@ async def take_payment(stream: faust.StreamT[bytes]) -> None:
     slots = asyncio.Semaphore(settings.payment_concurrency)
     running: set[asyncio.Task[None]] = set()
 
-    async def one(event: faust.EventT[bytes]) -> None:
+    async def one(request: Any, record: faust.EventT[bytes], left: list[int]) -> None:
         try:
-            await handle_event(event)
+            await handle_event(request)
         except Exception:
             # A bug must not wedge the partition forever; the message is parked with why.
-            log.exception("payment agent failed on %s", event.message.tp)
-            await dead_letter(event, "internal error in the payment agent", kind="internal_error")
+            log.exception("payment agent failed on %s", request.message.tp)
+            await dead_letter(request, "internal error in the payment agent", kind="internal_error")
         finally:
             slots.release()
-        await acks.done(event)
+        left[0] -= 1
+        if not left[0]:  # the record's last request is answered
+            await acks.done(record)
 
     try:
         async for event in manual.events():
-            await slots.acquire()
             acks.started(event)
-            task = asyncio.ensure_future(one(event))
-            running.add(task)
-            task.add_done_callback(running.discard)
+            try:
+                requests = unpack(event)
+            except records.BadRecord as exc:
+                await dead_letter(event, str(exc), kind="bad_record")
+                requests = []
+            if not requests:
+                await acks.done(event)
+                continue
+            left = [len(requests)]
+            for request in requests:
+                await slots.acquire()
+                task = asyncio.ensure_future(one(request, event, left))
+                running.add(task)
+                task.add_done_callback(running.discard)
     finally:
         for task in running:
             task.cancel()
 
 
-async def handle_event(event: faust.EventT[bytes]) -> None:
+async def handle_event(event: Any) -> None:
+    """One payment request: a single record or an item of a batch record."""
     try:
         command = records.decode(event.value)
     except records.BadRecord as exc:

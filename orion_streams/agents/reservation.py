@@ -35,6 +35,7 @@ from .common import (
     key_text,
     now,
     partition_for,
+    position,
 )
 
 log = logging.getLogger("orion.reservation")
@@ -80,7 +81,7 @@ async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
     await handle_in_batches(stream, handle_event, inventory, what="reservation agent", housekeeping=housekeeping)
 
 
-async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
+async def handle_event(event: Any, outbox: Outbox) -> None:
     sku = key_text(event)
     try:
         command = records.decode(event.value)
@@ -99,12 +100,13 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
     stored = inventory.get(sku)
     level = records.stock_from_value(sku, stored)
     applied_offset, last_key, last_value = records.stock_entry_meta(stored)
-    offset = event.message.offset
-    # The stock row records the offset of the event that last changed it and the hold
-    # written with it. If that event comes again (a crash after the row reached the
-    # changelog but before the hold did), restore the hold; the rules then see it and
-    # answer as before without moving stock. Any other redelivered event finds its own hold.
-    # Offsets are compared for equality only: after a rebalance Faust can deliver a
+    offset = position(event)
+    # The stock row records the position (offset; and index, in a batch record) of the event
+    # that last changed it and the hold written with it. If that event comes again (a crash
+    # after the row reached the changelog but before the hold did), restore the hold; the
+    # rules then see it and answer as before without moving stock. Any other redelivered
+    # event finds its own hold.
+    # Positions are compared for equality only: after a rebalance Faust can deliver a
     # partition's events out of order (agents/watchdog.py), so "older" proves nothing.
     replay = applied_offset == offset
     if replay and last_key and inventory.get(last_key) != last_value:
@@ -134,7 +136,7 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
             else records.hold_to_value(new_hold, closed_at=clock.epoch if closed else None)
         )
     if replay and new_level is not level:
-        log.error("redelivered %s at offset %d would change stock again; ignored", type(command).__name__, offset)
+        log.error("redelivered %s at %s would change stock again; ignored", type(command).__name__, offset)
         return
     headers = identity(event)
     for m in outputs:

@@ -18,6 +18,7 @@ from typing import Any
 
 import faust
 import mode
+import orjson
 
 from .. import logs, metrics, records, tracing
 from .. import topics as t
@@ -101,7 +102,7 @@ async def order_saga(stream: faust.StreamT[bytes]) -> None:
     await handle_in_batches(stream, handle_event, sagas, what="order saga", housekeeping=housekeeping)
 
 
-async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
+async def handle_event(event: Any, outbox: Outbox) -> None:
     order_id = key_text(event)
     try:
         message = records.decode(event.value, runtime.catalog)
@@ -126,8 +127,9 @@ async def handle_event(event: faust.EventT[bytes], outbox: Outbox) -> None:
         # A producer used another partitioner (kcat's default is CRC32): move the message
         # to where murmur2 puts the order, so the saga and the replies share a partition.
         log.info("re-partitioning %s from %d to %d", order_id, event.message.partition, expected)
+        raw = event.value if isinstance(event.value, bytes) else orjson.dumps(event.value)
         fut = await orders_topic.send(
-            key=order_id.encode(), value=event.value, partition=expected,
+            key=order_id.encode(), value=raw, partition=expected,
             headers=make_headers(correlation_id, actor, roles),
         )
         await fut
@@ -200,7 +202,7 @@ def _audit_with_status(outputs: list[domain.SagaOutput]) -> list[domain.SagaOutp
     return [change if m is last else m for m in outputs if not isinstance(m, e.AuditEntry)]
 
 
-def _old(event: faust.EventT[bytes], placed: e.OrderPlaced, now_epoch: float) -> bool:
+def _old(event: Any, placed: e.OrderPlaced, now_epoch: float) -> bool:
     """Whether an OrderPlaced may repeat an order whose saga was already retired."""
     horizon = now_epoch - settings.order_retention / 2
     stamp = event.message.timestamp
@@ -209,7 +211,7 @@ def _old(event: faust.EventT[bytes], placed: e.OrderPlaced, now_epoch: float) ->
     return bool(placed.placed_at) and _epoch(placed.placed_at) < horizon
 
 
-async def _for_unknown_order(event: faust.EventT[bytes], message: Any, outbox: Outbox) -> None:
+async def _for_unknown_order(event: Any, message: Any, outbox: Outbox) -> None:
     """An answer for an order this worker holds no saga for: retired after the retention,
     so a repeat, or one its OrderPlaced has not reached yet. Units held for a finished (or
     never known) order go back; other answers change nothing."""

@@ -31,7 +31,7 @@ class DurableTable(faust.Table[str, Any]):
         self._unsent: list[tuple[int, Any, Any]] = []
         self._partition: int | None = None
 
-    def put(self, event: faust.EventT[Any], key: str, value: Any) -> None:
+    def put(self, event: Any, key: str, value: Any) -> None:
         """Set `key` for a change caused by `event`: its changelog entry goes to the
         event's partition, also when a batch of events is handled at once."""
         self._partition = event.message.partition

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy import text
 
+from orion_streams import records
 from orion_streams.adapters.postgres import SqlAlchemyStore
 
 from .harness import Api, Services, Worker, eventually, produce, read_topic
@@ -145,8 +146,15 @@ async def test_events_from_http_carry_actor_roles_and_correlation_to_the_audit_t
     assert body["status"] == "CONFIRMED"
     want = {"correlation-id": b"sec-corr-1", "actor": b"user:sarah", "actor-roles": b"customer"}
 
-    def headers_of(records: list[Any], key: str) -> list[dict[str, bytes]]:
-        return [dict(r.headers) for r in records if r.key == key.encode()]
+    def headers_of(found: list[Any], key: str) -> list[dict[str, bytes]]:
+        # Requests and answers travel in batch records: each item carries its own headers.
+        out = []
+        for r in found:
+            if records.BATCH_HEADER in dict(r.headers):
+                out += [dict(headers) for k, headers, _ in records.decode_batch(r.value) if k == key]
+            elif r.key == key.encode():
+                out.append(dict(r.headers))
+        return out
 
     placed = headers_of(await read_topic(services.bootstrap, "orders"), order_id)
     requests = [h for h in headers_of(await read_topic(services.bootstrap, "stock-requests"), sku)

@@ -1,0 +1,126 @@
+"""Batch records: Orion's requests and answers, one record per batch and partition."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from orion_streams import records
+from orion_streams.agents import common
+from orion_streams.app import order_events_topic, order_status_topic, settings, stock_requests_topic
+from orion_streams.domain import commands as c
+from orion_streams.domain import events as e
+from orion_streams.domain.orders import OrderStatus
+
+HEADERS = [("correlation-id", b"corr-1"), ("actor", b"user:\xc3\xa9lise")]
+
+
+def test_a_batch_record_carries_each_message_with_its_key_and_headers() -> None:
+    items = [("A", records.encode(c.ReserveLine("o1", "A", 2)), HEADERS), ("B", records.encode(c.ReleaseLine("o2", "B")), [])]
+    decoded = records.decode_batch(records.encode_batch(items))
+    assert [(key, headers) for key, headers, _ in decoded] == [("A", HEADERS), ("B", [])]
+    assert [records.decode(value) for _, _, value in decoded] == [c.ReserveLine("o1", "A", 2), c.ReleaseLine("o2", "B")]
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json", b"[]", b'{"type":"Batch"}', b'{"type":"Other","items":[]}',
+    b'{"type":"Batch","items":[{"headers":[]}]}', b'{"type":"Batch","items":[{"key":"A","headers":[["a"]]}]}',
+])
+def test_a_batch_record_that_cannot_be_read_is_refused_with_a_reason(raw: bytes) -> None:
+    with pytest.raises(records.BadRecord):
+        records.decode_batch(raw)
+
+
+def test_an_item_that_is_not_a_message_is_refused_like_a_record() -> None:
+    [(_, _, value)] = records.decode_batch(b'{"type":"Batch","items":[{"key":"A","headers":[],"value":[1]}]}')
+    with pytest.raises(records.BadRecord, match="JSON object"):
+        records.decode(value)
+    [(_, _, value)] = records.decode_batch(b'{"type":"Batch","items":[{"key":"A","headers":[],"value":{"type":"X\\u0000"}}]}')
+    with pytest.raises(records.BadRecord, match="U\\+0000"):
+        records.decode(value)
+
+
+@dataclass
+class Where:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None = None
+
+
+@dataclass
+class Event:
+    key: bytes | None
+    value: bytes
+    headers: Any
+    message: Where
+
+
+def test_unpack_gives_a_single_record_as_itself_and_a_batch_as_items_with_their_positions() -> None:
+    single = Event(b"A", records.encode(c.ReserveLine("o1", "A", 1)), {}, Where("stock-requests", 3, 41))
+    assert common.unpack(single) == [single] and common.position(single) == 41
+    value = records.encode_batch([("A", records.encode(c.ReserveLine("o1", "A", 1)), HEADERS),
+                                  ("B", records.encode(c.ReserveLine("o2", "B", 1)), [])])
+    batch = Event(None, value, [(records.BATCH_HEADER, b"1")], Where("stock-requests", 3, 42))
+    first, second = common.unpack(batch)
+    assert (first.key, second.key) == (b"A", b"B")
+    assert common.header(first, "correlation-id") == "corr-1" and common.identity(second) == []
+    assert (first.message.partition, first.message.offset) == (3, 42)
+    assert [common.position(first), common.position(second)] == [[42, 0], [42, 1]]
+    # A stock row stores the position as JSON: read back, it still equals the item's.
+    assert orjson.loads(orjson.dumps(common.position(second))) == common.position(second)
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, int | None, Any]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None, _ts: Any, headers: Any) -> Any:
+        self.sent.append((topic, key, value, partition, headers))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(Where(topic, partition if partition is not None else -1, len(self.sent)))
+        return future
+
+
+async def test_the_outbox_sends_requests_and_answers_as_one_batch_record_per_topic_and_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    producer = FakeProducer()
+
+    class App:
+        pass
+
+    fake = App()
+    fake.producer = producer  # type: ignore[attr-defined]
+    monkeypatch.setattr(common, "app", fake)
+    skus = [f"SKU-{i}" for i in range(40)]
+    by_partition: dict[int, list[str]] = {}
+    for sku in skus:
+        by_partition.setdefault(common.partition_for(sku, settings.partitions), []).append(sku)
+    landed: list[tuple[str, Any]] = []
+    outbox = common.Outbox()
+    for sku in skus:
+        outbox.send(stock_requests_topic, sku, c.ReserveLine("o1", sku, 1), HEADERS,
+                    on_sent=lambda md, sku=sku: landed.append((sku, md)))
+    outbox.send(order_events_topic, "o1", e.LineReserved("o1", "SKU-0", 1), [])
+    status = e.OrderStatusChanged("o1", "u", "a@b.c", OrderStatus.PENDING, None, (), 0, "EUR", None, 1, "t", "t")
+    outbox.send(order_status_topic, "o1", status, [])
+    await outbox.flush()
+
+    batches = [s for s in producer.sent if s[0] == "stock-requests"]
+    assert sorted(p for *_, p, _ in batches) == sorted(by_partition)
+    for _, key, value, partition, headers in batches:
+        assert key is None and headers == [(records.BATCH_HEADER, b"1")]
+        assert [k for k, _, _ in records.decode_batch(value)] == by_partition[partition]  # in send order
+    [events] = [s for s in producer.sent if s[0] == "order-events"]
+    assert [k for k, _, _ in records.decode_batch(events[2])] == ["o1"]
+    # Published events stay single records, with their own key.
+    [single] = [s for s in producer.sent if s[0] == "order-status"]
+    assert single[1] == b"o1" and records.decode(single[2]) == status
+    # Each request is told where its batch record landed.
+    assert sorted(sku for sku, _ in landed) == sorted(skus)
+    assert all(md.partition == common.partition_for(sku, settings.partitions) for sku, md in landed)
