@@ -42,6 +42,42 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An order the HTTP API accepted, as first recorded (status PENDING, version 0)."""
+
+    order_id: str
+    user_id: str
+    email: str
+    lines: tuple[tuple[str, int, int], ...]  # sku, quantity, unit price
+    currency: str
+    created_at: datetime
+    idempotency_key: str | None
+    request_hash: str
+
+
+# One prepared statement whatever the number of orders (arrays, not a VALUES list per row).
+# The update sees the table as it was before the inserts: it touches only orders the
+# projection had written already, to remember the key so a retry finds the order.
+_RECORD_ACCEPTED = text(
+    "with t as (select * from unnest(cast(:order_ids as text[]), cast(:user_ids as text[]), "
+    "cast(:emails as text[]), cast(:totals as bigint[]), cast(:currencies as text[]), cast(:keys as text[]), "
+    "cast(:hashes as text[]), cast(:ats as timestamptz[])) "
+    "as t(order_id, user_id, email, total, currency, key, hash, at)), "
+    "o as (insert into orders (order_id, user_id, email, status, total, currency, version, idempotency_key, "
+    "request_hash, created_at, updated_at) "
+    "select order_id, user_id, email, 'PENDING', total, currency, 0, key, hash, at, at from t "
+    "on conflict do nothing returning order_id), "
+    "l as (insert into order_lines (order_id, sku, quantity, unit_price) "
+    "select x.order_id, x.sku, x.quantity, x.unit_price from unnest(cast(:line_orders as text[]), "
+    "cast(:line_skus as text[]), cast(:line_quantities as integer[]), cast(:line_prices as bigint[])) "
+    "as x(order_id, sku, quantity, unit_price) join o using (order_id) on conflict do nothing) "
+    "update orders set idempotency_key = t.key, request_hash = t.hash from t "
+    "where orders.order_id = t.order_id and orders.idempotency_key is null and t.key is not null "
+    "and t.order_id not in (select order_id from o)"
+)
+
+
 _UNREACHABLE = (
     OSError,
     TimeoutError,
@@ -179,30 +215,25 @@ class SqlAlchemyStore:
         request_hash: str,
     ) -> None:
         """Make an order readable right after its 202; the projection takes it from here."""
-        total = sum(q * p for _, q, p in lines)
+        await self.record_accepted_many([Accepted(
+            order_id, user_id, email, tuple(lines), currency, created_at, idempotency_key, request_hash,
+        )])
+
+    async def record_accepted_many(self, orders: Sequence[Accepted]) -> None:
+        """`record_accepted` for many orders in one prepared statement. An order the
+        projection wrote first keeps its row; only its idempotency key is added."""
+        unique = list({o.order_id: o for o in reversed(orders)}.values())  # the first of each
+        lines = [(o.order_id, sku, q, p) for o in unique for sku, q, p in o.lines]
+        params = {
+            "order_ids": [o.order_id for o in unique], "user_ids": [o.user_id for o in unique],
+            "emails": [o.email for o in unique], "totals": [sum(q * p for _, q, p in o.lines) for o in unique],
+            "currencies": [o.currency for o in unique], "keys": [o.idempotency_key for o in unique],
+            "hashes": [o.request_hash for o in unique], "ats": [o.created_at for o in unique],
+            "line_orders": [x[0] for x in lines], "line_skus": [x[1] for x in lines],
+            "line_quantities": [x[2] for x in lines], "line_prices": [x[3] for x in lines],
+        }
         async with self.engine.begin() as conn:
-            inserted = await conn.execute(
-                insert(s.orders)
-                .values(
-                    order_id=order_id, user_id=user_id, email=email, status="PENDING", total=total,
-                    currency=currency, version=0, idempotency_key=idempotency_key,
-                    request_hash=request_hash, created_at=created_at, updated_at=created_at,
-                )
-                .on_conflict_do_nothing()
-            )
-            if inserted.rowcount:
-                await conn.execute(
-                    insert(s.order_lines)
-                    .values([{"order_id": order_id, "sku": k, "quantity": q, "unit_price": p} for k, q, p in lines])
-                    .on_conflict_do_nothing()
-                )
-            else:
-                # The projection got there first; remember the key so a retry finds the order.
-                await conn.execute(
-                    s.orders.update()
-                    .where(s.orders.c.order_id == order_id, s.orders.c.idempotency_key.is_(None))
-                    .values(idempotency_key=idempotency_key, request_hash=request_hash)
-                )
+            await conn.execute(_RECORD_ACCEPTED, params)
 
     async def order_started(self, order_id: str) -> bool:
         """Whether the saga ever started this order (the projection wrote a status of it;

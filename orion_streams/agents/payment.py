@@ -15,50 +15,30 @@ from ..app import app, order_events_topic, payment_requests_topic, runtime, sett
 from ..domain import commands as c
 from ..domain import events as e
 from ..services import payments
-from .common import CORRELATION_HEADER, OrderedAcks, Outbox, dead_letter, header, identity, unpack
+from ..services.grouped import Grouped
+from .common import (
+    CORRELATION_HEADER,
+    OrderedAcks,
+    Outbox,
+    Send,
+    dead_letter,
+    header,
+    identity,
+    unpack,
+)
 
 log = logging.getLogger("orion.payment")
 
 
-class Answers:
-    """Answers of payment requests that finish at about the same time go out together, as
-    one batch record per partition (common.Outbox): each `send` returns once its answer is
-    in Kafka. A send while a flush is under way rides on the next one."""
-
-    def __init__(self) -> None:
-        self.outbox = Outbox()
-        self.waiting: list[asyncio.Future[None]] = []
-        self.flushing: asyncio.Task[None] | None = None
-
-    async def send(self, topic: Any, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
-        self.outbox.send(topic, key, message, headers)
-        done = asyncio.get_running_loop().create_future()
-        self.waiting.append(done)
-        if self.flushing is None or self.flushing.done():
-            self.flushing = asyncio.ensure_future(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # answers finished in this turn of the loop join in
-        while self.waiting:
-            waiting, self.waiting = self.waiting, []
-            try:
-                await self.outbox.flush()
-            except asyncio.CancelledError:
-                for done in waiting + self.waiting:
-                    done.cancel()
-                raise
-            except Exception as exc:  # the broker is away: every sender sees it
-                for done in waiting:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for done in waiting:
-                    if not done.done():
-                        done.set_result(None)
+async def _send_answers(answers: list[Send]) -> None:
+    outbox = Outbox()
+    for topic, key, message, headers in answers:
+        outbox.send(topic, key, message, headers)
+    await outbox.flush()
 
 
-answers = Answers()
+# Answers finished at about the same time go out together, one batch record per partition.
+answers = Grouped(_send_answers)
 
 
 @app.agent(payment_requests_topic, concurrency=1)
@@ -135,4 +115,4 @@ async def handle_event(event: Any) -> None:
             case e.PaymentVoidFailed():
                 log.error("payment void failed: %s", outcome.reason)
                 await dead_letter(event, outcome.reason, kind="void_failed")
-    await answers.send(order_events_topic, command.order_id, outcome, identity(event))
+    await answers.submit((order_events_topic, command.order_id, outcome, identity(event)))

@@ -16,7 +16,7 @@ from aiohttp import web
 from faust.web import View
 
 from .. import logs, metrics, records
-from ..adapters.postgres import InvalidCursor
+from ..adapters.postgres import Accepted, InvalidCursor
 from ..agents import watchdog
 from ..app import app, orders_topic, runtime, settings, stock_requests_topic
 from ..domain import commands as c
@@ -27,6 +27,7 @@ from ..domain.orders import OrderStatus, order_currency, parse_order_request, pr
 from ..domain.stock import ADJUSTMENT_REASONS
 from ..records import storable
 from ..services.admission import Refusal
+from ..services.grouped import Grouped
 from .admission import door
 from .auth import Principal, TokenVerifier
 from .identity import allow, authenticate, sees_all_orders
@@ -39,6 +40,8 @@ _NAMESPACE = uuid.UUID("5b8f6f2e-7d8c-4f61-9a43-0c8d3c1f2a10")
 _verifier: TokenVerifier | None = None
 order_limits = TokenBuckets(settings.order_rate_per_minute / 60.0, settings.order_burst)
 service_order_limits = TokenBuckets(settings.service_order_rate_per_minute / 60.0, settings.service_order_burst)
+# Orders accepted at about the same time are pre-recorded in one statement (group commit).
+accepted: Grouped[Accepted] = Grouped(lambda orders: runtime.store.record_accepted_many(orders))
 
 
 def verifier() -> TokenVerifier:
@@ -216,10 +219,9 @@ class OrdersView(View):
             format_amount(sum(q * price for _, q, price in lines), currency), principal.subject,
         )
         try:
-            await runtime.store.record_accepted(
-                order_id=order_id, user_id=principal.subject, email=order.email, lines=lines,
-                currency=currency, created_at=now, idempotency_key=key, request_hash=digest,
-            )
+            await accepted.submit(Accepted(
+                order_id, principal.subject, order.email, tuple(lines), currency, now, key, digest,
+            ))
         except Exception:  # the event is in Kafka; the projection will write the order anyway
             log.warning("could not pre-record order %s", order_id, exc_info=True)
         return await self._reply(order_id, wait)
