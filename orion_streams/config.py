@@ -63,7 +63,9 @@ class Settings:
     # The worker's event loop: "uvloop" (faster sockets and callbacks) or "asyncio".
     event_loop: str = "uvloop"
     app_id: str = "orion"
-    partitions: int = 4
+    # Partitions of every Orion topic, fixed once the topics exist: the most workers that can
+    # share the work. 12 leaves room to grow (README, "Running more workers").
+    partitions: int = 12
     # Seconds one authorisation may take at the provider, retries included, counted from
     # when the payment agent takes the request (never time spent in Kafka queues).
     payment_timeout: float = 10.0

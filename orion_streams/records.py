@@ -6,6 +6,7 @@ decoding is strict and raises `BadRecord` with a reason that goes to the dead-le
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ _ROLES = re.compile(r"[A-Za-z0-9_.:\-]{1,64}(?:,[A-Za-z0-9_.:\-]{1,64}){0,15}")
 ACTOR_LIMIT = 256
 
 
+@functools.lru_cache(maxsize=8192)  # an order's headers come back at every step
 def header_text(name: str, raw: bytes | str | None) -> tuple[str | None, str | None]:
     """A Kafka header's text if it is safe to pass on, else None and why it was dropped.
 

@@ -58,7 +58,8 @@ async def ensure_topics(bootstrap: str, partitions: int, *, timeout: float = 60)
                 if count != wanted[desc["topic"]]:
                     raise TopicMismatch(
                         f"topic {desc['topic']} has {count} partitions, Orion is set up for "
-                        f"{wanted[desc['topic']]} (ORION_PARTITIONS)"
+                        f"{wanted[desc['topic']]}: set ORION_PARTITIONS={count} to run on these topics "
+                        "(a partition count is fixed for a deployment's life; see README, Running more workers)"
                     )
         return [topic.name for topic in missing]
     finally:

@@ -62,6 +62,13 @@ class NotificationStore:
         """Queue messages not seen before; returns the ids of those actually added."""
         if not notifications:
             return []
+        async with self.engine.begin() as conn:
+            return await self.enqueue_in(conn, notifications)
+
+    async def enqueue_in(self, conn: AsyncConnection, notifications: Sequence[Notification]) -> list[str]:
+        """`enqueue` within a transaction the caller holds (senders are woken at its commit)."""
+        if not notifications:
+            return []
         unique = list({x.key: x for x in notifications}.values())
         columns = {
             "ids": [x.id for x in unique], "keys": [x.key for x in unique],
@@ -70,10 +77,9 @@ class NotificationStore:
             "contexts": [json.dumps(dict(x.context)) for x in unique],
             "correlation_ids": [x.correlation_id for x in unique],
         }
-        async with self.engine.begin() as conn:
-            added = [r.id for r in (await conn.execute(_ENQUEUE, columns)).all()]
-            if added:
-                await _notify(conn)
+        added = [r.id for r in (await conn.execute(_ENQUEUE, columns)).all()]
+        if added:
+            await _notify(conn)
         return added
 
     async def claim_due(self, limit: int, lease: float) -> list[Claimed]:

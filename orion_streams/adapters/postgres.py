@@ -57,24 +57,23 @@ class Accepted:
 
 
 # One prepared statement whatever the number of orders (arrays, not a VALUES list per row).
-# The update sees the table as it was before the inserts: it touches only orders the
-# projection had written already, to remember the key so a retry finds the order.
+# Its parts see the table as it was before the statement: the update touches only orders the
+# projection had written already (to remember the key, so a retry finds the order), whose
+# insert then does nothing. The lines' foreign key is checked at the end of the statement.
 _RECORD_ACCEPTED = text(
     "with t as (select * from unnest(cast(:order_ids as text[]), cast(:user_ids as text[]), "
     "cast(:emails as text[]), cast(:totals as bigint[]), cast(:currencies as text[]), cast(:keys as text[]), "
     "cast(:hashes as text[]), cast(:ats as timestamptz[])) "
     "as t(order_id, user_id, email, total, currency, key, hash, at)), "
-    "o as (insert into orders (order_id, user_id, email, status, total, currency, version, idempotency_key, "
+    "l as (insert into order_lines (order_id, sku, quantity, unit_price) select * from unnest("
+    "cast(:line_orders as text[]), cast(:line_skus as text[]), cast(:line_quantities as integer[]), "
+    "cast(:line_prices as bigint[])) on conflict do nothing), "
+    "k as (update orders set idempotency_key = t.key, request_hash = t.hash from t "
+    "where orders.order_id = t.order_id and orders.idempotency_key is null and t.key is not null) "
+    "insert into orders (order_id, user_id, email, status, total, currency, version, idempotency_key, "
     "request_hash, created_at, updated_at) "
     "select order_id, user_id, email, 'PENDING', total, currency, 0, key, hash, at, at from t "
-    "on conflict do nothing returning order_id), "
-    "l as (insert into order_lines (order_id, sku, quantity, unit_price) "
-    "select x.order_id, x.sku, x.quantity, x.unit_price from unnest(cast(:line_orders as text[]), "
-    "cast(:line_skus as text[]), cast(:line_quantities as integer[]), cast(:line_prices as bigint[])) "
-    "as x(order_id, sku, quantity, unit_price) join o using (order_id) on conflict do nothing) "
-    "update orders set idempotency_key = t.key, request_hash = t.hash from t "
-    "where orders.order_id = t.order_id and orders.idempotency_key is null and t.key is not null "
-    "and t.order_id not in (select order_id from o)"
+    "on conflict do nothing"
 )
 
 
@@ -134,22 +133,37 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidCursor("cursor is not valid") from exc
 
 
-def _upsert_newer(table: Any, key: str, columns: tuple[str, ...]) -> Any:
-    """INSERT, or UPDATE `columns` when the incoming row has a higher version."""
-    stmt = insert(table)
-    return stmt.on_conflict_do_update(
-        index_elements=[key], set_={c: stmt.excluded[c] for c in columns}, where=table.c.version < stmt.excluded.version,
-    )
-
-
-# The projection's statements, built once and run with a list of rows (executemany): one
-# compiled form is reused for every batch, where `.values(rows)` compiled each batch anew.
-_ORDERS_UPSERT = _upsert_newer(s.orders, "order_id", ("status", "total", "failure_reason", "version", "updated_at"))
-_LEVELS_UPSERT = _upsert_newer(
-    s.stock_levels, "sku", ("on_hand", "reserved", "low_stock_threshold", "version", "updated_at")
+# The projection's statements: one prepared statement each whatever the batch size, its rows
+# passed as one array per column (unnest), where an executemany bound every row in Python.
+_ORDERS_UPSERT = text(
+    "insert into orders (order_id, user_id, email, status, total, currency, failure_reason, version, "
+    "created_at, updated_at) select * from unnest(cast(:order_ids as text[]), cast(:user_ids as text[]), "
+    "cast(:emails as text[]), cast(:statuses as text[]), cast(:totals as bigint[]), cast(:currencies as text[]), "
+    "cast(:reasons as text[]), cast(:versions as integer[]), cast(:created as timestamptz[]), "
+    "cast(:updated as timestamptz[])) on conflict (order_id) do update set status = excluded.status, "
+    "total = excluded.total, failure_reason = excluded.failure_reason, version = excluded.version, "
+    "updated_at = excluded.updated_at where orders.version < excluded.version"
 )
-_LINES_INSERT = insert(s.order_lines).on_conflict_do_nothing()
-_AUDIT_INSERT = insert(s.order_events).on_conflict_do_nothing()
+_LINES_INSERT = text(
+    "insert into order_lines (order_id, sku, quantity, unit_price) select * from unnest("
+    "cast(:order_ids as text[]), cast(:skus as text[]), cast(:quantities as integer[]), "
+    "cast(:prices as bigint[])) on conflict do nothing"
+)
+_AUDIT_INSERT = text(
+    "insert into order_events (order_id, seq, type, at, data, correlation_id, actor, actor_roles) "
+    "select order_id, seq, type, at, data::jsonb, correlation_id, actor, actor_roles from unnest("
+    "cast(:order_ids as text[]), cast(:seqs as integer[]), cast(:types as text[]), cast(:ats as timestamptz[]), "
+    "cast(:data as text[]), cast(:correlation_ids as text[]), cast(:actors as text[]), cast(:roles as text[])) "
+    "as t(order_id, seq, type, at, data, correlation_id, actor, actor_roles) on conflict do nothing"
+)
+_LEVELS_UPSERT = text(
+    "insert into stock_levels (sku, on_hand, reserved, low_stock_threshold, version, updated_at) "
+    "select * from unnest(cast(:skus as text[]), cast(:on_hand as bigint[]), cast(:reserved as bigint[]), "
+    "cast(:thresholds as bigint[]), cast(:versions as bigint[]), cast(:updated as timestamptz[])) "
+    "on conflict (sku) do update set on_hand = excluded.on_hand, reserved = excluded.reserved, "
+    "low_stock_threshold = excluded.low_stock_threshold, version = excluded.version, "
+    "updated_at = excluded.updated_at where stock_levels.version < excluded.version"
+)
 _ADJUSTMENTS_INSERT = insert(s.stock_adjustments).on_conflict_do_nothing()
 _IN_FLIGHT = text("select count(*) from orders where status in ('PENDING', 'RESERVED')")
 _QUEUE_HEAD = text(
@@ -277,59 +291,64 @@ class SqlAlchemyStore:
     ) -> None:
         """Write one batch in one transaction. Newer versions win; replays are no-ops."""
         async with self.engine.begin() as conn:
-            if statuses:
-                await self._project_orders(conn, statuses)
-            if audit:
-                rows = [
-                    {
-                        "order_id": a.order_id, "seq": a.seq, "type": a.kind, "at": parse_time(a.at),
-                        "data": dict(a.data), "correlation_id": ctx.correlation_id, "actor": ctx.actor,
-                        "actor_roles": ctx.actor_roles,
-                    }
-                    for a, ctx in {(a.order_id, a.seq): (a, ctx) for a, ctx in audit}.values()
-                ]
-                await conn.execute(_AUDIT_INSERT, rows)
-            if levels:
-                await self._project_levels(conn, levels)
-            if adjustments:
-                await self._project_adjustments(conn, adjustments)
+            await self.project_in(conn, statuses, audit, levels, adjustments)
+
+    async def project_in(
+        self,
+        conn: AsyncConnection,
+        statuses: Sequence[OrderStatusChanged],
+        audit: Sequence[tuple[AuditEntry, AuditContext]],
+        levels: Sequence[StockLevelChanged],
+        adjustments: Sequence[StockAdjusted | AdjustmentRejected],
+    ) -> None:
+        """`project` within a transaction the caller holds (the projection adds its emails)."""
+        if statuses:
+            await self._project_orders(conn, statuses)
+        if audit:
+            entries = list({(a.order_id, a.seq): (a, ctx) for a, ctx in audit}.values())
+            await conn.execute(_AUDIT_INSERT, {
+                "order_ids": [a.order_id for a, _ in entries], "seqs": [a.seq for a, _ in entries],
+                "types": [a.kind for a, _ in entries], "ats": [parse_time(a.at) for a, _ in entries],
+                "data": [json.dumps(dict(a.data)) for a, _ in entries],
+                "correlation_ids": [ctx.correlation_id for _, ctx in entries],
+                "actors": [ctx.actor for _, ctx in entries], "roles": [ctx.actor_roles for _, ctx in entries],
+            })
+        if levels:
+            await self._project_levels(conn, levels)
+        if adjustments:
+            await self._project_adjustments(conn, adjustments)
 
     async def _project_orders(self, conn: AsyncConnection, statuses: Sequence[OrderStatusChanged]) -> None:
         latest: dict[str, OrderStatusChanged] = {}
         for ev in statuses:
             if ev.order_id not in latest or latest[ev.order_id].version < ev.version:
                 latest[ev.order_id] = ev
-        rows = [
-            {
-                "order_id": ev.order_id, "user_id": ev.user_id, "email": ev.email, "status": ev.status.value,
-                "total": ev.total, "currency": ev.currency, "failure_reason": ev.failure_reason,
-                "version": ev.version, "created_at": parse_time(ev.created_at), "updated_at": parse_time(ev.at),
-            }
-            for ev in latest.values()
-        ]
-        await conn.execute(_ORDERS_UPSERT, rows)
-        line_rows = [
-            {"order_id": ev.order_id, "sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
-            for ev in latest.values()
-            for line in ev.lines
-        ]
-        if line_rows:
-            await conn.execute(_LINES_INSERT, line_rows)
+        orders = list(latest.values())
+        await conn.execute(_ORDERS_UPSERT, {
+            "order_ids": [ev.order_id for ev in orders], "user_ids": [ev.user_id for ev in orders],
+            "emails": [ev.email for ev in orders], "statuses": [ev.status.value for ev in orders],
+            "totals": [ev.total for ev in orders], "currencies": [ev.currency for ev in orders],
+            "reasons": [ev.failure_reason for ev in orders], "versions": [ev.version for ev in orders],
+            "created": [parse_time(ev.created_at) for ev in orders], "updated": [parse_time(ev.at) for ev in orders],
+        })
+        lines = [(ev.order_id, line) for ev in orders for line in ev.lines]
+        if lines:
+            await conn.execute(_LINES_INSERT, {
+                "order_ids": [o for o, _ in lines], "skus": [line.sku for _, line in lines],
+                "quantities": [line.quantity for _, line in lines], "prices": [line.unit_price for _, line in lines],
+            })
 
     async def _project_levels(self, conn: AsyncConnection, levels: Sequence[StockLevelChanged]) -> None:
         latest: dict[str, StockLevelChanged] = {}
         for ev in levels:
             if ev.sku not in latest or latest[ev.sku].version < ev.version:
                 latest[ev.sku] = ev
-        rows = [
-            {
-                "sku": ev.sku, "on_hand": ev.on_hand, "reserved": ev.reserved,
-                "low_stock_threshold": ev.low_stock_threshold, "version": ev.version,
-                "updated_at": parse_time(ev.at),
-            }
-            for ev in latest.values()
-        ]
-        await conn.execute(_LEVELS_UPSERT, rows)
+        rows = list(latest.values())
+        await conn.execute(_LEVELS_UPSERT, {
+            "skus": [ev.sku for ev in rows], "on_hand": [ev.on_hand for ev in rows],
+            "reserved": [ev.reserved for ev in rows], "thresholds": [ev.low_stock_threshold for ev in rows],
+            "versions": [ev.version for ev in rows], "updated": [parse_time(ev.at) for ev in rows],
+        })
 
     async def _project_adjustments(
         self, conn: AsyncConnection, adjustments: Sequence[StockAdjusted | AdjustmentRejected]

@@ -36,10 +36,17 @@ ROLES_HEADER = "actor-roles"
 UNIDENTIFIED = "external:unidentified"
 
 
+_last_iso: tuple[int, str] = (-1, "")
+
+
 def now() -> Clock:
+    global _last_iso
     epoch = time.time()
-    iso = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return Clock(iso=iso, epoch=epoch)
+    millis = int(epoch * 1000)
+    if millis != _last_iso[0]:  # a batch handles many events within one millisecond
+        iso = datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        _last_iso = (millis, iso)
+    return Clock(iso=_last_iso[1], epoch=epoch)
 
 
 def _raw_header(event: Any, name: str) -> Any:

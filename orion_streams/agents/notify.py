@@ -1,9 +1,9 @@
 """Email queueing: one email per (order, status) and per low-stock crossing.
 
 It runs in the projection agent's loop (agents/projection.py), which reads the same topics:
-each record is decoded once and a batch's emails are queued right after its projection
-write. It only writes rows to the notifications table (idempotent by key, with a NOTIFY)
-and acknowledges events after that transaction. Sending is the mailer's job (`orion mailer`,
+each record is decoded once and a batch's emails are queued in its projection's transaction.
+It only writes rows to the notifications table (idempotent by key, with a NOTIFY), and the
+events are acknowledged after that transaction. Sending is the mailer's job (`orion mailer`,
 see mailer.py), a separate process: rendering and SMTP never take CPU from the pipeline, a
 slow or failing mail server never holds up the stream, and mailers scale on their own.
 """
@@ -19,23 +19,24 @@ from .. import logs, tracing
 from ..app import runtime, settings
 from ..domain import events as e
 from ..domain import notifications as domain
-from .common import CORRELATION_HEADER, header, until_done
+from .common import CORRELATION_HEADER, header
 
 log = logging.getLogger("orion.email")
 
 
 class Queued:
-    """The emails one batch of events asks for, queued in one transaction by `written()`."""
+    """The emails one batch of events asks for; the projection queues them in the
+    transaction that writes the batch (agents/projection.py)."""
 
     def __init__(self) -> None:
         self.items: list[domain.Notification] = []
 
-    async def written(self) -> None:
+    def take(self) -> list[domain.Notification]:
         items, self.items = self.items, []
-        if not items:
-            return
-        with tracing.span("email queue write", links=[n.correlation_id for n in items], attributes={"orion.batch.emails": len(items)}):
-            added = set(await until_done(lambda: runtime.notifications.enqueue(items), f"queueing {len(items)} email(s)"))
+        return items
+
+    @staticmethod
+    def logged(items: list[domain.Notification], added: set[str]) -> None:
         for note in items:
             if note.id in added and logs.per_order.allow():
                 with logs.bound(correlation_id=note.correlation_id, order_id=note.order_id, sku=note.sku,

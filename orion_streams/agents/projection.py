@@ -63,20 +63,29 @@ class Projection:
         self.correlation_ids: list[str | None] = []  # of each status change, for the log
 
     async def written(self) -> None:
-        if self.statuses or self.audit or self.levels or self.adjustments:
+        """The batch and the emails it asks for, in one transaction."""
+        emails = notify.batch.take()
+        if self.statuses or self.audit or self.levels or self.adjustments or emails:
             with tracing.span(
-                "projection write", links=[*self.correlation_ids, *(ctx.correlation_id for _, ctx in self.audit)],
-                attributes={"orion.batch.statuses": len(self.statuses), "orion.batch.audit": len(self.audit)},
+                "projection write",
+                links=[*self.correlation_ids, *(ctx.correlation_id for _, ctx in self.audit),
+                       *(n.correlation_id for n in emails)],
+                attributes={"orion.batch.statuses": len(self.statuses), "orion.batch.audit": len(self.audit),
+                            "orion.batch.emails": len(emails)},
             ):
-                await until_done(
-                    lambda: runtime.store.project(self.statuses, self.audit, self.levels, self.adjustments),
-                    "projection write",
-                )
+                added = await until_done(lambda: self._write(emails), "projection write")
             for change, cid in zip(self.statuses, self.correlation_ids, strict=True):
                 if logs.per_order.allow():
                     with logs.bound(correlation_id=cid, order_id=change.order_id):
                         log.info("stored order status %s (version %d)", change.status.value, change.version)
+            notify.batch.logged(emails, added)
         self._reset()
+
+    async def _write(self, emails: list[Any]) -> set[str]:
+        store = runtime.store
+        async with store.engine.begin() as conn:
+            await store.project_in(conn, self.statuses, self.audit, self.levels, self.adjustments)
+            return set(await runtime.notifications.enqueue_in(conn, emails))
 
 
 batch = Projection()
@@ -195,7 +204,6 @@ class Consumer:
                 for record in records_of_tp:
                     await _handle(record)
             await batch.written()
-            await notify.batch.written()
             offsets = {tp: rs[-1].offset + 1 for tp, rs in got.items() if rs}
             try:
                 await consumer.commit(offsets)

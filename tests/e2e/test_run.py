@@ -46,6 +46,7 @@ def orion_run(fresh_services: Services, tmp_path: Any) -> Iterator[tuple[str, Pa
         "ORION_STATE_DIR": str(tmp_path / "state"),
         "ORION_WEB_PORT": str(port),
         "ORION_APP_ID": fresh_services.app_id,
+        "ORION_PARTITIONS": str(fresh_services.partitions),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = tmp_path / "run.log"

@@ -6,6 +6,9 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
+from orion_streams.adapters.kafka_admin import TopicMismatch, ensure_topics
 from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.agents.common import partition_for
 
@@ -158,3 +161,11 @@ async def test_a_reservation_answer_for_an_order_not_seen_yet_keeps_its_units(
     assert (await api.decided(customer, in_flight))["status"] == "CONFIRMED"
     level = await api.stock(admin, sku)
     assert (level["on_hand"], level["reserved"]) == (10, 2)
+
+
+async def test_a_worker_set_up_for_another_partition_count_refuses_the_topics_and_says_how_to_run(
+    services: Services,
+) -> None:
+    # Keys would land on other partitions than the tables hold them: never start on them.
+    with pytest.raises(TopicMismatch, match=f"set ORION_PARTITIONS={PARTITIONS} to run on these topics"):
+        await ensure_topics(services.bootstrap, PARTITIONS + 8)

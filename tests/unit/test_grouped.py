@@ -11,17 +11,17 @@ from orion_streams.services.grouped import Grouped
 
 async def test_calls_made_together_share_one_write_and_those_made_during_it_share_the_next() -> None:
     writes: list[list[int]] = []
-    release = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def write(items: list[int]) -> None:
         writes.append(items)
+        started.set()
         if len(writes) == 1:
             await release.wait()
 
     grouped = Grouped(write)
     first = [asyncio.ensure_future(grouped.submit(i)) for i in range(3)]
-    while not writes:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 5)
     later = [asyncio.ensure_future(grouped.submit(i)) for i in range(3, 5)]
     await asyncio.sleep(0)
     assert writes == [[0, 1, 2]] and not any(f.done() for f in first)
