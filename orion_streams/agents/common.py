@@ -100,15 +100,19 @@ async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str,
     landed (RecordMetadata: topic, partition, offset), in order."""
     # Straight to the producer: Faust's Topic.send wraps each record in a pending message
     # with sensors and callbacks, a fifth of the CPU of a send (bench/hotpath.py profiles).
-    producer = app.producer
-    futures = []
-    for topic, key, message, headers in sends:
-        futures.append(await producer.send(
-            topic.get_topic_name(), key.encode(), records.encode(message), None, None, headers,
-        ))
+    futures = await _enqueue(sends)
     if futures:
         return list(await asyncio.gather(*futures))
     return []
+
+
+async def _enqueue(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> list[Any]:
+    """Hand messages to the producer, in order; returns the futures of their acks."""
+    producer = app.producer
+    return [
+        await producer.send(topic.get_topic_name(), key.encode(), records.encode(message), None, None, headers)
+        for topic, key, message, headers in sends
+    ]
 
 
 # Orion's own requests and answers go out as batch records (records.encode_batch).
@@ -212,6 +216,9 @@ class Outbox:
             else:
                 singles.append((topic, key, message, headers))
                 single_callbacks.append(callback)
+        # Published events first (a stock level before the answers that count on it), then
+        # the batch records; all acknowledged before the table changes are written.
+        single_futures = await _enqueue(singles)
         producer = app.producer
         futures, waiting = [], []
         for (name, partition), items in batches.items():
@@ -220,8 +227,7 @@ class Outbox:
                 value = records.encode_batch([(key, raw, headers) for key, raw, headers, _ in chunk])
                 futures.append(await producer.send(name, None, value, partition, None, _BATCH_HEADERS))
                 waiting.append([cb for *_, cb in chunk])
-        landed = await send_all(singles)
-        for callback, metadata in zip(single_callbacks, landed, strict=True):
+        for callback, metadata in zip(single_callbacks, await asyncio.gather(*single_futures), strict=True):
             if callback is not None:
                 callback(metadata)
         for callbacks, metadata in zip(waiting, await asyncio.gather(*futures), strict=True):

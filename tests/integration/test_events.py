@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orion_streams import records
 from orion_streams.adapters.kafka_admin import TopicMismatch, ensure_topics
 from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.agents.common import partition_for
@@ -118,6 +119,44 @@ async def test_bad_events_go_to_dead_letters_and_the_partition_moves_on(
     for key in bad:
         status, _, _ = await api.call("GET", f"/v1/orders/{key}", customer)
         assert status == 404
+
+
+async def test_a_batch_record_applies_its_good_items_and_parks_a_bad_one_or_a_broken_record_alone(
+    api: Api, services: Services, customer: str, fresh_sku: Any
+) -> None:
+    sku = fresh_sku()
+    tag = uuid.uuid4().hex
+    partition = partition_for(sku, PARTITIONS)
+
+    def adjust(n: int) -> bytes:
+        return json.dumps({"type": "AdjustStock", "sku": sku, "adjustment_id": f"{tag}-{n}", "delta": 5,
+                           "reason": "restock"}).encode()
+
+    batch = records.encode_batch([
+        (sku, adjust(1), [("correlation-id", f"batch-{tag}".encode())]),
+        (sku, json.dumps({"type": "Nonsense", "sku": sku}).encode(), [("correlation-id", f"batch-{tag}".encode())]),
+        (sku, adjust(2), []),
+    ])
+    batched = [(records.BATCH_HEADER, b"1")]
+    await produce(services.bootstrap, "stock-requests", None, b"{not a batch", headers=batched, partition=partition)
+    await produce(services.bootstrap, "stock-requests", None, batch, headers=batched, partition=partition)
+    await produce(services.bootstrap, "stock-requests", sku.encode(), adjust(3), partition=partition)
+
+    async def stocked() -> bool:
+        status, level, _ = await api.call("GET", f"/v1/inventory/{sku}", customer)
+        return status == 200 and level["on_hand"] == 15  # 404 until the first level is projected
+    await eventually(stocked, 20, "the good items and the single record applied")
+
+    async def parked() -> Any:
+        letters = await _dead_letters(services, source_topic="stock-requests", partition=partition)
+        item = [d for d in letters if d.get("item") == 1 and d["key"] == sku]
+        broken = [d for d in letters if d["value"] == "{not a batch"]
+        return (item, broken) if item and broken else None
+
+    (item, *_), (broken, *_) = await eventually(parked, 20, "the bad item and the broken record in dead-letters")
+    assert "unknown message type" in item["reason"] and json.loads(item["value"])["type"] == "Nonsense"
+    assert "batch record is not JSON" in broken["reason"]
+    assert item["offset"] > broken["offset"]
 
 
 async def test_a_reservation_answer_for_an_order_not_seen_yet_keeps_its_units(

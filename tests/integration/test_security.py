@@ -151,7 +151,11 @@ async def test_events_from_http_carry_actor_roles_and_correlation_to_the_audit_t
         out = []
         for r in found:
             if records.BATCH_HEADER in dict(r.headers):
-                out += [dict(headers) for k, headers, _ in records.decode_batch(r.value) if k == key]
+                try:
+                    items = records.decode_batch(r.value)
+                except records.BadRecord:  # another test's poison
+                    continue
+                out += [dict(headers) for k, headers, _ in items if k == key]
             elif r.key == key.encode():
                 out.append(dict(r.headers))
         return out

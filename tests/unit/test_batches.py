@@ -121,6 +121,9 @@ async def test_the_outbox_sends_requests_and_answers_as_one_batch_record_per_top
     # Published events stay single records, with their own key.
     [single] = [s for s in producer.sent if s[0] == "order-status"]
     assert single[1] == b"o1" and records.decode(single[2]) == status
+    # Published events are handed to the producer before the batch records (a stock level
+    # before the answers that count on it).
+    assert [s[0] for s in producer.sent][0] == "order-status"
     # Each request is told where its batch record landed.
     assert sorted(sku for sku, _ in landed) == sorted(skus)
     assert all(md.partition == common.partition_for(sku, settings.partitions) for sku, md in landed)
