@@ -216,26 +216,10 @@ class SqlAlchemyStore:
 
     # -- the write side used by the HTTP API ----------------------------------------
 
-    async def record_accepted(
-        self,
-        *,
-        order_id: str,
-        user_id: str,
-        email: str,
-        lines: Sequence[tuple[str, int, int]],
-        currency: str,
-        created_at: datetime,
-        idempotency_key: str | None,
-        request_hash: str,
-    ) -> None:
-        """Make an order readable right after its 202; the projection takes it from here."""
-        await self.record_accepted_many([Accepted(
-            order_id, user_id, email, tuple(lines), currency, created_at, idempotency_key, request_hash,
-        )])
-
-    async def record_accepted_many(self, orders: Sequence[Accepted]) -> None:
-        """`record_accepted` for many orders in one prepared statement. An order the
-        projection wrote first keeps its row; only its idempotency key is added."""
+    async def record_accepted(self, orders: Sequence[Accepted]) -> None:
+        """Make orders readable right after their 202, in one prepared statement; the
+        projection takes them from there. An order the projection wrote first keeps its row;
+        only its idempotency key is added."""
         unique = list({o.order_id: o for o in reversed(orders)}.values())  # the first of each
         lines = [(o.order_id, sku, q, p) for o in unique for sku, q, p in o.lines]
         params = {

@@ -95,19 +95,11 @@ def identity(event: Any) -> list[tuple[str, bytes]]:
     return make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER))
 
 
-async def send_all(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> list[Any]:
-    """Send messages and wait until Kafka has them all (acks=all); returns where each
-    landed (RecordMetadata: topic, partition, offset), in order."""
+async def _enqueue(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> list[Any]:
+    """Hand messages to the producer, in order; returns the futures of their acks (each
+    resolves to where the message landed: RecordMetadata topic, partition, offset)."""
     # Straight to the producer: Faust's Topic.send wraps each record in a pending message
     # with sensors and callbacks, a fifth of the CPU of a send (bench/hotpath.py profiles).
-    futures = await _enqueue(sends)
-    if futures:
-        return list(await asyncio.gather(*futures))
-    return []
-
-
-async def _enqueue(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> list[Any]:
-    """Hand messages to the producer, in order; returns the futures of their acks."""
     producer = app.producer
     return [
         await producer.send(topic.get_topic_name(), key.encode(), records.encode(message), None, None, headers)

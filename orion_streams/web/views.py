@@ -41,7 +41,7 @@ _verifier: TokenVerifier | None = None
 order_limits = TokenBuckets(settings.order_rate_per_minute / 60.0, settings.order_burst)
 service_order_limits = TokenBuckets(settings.service_order_rate_per_minute / 60.0, settings.service_order_burst)
 # Orders accepted at about the same time are pre-recorded in one statement (group commit).
-accepted: Grouped[Accepted] = Grouped(lambda orders: runtime.store.record_accepted_many(orders))
+accepted: Grouped[Accepted] = Grouped(lambda orders: runtime.store.record_accepted(orders))
 
 
 def verifier() -> TokenVerifier:

@@ -10,7 +10,7 @@ import pytest
 
 from orion_streams import records
 from orion_streams.adapters.kafka_admin import TopicMismatch, ensure_topics
-from orion_streams.adapters.postgres import SqlAlchemyStore
+from orion_streams.adapters.postgres import Accepted, SqlAlchemyStore
 from orion_streams.agents.common import partition_for
 
 from .harness import PARTITIONS, Api, Services, eventually, produce, read_topic, table_values
@@ -174,10 +174,9 @@ async def test_a_reservation_answer_for_an_order_not_seen_yet_keeps_its_units(
     store = SqlAlchemyStore(services.database_url, pool_size=1)
     in_flight, unknown = f"early-{uuid.uuid4().hex}", f"stray-{uuid.uuid4().hex}"
     try:
-        await store.record_accepted(
-            order_id=in_flight, user_id="sarah", email="sarah@example.com", lines=[(sku, 2, 1000)],
-            currency="EUR", created_at=datetime.now(UTC), idempotency_key=None, request_hash="x",
-        )
+        await store.record_accepted([
+            Accepted(in_flight, "sarah", "sarah@example.com", ((sku, 2, 1000),), "EUR", datetime.now(UTC), None, "x"),
+        ])
         for order_id in (in_flight, unknown):
             reserve = {"type": "ReserveLine", "order_id": order_id, "sku": sku, "quantity": 2}
             await produce(services.bootstrap, "stock-requests", sku.encode(), json.dumps(reserve).encode())

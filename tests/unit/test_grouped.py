@@ -22,8 +22,9 @@ async def test_calls_made_together_share_one_write_and_those_made_during_it_shar
     grouped = Grouped(write)
     first = [asyncio.ensure_future(grouped.submit(i)) for i in range(3)]
     await asyncio.wait_for(started.wait(), 5)
+    # Submitted while the first write is held: they start before the write is released
+    # (tasks run in the order they were scheduled).
     later = [asyncio.ensure_future(grouped.submit(i)) for i in range(3, 5)]
-    await asyncio.sleep(0)
     assert writes == [[0, 1, 2]] and not any(f.done() for f in first)
     release.set()
     await asyncio.gather(*first, *later)
@@ -58,17 +59,18 @@ async def test_a_write_carries_at_most_the_limit() -> None:
 
 
 async def test_a_caller_that_gives_up_does_not_stop_the_others() -> None:
-    release = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
     written: list[list[int]] = []
 
     async def write(items: list[int]) -> None:
+        started.set()
         await release.wait()
         written.append(items)
 
     grouped = Grouped(write)
     impatient = asyncio.ensure_future(grouped.submit(1))
     patient = asyncio.ensure_future(grouped.submit(2))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 5)  # both are in the write under way
     impatient.cancel()
     release.set()
     await patient
