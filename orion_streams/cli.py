@@ -80,6 +80,9 @@ def _prepare(settings: Settings, *, seed: bool) -> None:
         asyncio.run(_seed(settings))
 
 
+PROJECTION_MODES = ("process", "inline", "off")
+
+
 def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     """Start one Faust worker in this process (blocks until it stops)."""
     os.environ["ORION_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
@@ -94,6 +97,12 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
         mode.loop.use("uvloop")
     elif settings.event_loop != "asyncio":
         raise SystemExit(f"ORION_EVENT_LOOP must be uvloop or asyncio, not {settings.event_loop!r}")
+    if settings.projection not in PROJECTION_MODES:
+        raise SystemExit(f"ORION_PROJECTION must be one of {', '.join(PROJECTION_MODES)}, not {settings.projection!r}")
+    if settings.projection == "process":
+        # The projection's process counts its metrics (dead letters, database) where the
+        # worker's /metrics reads them.
+        _share_metrics(settings.state_dir / "metrics" / settings.worker_id)
     from . import (
         agents,  # noqa: F401  (registers the agents)
         tracing,
@@ -246,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     worker = sub.add_parser("worker", help="run one worker against configured services")
     worker.add_argument("--loglevel", default=None)
     sub.add_parser("mailer", help="send the queued emails (run one or more next to the workers)")
+    sub.add_parser(
+        "projection", help="write orders, audit and stock to PostgreSQL and queue emails (a worker runs one itself "
+        "unless ORION_PROJECTION=off)",
+    )
     apikey = sub.add_parser("apikey", help="create, list or revoke service API keys")
     apikey_sub = apikey.add_subparsers(dest="action", required=True)
     create = apikey_sub.add_parser("create", help="create a key and print it (shown once)")
@@ -290,6 +303,12 @@ def main(argv: list[str] | None = None) -> None:
         if not settings.database_url:
             parser.error("ORION_DATABASE_URL must be set for a mailer")
         mailer_main(settings)
+    elif args.command == "projection":
+        if not settings.database_url:
+            parser.error("ORION_DATABASE_URL must be set for a projection")
+        from .agents.projection import main as projection_main
+
+        projection_main()
     elif args.command == "apikey":
         if not settings.database_url:
             parser.error("ORION_DATABASE_URL must be set")

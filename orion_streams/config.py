@@ -62,6 +62,10 @@ class Settings:
     log_order_lines: float = 20.0
     # The worker's event loop: "uvloop" (faster sockets and callbacks) or "asyncio".
     event_loop: str = "uvloop"
+    # Where the worker's projection (PostgreSQL read model and email queue) runs: "process",
+    # a child process of the worker (a core of its own); "inline", in the worker's event
+    # loop; "off", not at all (run `orion projection` yourself).
+    projection: str = "process"
     app_id: str = "orion"
     # Partitions of every Orion topic, fixed once the topics exist: the most workers that can
     # share the work. 12 leaves room to grow (README, "Running more workers").
@@ -143,6 +147,7 @@ class Settings:
             log_level=_env("ORION_LOG_LEVEL", "info"),
             log_order_lines=float(_env("ORION_LOG_ORDER_LINES", str(cls.log_order_lines))),
             event_loop=_env("ORION_EVENT_LOOP", cls.event_loop),
+            projection=_env("ORION_PROJECTION", cls.projection),
             app_id=_env("ORION_APP_ID", cls.app_id),
             partitions=int(_env("ORION_PARTITIONS", str(cls.partitions))),
             payment_timeout=float(_env("ORION_PAYMENT_TIMEOUT", str(cls.payment_timeout))),

@@ -195,6 +195,15 @@ class Outbox:
         self.send(topic, key, message, headers)
 
     async def flush(self) -> None:
+        """Send everything, wait for the broker, then write the table changes."""
+        flight = await self.launch()
+        await flight.sent()
+        await flight.write_tables()
+
+    async def launch(self) -> Flight:
+        """Hand the sends to the producer now, in order, and take the table changes made so
+        far; the returned flight waits for them (`sent`) and writes the changes after
+        (`write_tables`), while the agent goes on with its next batch."""
         kept = [(s, cb) for s, cb in zip(self.sends, self.on_sent, strict=True) if s is not None]
         self.sends, self.on_sent, self._latest = [], [], {}
         # Requests and answers: one batch record per topic and partition, in send order.
@@ -210,24 +219,48 @@ class Outbox:
                 single_callbacks.append(callback)
         # Published events first (a stock level before the answers that count on it), then
         # the batch records; all acknowledged before the table changes are written.
-        single_futures = await _enqueue(singles)
+        futures: list[Any] = await _enqueue(singles)
+        for single, callback in zip(futures, single_callbacks, strict=True):
+            if callback is not None:
+                single.add_done_callback(_tell(callback))
         producer = app.producer
-        futures, waiting = [], []
         for (name, partition), items in batches.items():
             for start in range(0, len(items), records.BATCH_LIMIT):
                 chunk = items[start:start + records.BATCH_LIMIT]
                 value = records.encode_batch([(key, raw, headers) for key, raw, headers, _ in chunk])
-                futures.append(await producer.send(name, None, value, partition, None, _BATCH_HEADERS))
-                waiting.append([cb for *_, cb in chunk])
-        for callback, metadata in zip(single_callbacks, await asyncio.gather(*single_futures), strict=True):
-            if callback is not None:
-                callback(metadata)
-        for callbacks, metadata in zip(waiting, await asyncio.gather(*futures), strict=True):
-            for callback in callbacks:
-                if callback is not None:
-                    callback(metadata)
-        for table in self.tables:
-            await table.written()
+                future: Any = await producer.send(name, None, value, partition, None, _BATCH_HEADERS)
+                for *_, callback in chunk:
+                    if callback is not None:
+                        future.add_done_callback(_tell(callback))
+                futures.append(future)
+        return Flight(futures, [(table, table.take()) for table in self.tables])
+
+
+def _tell(callback: OnSent) -> Callable[[asyncio.Future[Any]], None]:
+    """Call `callback` with where the message landed, as soon as the broker has it (before
+    anything can answer it), and never for a send that failed."""
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            callback(future.result())
+
+    return done
+
+
+class Flight:
+    """A batch's sends on their way to the broker and the table changes to write after."""
+
+    def __init__(self, futures: list[Any], changes: list[tuple[Any, list[Any]]]) -> None:
+        self.futures, self.changes = futures, changes
+
+    async def sent(self) -> None:
+        if self.futures:
+            await asyncio.gather(*self.futures)
+
+    async def write_tables(self) -> None:
+        for table, changes in self.changes:
+            if changes:
+                await table.write(changes)
 
 
 class OrderedAcks:
@@ -301,33 +334,69 @@ async def handle_in_batches(
     handled = 0  # messages in `pending` (a batch record carries many)
     lock = asyncio.Lock()
     chores = metrics.HOUSEKEEPING.labels(what)
+    landing: asyncio.Future[None] | None = None  # the last batch still on its way
+    failed: BaseException | None = None  # a batch that could not land stops the agent
+
+    async def land(flight: Flight, before: asyncio.Future[None] | None, batch: list[faust.EventT[bytes]]) -> None:
+        nonlocal failed
+        try:
+            await flight.sent()
+            if before is not None:
+                await before  # table changes reach the changelog in the order they were made
+            await flight.write_tables()
+        except BaseException as exc:
+            failed = failed or exc
+            raise
+        for event in batch:
+            await manual.ack(event)
 
     async def flush() -> None:
-        nonlocal pending, handled
+        """Hand the batch's sends to the producer and go on: the batch lands (sends acked,
+        then its table changes, then its events acknowledged) while the next one is handled.
+        One batch at most is in the air."""
+        nonlocal pending, handled, landing
+        if failed is not None:
+            raise failed
         batch, pending, handled = pending, [], 0
-        if batch:
-            await outbox.flush()
-            for event in batch:
-                await manual.ack(event)
+        if not batch:
+            return
+        before = landing
+        landing = asyncio.ensure_future(land(await outbox.launch(), before, batch))
+        if before is not None:
+            await before
+
+    async def landed() -> None:
+        """Everything handed off so far has landed."""
+        nonlocal landing
+        if landing is not None:
+            last, landing = landing, None
+            await last
 
     async def flush_when_quiet() -> None:
+        nonlocal failed
         next_chores = time.monotonic() + every
-        while True:
-            await asyncio.sleep(BATCH_WITHIN)
-            async with lock:
-                await flush()
-                if housekeeping is not None and time.monotonic() >= next_chores:
-                    started = time.monotonic()
-                    try:
-                        await housekeeping(outbox)
-                        await outbox.flush()
-                    except (KafkaError, OSError, TimeoutError) as exc:  # the broker is away
-                        log.warning("%s housekeeping failed: %s; trying again", what, exc)
-                    except Exception:  # a bug: the next round tries again; never stop the loop
-                        log.exception("%s housekeeping failed", what)
-                    finished = time.monotonic()
-                    chores.observe(finished - started)
-                    next_chores = finished + every
+        try:
+            while True:
+                await asyncio.sleep(BATCH_WITHIN)
+                async with lock:
+                    await flush()
+                    if housekeeping is not None and time.monotonic() >= next_chores:
+                        await landed()
+                        started = time.monotonic()
+                        try:
+                            await housekeeping(outbox)
+                            await outbox.flush()
+                        except (KafkaError, OSError, TimeoutError) as exc:  # the broker is away
+                            log.warning("%s housekeeping failed: %s; trying again", what, exc)
+                        except Exception:  # a bug: the next round tries again; never stop the loop
+                            log.exception("%s housekeeping failed", what)
+                        finished = time.monotonic()
+                        chores.observe(finished - started)
+                        next_chores = finished + every
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a batch did not land: the agent's loop raises it
+            failed = failed or exc
 
     async def one(message: Any) -> None:
         try:
@@ -351,6 +420,8 @@ async def handle_in_batches(
     try:
         async for event in manual.events():
             async with lock:
+                if failed is not None:
+                    raise failed
                 try:
                     messages = unpack(event)
                 except records.BadRecord as exc:
@@ -371,15 +442,21 @@ async def handle_in_batches(
             async with asyncio.timeout(5):
                 async with lock:
                     await flush()
+                    await landed()
         except Exception as exc:  # noqa: BLE001 - they are redelivered to the next owner
             log.warning("%s: %d handled event(s) not acknowledged at stop: %r", what, len(pending), exc)
 
 
-async def dead_letter(event: Any, reason: str, *, kind: str) -> None:
+# Sends a dead letter (key, value, headers) and waits for the broker's acknowledgement.
+DeadLetterSend = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+
+
+async def dead_letter(event: Any, reason: str, *, kind: str, send: DeadLetterSend | None = None) -> None:
     """Park a message that cannot be processed, with why and where it came from.
 
     `kind` is a fixed class of the reason (bad_record, invalid_order, wrong_key, ...) for
-    metrics and alerts; `reason` is the words for people."""
+    metrics and alerts; `reason` is the words for people. `send` is for a process without
+    the Faust app's producer (the projection's own process)."""
     msg = event.message
     if isinstance(event.value, bytes):
         raw = event.value
@@ -416,7 +493,11 @@ async def dead_letter(event: Any, reason: str, *, kind: str) -> None:
         "dead-lettered %s[%d]@%d (%s): %s", msg.topic, msg.partition, msg.offset, kind, reason,
         extra={"correlation_id": correlation, "reason_class": kind},
     )
-    fut = await dead_letters_topic.send(key=key, value=json.dumps(body).encode(), headers=headers)
+    value = json.dumps(body).encode()
+    if send is not None:
+        await send(key, value, headers)
+        return
+    fut = await dead_letters_topic.send(key=key, value=value, headers=headers)
     await fut
 
 

@@ -16,7 +16,7 @@ from .. import topics as t
 from ..app import app, settings
 from ..tables import inventory, sagas
 from .common import partition_for
-from .projection import consumer as projection
+from .projection import lag as projection_lag
 from .saga import waiting
 
 # Topics whose events this worker's agents process (changelogs are recovery, not lag).
@@ -56,8 +56,8 @@ def consumer_lag() -> dict[TP, int]:
         # Nothing committed yet: everything from the start waits (as Kafka's tools count it).
         position = committed.get(tp) or 0
         lags[tp] = max(0, end - position)
-    # The projection is a consumer group of its own (agents/projection.py).
-    for tp, lag in projection.lag().items():
+    # The projection is a consumer group of its own, maybe in its own process (agents/projection.py).
+    for tp, lag in projection_lag().items():
         lags[TP(tp.topic, tp.partition)] = lag
     return lags
 

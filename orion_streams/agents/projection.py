@@ -14,25 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import json
 import logging
+import os
 import random
+import signal
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import mode
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from .. import logs, records, tracing
+from .. import logs, metrics, records, tracing
 from .. import topics as t
 from ..adapters.postgres import AuditContext
 from ..app import app, runtime, settings
 from ..domain import events as e
+from ..partitioner import Murmur2Partitioner
 from . import notify
 from .common import (
     ACTOR_HEADER,
     CORRELATION_HEADER,
     ROLES_HEADER,
+    DeadLetterSend,
     dead_letter,
     header,
     until_done,
@@ -110,11 +118,11 @@ class Received:
     message: _Where
 
 
-async def handle_event(event: Any) -> None:
+async def handle_event(event: Any, send: DeadLetterSend | None = None) -> None:
     try:
         message = records.decode(event.value)
     except records.BadRecord as exc:
-        await dead_letter(event, str(exc), kind="bad_record")
+        await dead_letter(event, str(exc), kind="bad_record", send=send)
         return
     match message:
         case e.OrderStatusChanged():
@@ -136,12 +144,12 @@ async def handle_event(event: Any) -> None:
         case e.LowStockDetected():
             pass  # alerts are the emails' and the websocket's business
         case _:
-            await dead_letter(event, f"{type(message).__name__} is not projected", kind="wrong_topic")
+            await dead_letter(event, f"{type(message).__name__} is not projected", kind="wrong_topic", send=send)
             return
     notify.collect(event, message)
 
 
-async def _handle(record: Any) -> None:
+async def _handle(record: Any, send: DeadLetterSend | None) -> None:
     event: Any = Received(record.key, record.value, record.headers,
                      _Where(record.topic, record.partition, record.offset, record.timestamp))
     try:
@@ -152,13 +160,13 @@ async def _handle(record: Any) -> None:
                     "messaging.destination.partition.id": str(record.partition),
                     "messaging.kafka.offset": record.offset,
                 }):
-                    await handle_event(event)
+                    await handle_event(event, send)
             else:
-                await handle_event(event)
+                await handle_event(event, send)
     except Exception:
         # A bug must not wedge the partition forever; the record is parked with why.
         log.exception("projection failed on %s[%d]@%d", record.topic, record.partition, record.offset)
-        await dead_letter(event, "internal error in the projection", kind="internal_error")
+        await dead_letter(event, "internal error in the projection", kind="internal_error", send=send)
 
 
 class Consumer:
@@ -167,6 +175,8 @@ class Consumer:
     def __init__(self) -> None:
         self.consumer: AIOKafkaConsumer | None = None
         self.committed: dict[TopicPartition, int] = {}
+        # Dead letters go through the Faust app's producer, or this in a process of its own.
+        self.dead_letters: DeadLetterSend | None = None
 
     async def run(self) -> None:
         await runtime.ready()
@@ -202,7 +212,7 @@ class Consumer:
                 continue
             for records_of_tp in got.values():
                 for record in records_of_tp:
-                    await _handle(record)
+                    await _handle(record, self.dead_letters)
             await batch.written()
             offsets = {tp: rs[-1].offset + 1 for tp, rs in got.items() if rs}
             try:
@@ -228,10 +238,203 @@ class Consumer:
 consumer = Consumer()
 
 
+# -- the projection's own process (ORION_PROJECTION=process) ---------------------------------
+
+REPORT_FD_ENV = "ORION_PROJECTION_REPORT_FD"  # where the child reports its lag to the worker
+
+
+class Child:
+    """The worker's projection in a process of its own: the worker's event loop keeps its
+    core for deciding orders (python -m bench.hotpath: the projection was a quarter of it).
+    The worker starts it, starts it again with backoff whenever it exits, stops it when it
+    stops, and the kernel kills it if the worker dies (no orphan keeps consuming). The child
+    reports its lag once a second over a pipe; the worker's /metrics shows it as before."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reported: dict[TopicPartition, int] = {}
+
+    async def run(self) -> None:
+        delay = 0.5
+        try:
+            while True:
+                started = time.monotonic()
+                code = await self._once()
+                if time.monotonic() - started > 60:
+                    delay = 0.5  # it ran for a while: a fresh failure, not a crash loop
+                log.warning("projection process exited with code %s; starting it again in %.1fs", code, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))  # backoff before restarting
+                delay = min(delay * 2, 30.0)
+        finally:
+            await asyncio.shield(self.stop())
+
+    async def _once(self) -> int:
+        read_fd, write_fd = os.pipe()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "orion_streams.cli", "projection",
+                env={**os.environ, REPORT_FD_ENV: str(write_fd)}, pass_fds=(write_fd,),
+                stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        proc = self.proc
+        log.info("projection process %d started", proc.pid)
+        reports = asyncio.ensure_future(self._read_reports(read_fd))
+        try:
+            return await proc.wait()
+        finally:
+            reports.cancel()
+            self.reported = {}
+            metrics.process_exited(proc.pid)
+
+    async def _read_reports(self, fd: int) -> None:
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        try:
+            async for line in reader:
+                with contextlib.suppress(ValueError, TypeError):
+                    report = json.loads(line)
+                    self.reported = {TopicPartition(tp, p): lag for tp, p, lag in report["lag"]}
+        finally:
+            transport.close()
+
+    async def stop(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after 10 s) and wait for it."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+def _prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()  # looked up before any fork: a child may not load libraries safely
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the worker dies (PR_SET_PDEATHSIG)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)
+
+
+child = Child()
+
+
+def lag() -> dict[TopicPartition, int]:
+    """Records the projection has not written yet, per partition it owns in this worker."""
+    return child.reported if settings.projection == "process" else consumer.lag()
+
+
 @app.service
 class ProjectionService(mode.Service):
-    """Runs this worker's projection consumer; mode cancels it when the worker stops."""
+    """Runs this worker's projection where ORION_PROJECTION says; mode cancels it when the
+    worker stops."""
 
     @mode.Service.task
     async def _consume(self) -> None:
-        await consumer.run()
+        if settings.projection == "inline":
+            await consumer.run()
+        elif settings.projection == "process":
+            await child.run()
+
+    async def on_stop(self) -> None:
+        await child.stop()
+
+
+class _DeadLetters:
+    """Dead letters of the projection's own process, through a producer of its own."""
+
+    def __init__(self) -> None:
+        self.producer: AIOKafkaProducer | None = None
+
+    async def __call__(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        if self.producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap, acks="all", client_id=f"{group_id()}-{settings.worker_id}",
+                partitioner=Murmur2Partitioner(),
+            )
+            await producer.start()
+            self.producer = producer
+        await (await self.producer.send(t.DEAD_LETTERS.name, value, key=key, headers=headers))
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+
+def main() -> None:
+    """`orion projection`: the projection in this process until SIGTERM or SIGINT (the
+    worker runs it so; run it yourself beside workers started with ORION_PROJECTION=off)."""
+    logs.configure(settings.log_format, settings.log_level, settings.worker_id)
+    tracing.configure("orion-worker", settings.worker_id)
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(_serve())
+
+
+async def _serve() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    dead_letters = _DeadLetters()
+    consumer.dead_letters = dead_letters
+    report_fd = int(os.environ[REPORT_FD_ENV]) if os.environ.get(REPORT_FD_ENV) else None
+    tasks = [asyncio.ensure_future(consumer.run()), asyncio.ensure_future(_refresh_catalog())]
+    if report_fd is not None:
+        tasks.append(asyncio.ensure_future(_report(report_fd, stop)))
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await dead_letters.close()
+        await runtime.close()
+        metrics.process_exited()
+        await asyncio.to_thread(tracing.shutdown)
+
+
+async def _report(fd: int, stop: asyncio.Event) -> None:
+    """Tell the worker this process's lag once a second; stop when the worker is gone."""
+    while True:
+        line = json.dumps({"lag": [[tp.topic, tp.partition, n] for tp, n in consumer.lag().items()]})
+        try:
+            os.write(fd, line.encode() + b"\n")
+        except OSError:  # the worker closed its end: it is stopping or gone
+            stop.set()
+            return
+        await asyncio.sleep(1.0)  # a report interval, not a wait for a condition
+
+
+async def _refresh_catalog() -> None:
+    """Product names for the emails, refreshed as the worker refreshes its catalog."""
+    while True:
+        await asyncio.sleep(30.0)  # the refresh interval
+        try:
+            await (await runtime.ready()).refresh_catalog()
+        except Exception as exc:  # the database may be away; the next round tries again
+            log.warning("catalog refresh failed: %s", exc)

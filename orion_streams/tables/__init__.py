@@ -67,21 +67,30 @@ class DurableTable(faust.Table[str, Any]):
         self._unsent.append((partition, key, None))
 
     async def written(self) -> None:
-        """Send every change made so far and wait for the broker (acks=all).
+        """Send every change made so far and wait for the broker (acks=all)."""
+        await self.write(self.take())
+
+    def take(self) -> list[tuple[int, Any, Any]]:
+        """The changes made since the last `take`, to `write` later in the order taken.
 
         In a coalescing table, a key changed several times since the last call is sent once,
         with its last value, at the place of its last change. Only for tables whose keys are
         independent: the inventory's stock row must reach the changelog before the holds it
-        counts (agents/reservation.py), so it sends every change in order."""
+        counts (agents/reservation.py), so it sends every change in order. Values are kept
+        as they were when set (writers reassign values, they never change one in place)."""
         pending, self._unsent = self._unsent, []
         if self.coalesce:
             last = {(partition, key): i for i, (partition, key, _) in enumerate(pending)}
             if len(last) < len(pending):
                 pending = [pending[i] for i in sorted(last.values())]
+        return pending
+
+    async def write(self, changes: list[tuple[int, Any, Any]]) -> None:
+        """Send changes taken by `take` to the changelog and wait for the broker."""
         topic: Any = self.changelog_topic
         name, producer = topic.get_topic_name(), self.app.producer
         futures = []
-        for partition, key, value in pending:
+        for partition, key, value in changes:
             raw_key, headers = topic.prepare_key(key, self.key_serializer, None, None)
             # None is a tombstone: no value at all, not JSON null.
             raw_value = None if value is None else topic.prepare_value(value, self.value_serializer, None, headers)[0]
