@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Iterable
@@ -20,6 +21,17 @@ from .services.admission import Admission
 from .services.ports import PaymentGateway
 
 log = logging.getLogger("orion.runtime")
+
+
+def tune_gc() -> None:
+    """Collect garbage less often in a long-running process: the objects loaded at start are
+    set aside for good (`gc.freeze`), and the youngest generation is collected every 50,000
+    allocations instead of 700. An order allocates hundreds of objects, so the default ran a
+    collection every few orders (python -m bench.hotpath, flash sale, same commit: 500 and 637
+    decisions/s with the default, 667 and 781 with this). Cycles still go at the first
+    collection after they are dropped."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class Runtime:

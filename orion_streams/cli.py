@@ -118,6 +118,9 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     level = (loglevel or settings.log_level).lower()
     # JSON logs are for machines: no banner on stdout between the lines.
     quiet = ["--quiet"] if settings.log_format == "json" else []
+    from .bootstrap import tune_gc
+
+    tune_gc()
     sys.argv = [
         "orion", *quiet, "worker", "--loglevel", level,
         "--web-host", settings.web_host, "--web-port", str(settings.web_port),

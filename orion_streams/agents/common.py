@@ -378,6 +378,10 @@ async def handle_in_batches(
         try:
             while True:
                 await asyncio.sleep(BATCH_WITHIN)
+                if landing is not None and not landing.done():
+                    # The last batch is still landing: the agent goes on handling events
+                    # meanwhile, and they go out together as soon as it has landed.
+                    await asyncio.wait([landing])
                 async with lock:
                     await flush()
                     if housekeeping is not None and time.monotonic() >= next_chores:

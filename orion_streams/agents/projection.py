@@ -33,7 +33,9 @@ from .. import logs, metrics, records, tracing
 from .. import topics as t
 from ..adapters.postgres import AuditContext
 from ..app import app, runtime, settings
+from ..bootstrap import tune_gc
 from ..domain import events as e
+from ..faust_fixes import FETCH_MAX_WAIT_MS
 from ..partitioner import Murmur2Partitioner
 from . import notify
 from .common import (
@@ -185,7 +187,7 @@ class Consumer:
             consumer = AIOKafkaConsumer(
                 *TOPICS, bootstrap_servers=settings.kafka_bootstrap, group_id=group_id(),
                 client_id=f"{group_id()}-{settings.worker_id}", enable_auto_commit=False,
-                auto_offset_reset="earliest", max_poll_records=BATCH_SIZE,
+                auto_offset_reset="earliest", max_poll_records=BATCH_SIZE, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                 session_timeout_ms=int(settings.session_timeout * 1000),
                 heartbeat_interval_ms=max(100, int(settings.session_timeout * 100)),
             )
@@ -392,6 +394,7 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
+    tune_gc()
     asyncio.run(_serve())
 
 

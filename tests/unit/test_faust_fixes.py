@@ -40,6 +40,18 @@ def test_the_fixes_are_applied_once_the_app_is_loaded() -> None:
     assert faust_consumer.Consumer.perform_seek is faust_fixes._perform_seek
 
 
+async def test_the_workers_consumer_waits_at_most_a_tenth_of_a_second_for_a_fetch() -> None:
+    """Faust builds its consumer with fetch_max_wait_ms=1500; the worker's waits 100 ms."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from orion_streams.app import app
+
+    faust_fixes.apply()
+    thread = AIOKafkaConsumerThread(app.consumer, loop=None)
+    consumer = thread._create_worker_consumer(app.transport)
+    assert consumer._fetch_max_wait_ms == faust_fixes.FETCH_MAX_WAIT_MS == 100
+
+
 def test_health_fails_once_recovery_has_stalled_past_the_limit() -> None:
     from orion_streams.agents import watchdog
     from orion_streams.app import settings
