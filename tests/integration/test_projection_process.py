@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from orion_streams.devservices.stack import Worker
+from orion_streams.devservices.stack import Worker, wait_until
 
 from .harness import Api, eventually
 
@@ -77,16 +76,11 @@ def test_the_projection_process_dies_with_its_worker(tmp_path: Path) -> None:
         "time.sleep(120)\n",
     ])
     try:
-        deadline = time.monotonic() + 60
-        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)  # poll interval under a deadline
+        wait_until(lambda: pid_file.exists() and bool(pid_file.read_text()), 60, "the child to start", 0.05)
         child = int(pid_file.read_text())
         parent.kill()
         parent.wait(10)
-        deadline = time.monotonic() + 10
-        while running(child) and time.monotonic() < deadline:
-            time.sleep(0.05)  # poll interval under a deadline
-        assert not running(child), "the child outlived its parent"
+        wait_until(lambda: not running(child), 10, "the child to die with its parent", 0.05)
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -132,7 +132,8 @@ async def test_the_next_batch_is_handled_while_one_lands_and_batches_land_in_ord
     # Batch 2's send lands first: its table change still waits for batch 1's.
     producer.futures[1].set_result(None)
     feed(3)  # the agent waits for batch 1 before it takes a third: one batch in the air
-    await asyncio.sleep(0.05)  # give a wrong order every chance to show
+    for _ in range(100):  # let every ready task run: a wrong order would show now
+        await asyncio.sleep(0)
     assert table.written == [] and stream.acked == [] and handled == [1, 2] and len(producer.futures) == 2
     producer.futures[0].set_result(None)
     await until(lambda: stream.acked == [1, 2], "batches 1 and 2 acknowledged")
