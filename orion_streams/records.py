@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields, is_dataclass
 from enum import Enum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -332,7 +332,26 @@ def decode(raw: Any, catalog: Catalog | None = None) -> Any:
 # with the header `orion-batch`. A consumer pays Faust's cost per record once for all of them.
 # Single records on those topics (another producer's AdjustStock, an older worker) still count.
 BATCH_HEADER = "orion-batch"
-BATCH_LIMIT = 500  # items per batch record, well under the broker's message size limit
+BATCH_LIMIT = 500  # items per batch record
+BATCH_BYTES = 256 * 1024  # encoded items per batch record, well under the broker's 1 MB limit
+
+_Item = TypeVar("_Item", bound=tuple[Any, ...])
+
+
+def chunks(items: list[_Item]) -> Iterator[list[_Item]]:
+    """`items` (key, encoded message, ...) cut into batch records of at most BATCH_LIMIT
+    items and, but for a single item, BATCH_BYTES of encoded messages."""
+    chunk: list[_Item] = []
+    size = 0
+    for item in items:
+        n = len(item[0]) + len(item[1])
+        if chunk and (len(chunk) >= BATCH_LIMIT or size + n > BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += n
+    if chunk:
+        yield chunk
 
 
 def encode_batch(items: list[tuple[str, bytes, list[tuple[str, bytes]]]]) -> bytes:
@@ -346,12 +365,13 @@ def encode_batch(items: list[tuple[str, bytes, list[tuple[str, bytes]]]]) -> byt
     return b'{"type":"Batch","items":[' + b",".join(parts) + b"]}"
 
 
-def decode_batch(raw: bytes | None) -> list[tuple[str, list[tuple[str, bytes]], Any]]:
-    """The (key, headers, parsed message) items of a batch record; raises BadRecord."""
+def decode_batch(raw: Any) -> list[tuple[str, list[tuple[str, bytes]], Any]]:
+    """The (key, headers, parsed message) items of a batch record (its bytes, or its value
+    parsed already); raises BadRecord."""
     if raw is None:
         raise BadRecord("empty batch record")
     try:
-        data = parse_json(raw)
+        data = parse_json(raw) if isinstance(raw, bytes | str) else raw
     except NotJson as exc:
         raise BadRecord(f"batch record is not JSON: {exc}") from exc
     items = data.get("items") if isinstance(data, dict) and data.get("type") == "Batch" else None

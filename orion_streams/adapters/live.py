@@ -362,10 +362,21 @@ class Dispatcher:
         if self.hub.idle:
             return
         try:
-            message = records.decode(raw)
+            data = records.parse_json(raw) if raw is not None else None
+            # The items of a batch record (agents/common.py), or the record's one message.
+            values = [v for _, _, v in records.decode_batch(data)] if _is_batch(data) else [data]
         except Exception as exc:  # BadRecord, or anything a bad producer managed to send
             log.debug("live feed ignores a record: %s", exc)
             return
+        for value in values:
+            try:
+                message = records.decode(value)
+            except Exception as exc:
+                log.debug("live feed ignores a message: %s", exc)
+                continue
+            self._publish(message)
+
+    def _publish(self, message: Any) -> None:
         match message:
             case e.OrderStatusChanged():
                 if self._versions.fresh("order", message.order_id, message.version):
@@ -379,6 +390,10 @@ class Dispatcher:
                     self.hub.publish_admin(stock_low_message(message))
             case _:
                 pass
+
+
+def _is_batch(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("type") == "Batch"
 
 
 class TopicMissing(RuntimeError):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg.exceptions as pg_errors
-from sqlalchemy import and_, func, select, text, tuple_
+from sqlalchemy import and_, event, func, select, text, tuple_
 from sqlalchemy import exc as sa_errors
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -171,16 +172,50 @@ _QUEUE_HEAD = text(
 )
 
 
+# A pooled connection left idle this long is checked before it is used again (PostgreSQL
+# restarted, a proxy dropped it). SQLAlchemy's pool_pre_ping checks at every checkout, three
+# round trips with asyncpg (BEGIN, ";", ROLLBACK): under load the largest cost of a write.
+# A connection that breaks while in use fails its statement, which invalidates the pool.
+IDLE_PING_AFTER = 5.0
+
+
+def ping_when_idle(engine: AsyncEngine, after: float) -> None:
+    """Check a connection at checkout only when it sat in the pool `after` seconds or more;
+    a dead one is replaced (the pool retries the checkout with a new connection)."""
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < after:
+            return  # new, or used a moment ago
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            raise sa_errors.DisconnectionError(f"pooled connection is gone: {type(exc).__name__}") from exc
+
+
+_IDLE_SINCE = "orion_idle_since"
+
+
 class SqlAlchemyStore:
     """Orion's system of record. Writes are idempotent: replays add nothing."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, slow_query_ms: float = 200.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, slow_query_ms: float = 200.0, idle_ping_after: float = IDLE_PING_AFTER,
+    ) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+            url, pool_size=pool_size, max_overflow=pool_size,
             # Errors are logged: their text must not carry the values (emails, payloads).
             hide_parameters=True,
         )
+        ping_when_idle(self.engine, idle_ping_after)
         # Statement times, slow statements (logged without parameters), errors, pool use.
         instrument(self.engine, slow_threshold_ms=slow_query_ms)
 

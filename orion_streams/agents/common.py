@@ -107,8 +107,12 @@ async def _enqueue(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str,
     ]
 
 
-# Orion's own requests and answers go out as batch records (records.encode_batch).
-BATCHED_TOPICS = frozenset({t.STOCK_REQUESTS.name, t.ORDER_EVENTS.name, t.PAYMENT_REQUESTS.name})
+# What agents send goes out as batch records (records.encode_batch): the events they publish
+# (sent first: a stock level before the answers that count on it), then requests and answers.
+PUBLISHED_TOPICS = (t.ORDER_STATUS.name, t.ORDER_AUDIT.name, t.STOCK_LEVELS.name)
+REQUEST_TOPICS = (t.STOCK_REQUESTS.name, t.ORDER_EVENTS.name, t.PAYMENT_REQUESTS.name)
+BATCHED_TOPICS = frozenset(PUBLISHED_TOPICS + REQUEST_TOPICS)
+_SEND_ORDER = {name: i for i, name in enumerate(PUBLISHED_TOPICS + REQUEST_TOPICS)}
 _BATCH_HEADERS = [(records.BATCH_HEADER, b"1")]
 
 
@@ -206,7 +210,7 @@ class Outbox:
         (`write_tables`), while the agent goes on with its next batch."""
         kept = [(s, cb) for s, cb in zip(self.sends, self.on_sent, strict=True) if s is not None]
         self.sends, self.on_sent, self._latest = [], [], {}
-        # Requests and answers: one batch record per topic and partition, in send order.
+        # One batch record per topic and partition, its items in send order.
         batches: dict[tuple[str, int], list[tuple[str, bytes, list[tuple[str, bytes]], OnSent | None]]] = {}
         singles, single_callbacks = [], []
         for (topic, key, message, headers), callback in kept:
@@ -217,16 +221,15 @@ class Outbox:
             else:
                 singles.append((topic, key, message, headers))
                 single_callbacks.append(callback)
-        # Published events first (a stock level before the answers that count on it), then
-        # the batch records; all acknowledged before the table changes are written.
         futures: list[Any] = await _enqueue(singles)
         for single, callback in zip(futures, single_callbacks, strict=True):
             if callback is not None:
                 single.add_done_callback(_tell(callback))
         producer = app.producer
-        for (name, partition), items in batches.items():
-            for start in range(0, len(items), records.BATCH_LIMIT):
-                chunk = items[start:start + records.BATCH_LIMIT]
+        # Published events before requests and answers; all acknowledged before the table
+        # changes are written.
+        for (name, partition), items in sorted(batches.items(), key=lambda kv: _SEND_ORDER[kv[0][0]]):
+            for chunk in records.chunks(items):
                 value = records.encode_batch([(key, raw, headers) for key, raw, headers, _ in chunk])
                 future: Any = await producer.send(name, None, value, partition, None, _BATCH_HEADERS)
                 for *_, callback in chunk:

@@ -45,12 +45,14 @@ from .common import (
     DeadLetterSend,
     dead_letter,
     header,
+    unpack,
     until_done,
 )
 
 log = logging.getLogger("orion.projection")
 TOPICS = (t.ORDER_STATUS.name, t.ORDER_AUDIT.name, t.STOCK_LEVELS.name)
-BATCH_SIZE = 500
+# Records per transaction; a batch record carries up to records.BATCH_LIMIT messages.
+BATCH_SIZE = 100
 
 
 def group_id() -> str:
@@ -152,22 +154,34 @@ async def handle_event(event: Any, send: DeadLetterSend | None = None) -> None:
 
 
 async def _handle(record: Any, send: DeadLetterSend | None) -> None:
+    """A consumed record: a batch record's items one by one, else the record itself."""
     event: Any = Received(record.key, record.value, record.headers,
-                     _Where(record.topic, record.partition, record.offset, record.timestamp))
+                          _Where(record.topic, record.partition, record.offset, record.timestamp))
+    try:
+        messages = unpack(event)
+    except records.BadRecord as exc:
+        await dead_letter(event, str(exc), kind="bad_record", send=send)
+        return
+    for message in messages:
+        await _handle_one(message, send)
+
+
+async def _handle_one(event: Any, send: DeadLetterSend | None) -> None:
+    where = event.message
     try:
         with logs.bound(correlation_id=header(event, CORRELATION_HEADER)):
             if tracing.enabled():
                 with tracing.span("projection", "consumer", attributes={
-                    "messaging.system": "kafka", "messaging.destination.name": record.topic,
-                    "messaging.destination.partition.id": str(record.partition),
-                    "messaging.kafka.offset": record.offset,
+                    "messaging.system": "kafka", "messaging.destination.name": where.topic,
+                    "messaging.destination.partition.id": str(where.partition),
+                    "messaging.kafka.offset": where.offset,
                 }):
                     await handle_event(event, send)
             else:
                 await handle_event(event, send)
     except Exception:
-        # A bug must not wedge the partition forever; the record is parked with why.
-        log.exception("projection failed on %s[%d]@%d", record.topic, record.partition, record.offset)
+        # A bug must not wedge the partition forever; the message is parked with why.
+        log.exception("projection failed on %s[%d]@%d", where.topic, where.partition, where.offset)
         await dead_letter(event, "internal error in the projection", kind="internal_error", send=send)
 
 

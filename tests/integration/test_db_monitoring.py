@@ -170,3 +170,40 @@ async def test_a_failed_statements_message_leaves_its_values_out(store: SqlAlche
         await conn.rollback()
     assert "no_such_table" in str(raised.value)
     assert SECRET not in str(raised.value) and SECRET not in repr(raised.value)
+
+
+async def _terminate(store: SqlAlchemyStore, pid: int) -> None:
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})).scalar_one()
+
+
+async def _backend(store: SqlAlchemyStore) -> int:
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
+
+
+async def test_a_connection_that_died_idle_in_the_pool_is_replaced_before_it_is_used(services: Services) -> None:
+    store = SqlAlchemyStore(services.database_url, pool_size=1, idle_ping_after=0.0)
+    other = SqlAlchemyStore(services.database_url, pool_size=1)
+    try:
+        pid = await _backend(store)
+        await _terminate(other, pid)  # PostgreSQL restarted, a proxy dropped it
+        assert await _backend(store) != pid  # checked at checkout, replaced: no error
+    finally:
+        await store.close()
+        await other.close()
+
+
+async def test_a_connection_used_a_moment_ago_is_not_checked_and_a_dead_one_fails_once(services: Services) -> None:
+    store = SqlAlchemyStore(services.database_url, pool_size=1, idle_ping_after=3600.0)
+    other = SqlAlchemyStore(services.database_url, pool_size=1)
+    try:
+        pid = await _backend(store)
+        await _terminate(other, pid)
+        with pytest.raises(exc.DBAPIError) as failed:  # no round trip spent checking it
+            await _backend(store)
+        assert failed.value.connection_invalidated
+        assert await _backend(store) != pid  # the pool let it go: the next use reconnects
+    finally:
+        await store.close()
+        await other.close()

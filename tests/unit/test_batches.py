@@ -118,12 +118,63 @@ async def test_the_outbox_sends_requests_and_answers_as_one_batch_record_per_top
         assert [k for k, _, _ in records.decode_batch(value)] == by_partition[partition]  # in send order
     [events] = [s for s in producer.sent if s[0] == "order-events"]
     assert [k for k, _, _ in records.decode_batch(events[2])] == ["o1"]
-    # Published events stay single records, with their own key.
-    [single] = [s for s in producer.sent if s[0] == "order-status"]
-    assert single[1] == b"o1" and records.decode(single[2]) == status
-    # Published events are handed to the producer before the batch records (a stock level
+    # Published events travel in batch records too, on the key's partition.
+    [published] = [s for s in producer.sent if s[0] == "order-status"]
+    assert published[1] is None and published[3] == common.partition_for("o1", settings.partitions)
+    assert [(k, records.decode(v)) for k, _, v in records.decode_batch(published[2])] == [("o1", status)]
+    # Published events are handed to the producer before requests and answers (a stock level
     # before the answers that count on it).
     assert [s[0] for s in producer.sent][0] == "order-status"
     # Each request is told where its batch record landed.
     assert sorted(sku for sku, _ in landed) == sorted(skus)
     assert all(md.partition == common.partition_for(sku, settings.partitions) for sku, md in landed)
+
+
+def test_batch_records_are_cut_by_items_and_by_bytes() -> None:
+    small = [(f"k{i}", b"x" * 10) for i in range(records.BATCH_LIMIT * 2 + 1)]
+    assert [len(chunk) for chunk in records.chunks(small)] == [records.BATCH_LIMIT, records.BATCH_LIMIT, 1]
+    third = records.BATCH_BYTES // 3
+    big = [(f"k{i}", b"x" * third) for i in range(7)]
+    cut = list(records.chunks(big))
+    assert [len(chunk) for chunk in cut] == [2, 2, 2, 1]  # three of them would pass the bound
+    assert [item for chunk in cut for item in chunk] == big  # in order, nothing lost
+    huge = [("k", b"x" * (records.BATCH_BYTES * 2))]
+    assert list(records.chunks(huge)) == [huge]  # one message too big for the bound goes alone
+
+
+async def test_the_projection_reads_each_item_of_a_batch_record_and_parks_a_bad_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orion_streams.agents import projection
+
+    parked: list[tuple[Any, str]] = []
+
+    async def dead_letter(event: Any, reason: str, *, kind: str, send: Any = None) -> None:
+        parked.append((event, kind))
+
+    monkeypatch.setattr(projection, "dead_letter", dead_letter)
+    monkeypatch.setattr(projection.notify, "collect", lambda event, message: None)
+    monkeypatch.setattr(projection, "batch", projection.Projection())
+    status = e.OrderStatusChanged("o1", "u", "a@b.c", OrderStatus.PENDING, None, (), 0, "EUR", None, 1, "t", "t")
+    level = e.StockLevelChanged("A", 10, 1, 2, 3, "t")
+    value = records.encode_batch([("o1", records.encode(status), HEADERS), ("o2", b'{"type": "Nope"}', []),
+                                  ("A", records.encode(level), [])])
+
+    @dataclass
+    class Record:
+        topic: str
+        partition: int
+        offset: int
+        timestamp: float | None
+        key: bytes | None
+        value: bytes
+        headers: Any
+
+    await projection._handle(Record("order-status", 2, 7, None, None, value, [(records.BATCH_HEADER, b"1")]), None)
+    assert projection.batch.statuses == [status] and projection.batch.correlation_ids == ["corr-1"]
+    assert projection.batch.levels == [level]
+    [(bad, kind)] = parked
+    assert kind == "bad_record" and bad.key == b"o2" and (bad.message.offset, bad.message.index) == (7, 1)
+    # A batch record that cannot be read is parked whole.
+    await projection._handle(Record("order-status", 2, 8, None, None, b"{", [(records.BATCH_HEADER, b"1")]), None)
+    assert parked[-1][1] == "bad_record" and parked[-1][0].message.offset == 8

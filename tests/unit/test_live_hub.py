@@ -274,6 +274,25 @@ def level(
     return e.StockLevelChanged(sku, on_hand, reserved, threshold, version, AT)
 
 
+async def test_dispatcher_reads_every_item_of_a_batch_record() -> None:
+    hub = Hub(queue_size=32)
+    ada, admin = FakeSocket(), FakeSocket()
+    conns = [hub.connect("ada", ada), hub.connect("mike", admin, admin=True)]
+    dispatch = Dispatcher(hub)
+    pending = status_changed("o1", "ada", OrderStatus.PENDING, 1)
+    reserved = status_changed("o1", "ada", OrderStatus.RESERVED, 2)
+    dispatch(records.encode_batch([
+        ("o1", records.encode(pending), []),
+        ("o1", b'{"type": "OrderStatusChanged"}', []),  # a bad item is skipped, not the rest
+        ("o1", records.encode(reserved), []),
+    ]))
+    dispatch(records.encode_batch([("A", records.encode(level("A", 10, 6, 3)), [])]))
+    dispatch(b'{"type": "Batch", "items": 3}')
+    await flushed(*conns)
+    assert [m["status"] for m in ada.messages] == ["PENDING", "RESERVED"]
+    assert [m["type"] for m in admin.messages] == ["inventory.level"]
+
+
 async def test_dispatcher_routes_records_and_drops_duplicates_and_bad_ones() -> None:
     hub = Hub(queue_size=32)
     ada, bob, admin = FakeSocket(), FakeSocket(), FakeSocket()

@@ -175,8 +175,12 @@ async def _stock_levels(services: Services) -> list[dict[str, Any]]:
             body = json.loads(rec.value)
         except (TypeError, ValueError):
             continue
-        if isinstance(body, dict) and body.get("type") == "StockLevelChanged":
-            out.append(body)
+        # Agents publish batch records (the poison scenario adds single records of its own).
+        items = body.get("items") if isinstance(body, dict) and body.get("type") == "Batch" else [{"value": body}]
+        for item in items if isinstance(items, list) else []:
+            value = item.get("value") if isinstance(item, dict) else None
+            if isinstance(value, dict) and value.get("type") == "StockLevelChanged":
+                out.append(value)
     return out
 
 
