@@ -11,7 +11,11 @@ admits while that stays under `max_decision_delay`:
   by the share of partitions it owns, over the last ten seconds (the best of the last few
   such windows, so a pause of a second or two does not close the door);
 - a stall guard: when the head of the queue has waited several times the bound (nothing
-  moves), the door closes whatever the estimate says.
+  moves), the door closes whatever the estimate says;
+- a burst is learnt before it is judged: the estimate closes the door only once the orders in
+  flight have stayed at MIN_IN_FLIGHT or more for LEARN_SECONDS, and then counts the rate
+  since they did if it beats the recent windows (the seconds before a burst, idle or a
+  trickle, say nothing of what the pipeline decides when full).
 
 A reading too old to trust opens the door: monitoring trouble must not stop sales.
 """
@@ -82,6 +86,14 @@ class DecisionRate:
         self._cached = (second, best)
         return best
 
+    def since(self, start: float, now: float) -> float | None:
+        """Decisions per second over the whole seconds between `start` and `now`; None
+        with fewer than two of them to go by."""
+        first, end = int(start) + 1, int(now)
+        if end - first < 2:
+            return None
+        return sum(c for s, c in self._buckets if first <= s < end) / (end - first)
+
 
 class Admission:
     """Decides, per order, from the latest `Load`, the decision rate and the orders
@@ -95,6 +107,10 @@ class Admission:
     # Room over the estimate: a pipeline that could decide faster with more in flight (larger
     # batches) gets the orders to show it; without it the measured rate would cap itself.
     HEADROOM = 1.25
+    # Seconds the orders in flight must stay at MIN_IN_FLIGHT or more before the estimate can
+    # close the door: a burst fills the pipeline faster than its first decisions come out,
+    # and the rate of the seconds before it (a lull, a trickle) says nothing of its capacity.
+    LEARN_SECONDS = 3.0
 
     def __init__(
         self, *, max_decision_delay: float, max_in_flight: int, stale_after: float = 5.0,
@@ -106,6 +122,7 @@ class Admission:
         self.rate = rate or DecisionRate()
         self.load: Load | None = None
         self._admitted_since = 0
+        self._busy_since: float | None = None  # when the orders in flight reached MIN_IN_FLIGHT
 
     def update(self, load: Load) -> None:
         self.load = load
@@ -121,11 +138,15 @@ class Admission:
 
     def capacity(self, now: float) -> float | None:
         """Estimated decisions per second of the whole system; None when this worker sees
-        no decisions (it owns no order partitions)."""
+        no decisions (it owns no order partitions). The best recent window, or the rate
+        since the pipeline filled up if that is higher (a burst is measured by itself)."""
         load = self.load
         if load is None or load.share <= 0:
             return None
-        return self.rate.best(now) / load.share
+        best = self.rate.best(now)
+        if self._busy_since is not None:
+            best = max(best, self.rate.since(self._busy_since, now) or 0.0)
+        return best / load.share
 
     def verdict(self, now: float) -> Refusal | None:
         """None to accept; a Refusal to turn the order away."""
@@ -142,8 +163,15 @@ class Admission:
                 f"(limit {self.max_decision_delay:g}s)",
                 _clamp(math.ceil(load.queue_delay - self.max_decision_delay)),
             )
+        if in_flight < self.MIN_IN_FLIGHT:
+            self._busy_since = None
+            return None
+        if self._busy_since is None:
+            self._busy_since = now
+        if now - self._busy_since < self.LEARN_SECONDS:
+            return None  # the pipeline is filling up: its rate is being learnt
         capacity = self.capacity(now)
-        if not capacity or in_flight < self.MIN_IN_FLIGHT:
+        if not capacity:
             return None  # no rate to go by (nothing decided of late): the stall guard watches
         allowed = capacity * self.max_decision_delay * self.HEADROOM
         if in_flight < allowed:

@@ -139,6 +139,22 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[A
         await consumer.stop()
 
 
+async def read_messages(bootstrap: str, topic: str) -> list[Any]:
+    """The JSON messages in a topic, each item of a batch record on its own, in order;
+    values that are not JSON are left out."""
+    out: list[Any] = []
+    for rec in await read_topic(bootstrap, topic):
+        try:
+            body = json.loads(rec.value)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(body, dict) and body.get("type") == "Batch" and isinstance(body.get("items"), list):
+            out += [item.get("value") for item in body["items"] if isinstance(item, dict)]
+        else:
+            out.append(body)
+    return out
+
+
 async def table_values(services: Services, table: str) -> dict[str, Any]:
     """The latest value per key of a Faust table, read from its changelog topic."""
     out: dict[str, Any] = {}

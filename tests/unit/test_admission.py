@@ -39,10 +39,17 @@ def test_an_idle_system_admits() -> None:
     assert admission.snapshot(100.1)["open"] is True
 
 
+def busy(admission: Admission, since: float) -> None:
+    """The pipeline has been full (orders in flight over MIN_IN_FLIGHT) since `since`."""
+    admission.update(Load(in_flight=Admission.MIN_IN_FLIGHT, queue_delay=0.0, at=since))
+    assert admission.verdict(since) is None
+
+
 def test_a_new_order_that_would_wait_too_long_is_refused() -> None:
     admission = door(delay=5.0)
     # 30 decisions/s: 150 in flight wait 5 s; the door leaves 25 % room over that (187.5).
     deciding(admission, 30, range(90, 100))
+    busy(admission, 96.0)
     admission.update(Load(in_flight=180, queue_delay=4.0, at=100.0))
     assert admission.verdict(100.1) is None
     for _ in range(8):
@@ -56,6 +63,7 @@ def test_a_new_order_that_would_wait_too_long_is_refused() -> None:
 def test_the_rate_counts_for_the_partitions_this_worker_does_not_see() -> None:
     admission = door(delay=5.0)
     deciding(admission, 10, range(90, 100))  # this worker's quarter of the partitions
+    busy(admission, 96.0)
     admission.update(Load(in_flight=249, queue_delay=1.0, at=100.0, share=0.25))
     assert admission.capacity(100.0) == 40.0
     assert admission.verdict(100.0) is None  # 249 < 40/s * 5 s * 1.25
@@ -69,7 +77,8 @@ def test_a_slow_start_keeps_a_first_batch_coming() -> None:
     admission.update(Load(in_flight=Admission.MIN_IN_FLIGHT - 1, queue_delay=0.0, at=0.0))
     assert admission.verdict(1.0) is None
     admission.admitted()
-    assert admission.verdict(1.0) is not None
+    assert admission.verdict(1.0) is None  # full now: its rate is learnt for LEARN_SECONDS
+    assert admission.verdict(1.0 + Admission.LEARN_SECONDS) is not None
 
 
 def test_without_any_decision_of_late_only_the_stall_guard_and_the_bound_apply() -> None:
@@ -111,3 +120,24 @@ def test_a_worker_without_order_partitions_relies_on_the_other_bounds() -> None:
     admission = door()
     admission.update(Load(in_flight=500, queue_delay=1.0, at=0.0, share=0.0))
     assert admission.capacity(0.0) is None and admission.verdict(0.0) is None
+
+
+def test_a_burst_is_not_refused_while_the_pipeline_fills_up_then_by_its_own_rate() -> None:
+    admission = door(delay=5.0)
+    deciding(admission, 2, range(88, 100))  # a trickle before: 2/s
+    admission.update(Load(in_flight=300, queue_delay=0.3, at=100.0))
+    assert admission.verdict(100.0) is None  # 300 in flight at 2/s, but the burst just began
+    assert admission.verdict(102.9) is None
+    deciding(admission, 80, range(100, 103))  # the burst decided at 80/s
+    admission.update(Load(in_flight=300, queue_delay=2.0, at=103.0))
+    assert admission.capacity(103.5) == 80.0  # measured over the burst, not the 10 s before
+    assert admission.verdict(103.5) is None  # 300 < 80/s * 5 s * 1.25
+    admission.decided(103.5, 80)
+    admission.update(Load(in_flight=600, queue_delay=3.0, at=104.0))
+    refusal = admission.verdict(104.0)
+    assert refusal is not None and "at 80.0 decisions/s" in refusal.detail
+    # Below MIN_IN_FLIGHT the pipeline is not full: the next burst is learnt again.
+    admission.update(Load(in_flight=10, queue_delay=0.0, at=120.0))
+    assert admission.verdict(120.0) is None
+    admission.update(Load(in_flight=1_000, queue_delay=0.0, at=121.0))
+    assert admission.verdict(121.0) is None

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.devservices.smtp import MailCatcher
 
-from ...integration.harness import Services, group_lag, read_topic, table_values
+from ...integration.harness import Services, group_lag, read_messages, read_topic, table_values
 from .history import OK, REFUSED, History
 
 DECIDED = {"CONFIRMED", "FULFILLED", "REJECTED", "PAYMENT_FAILED", "CANCELLED"}
@@ -169,19 +169,10 @@ async def wait_emails(services: Services, timeout: float) -> None:
 
 
 async def _stock_levels(services: Services) -> list[dict[str, Any]]:
-    out = []
-    for rec in await read_topic(services.bootstrap, "stock-levels"):
-        try:
-            body = json.loads(rec.value)
-        except (TypeError, ValueError):
-            continue
-        # Agents publish batch records (the poison scenario adds single records of its own).
-        items = body.get("items") if isinstance(body, dict) and body.get("type") == "Batch" else [{"value": body}]
-        for item in items if isinstance(items, list) else []:
-            value = item.get("value") if isinstance(item, dict) else None
-            if isinstance(value, dict) and value.get("type") == "StockLevelChanged":
-                out.append(value)
-    return out
+    return [
+        m for m in await read_messages(services.bootstrap, "stock-levels")
+        if isinstance(m, dict) and m.get("type") == "StockLevelChanged"
+    ]
 
 
 async def _dead_letter_ids(services: Services) -> set[str]:
