@@ -14,8 +14,9 @@ failures and how many pooled connections are in use.
 - `orion_db_pool_connections_in_use` and `orion_db_pool_size` are this process's totals over every
   instrumented engine that is alive and not disposed.
 
-What the events do not see: pool pre-pings, asyncpg's own BEGIN/COMMIT/ROLLBACK (the driver calls
-them directly) and asyncpg's type introspection on connect. asyncpg prepares each new statement on a
+What the events do not see: the pool's checks of idle connections (adapters/postgres.py),
+asyncpg's own BEGIN/COMMIT/ROLLBACK (the driver calls them directly) and asyncpg's type
+introspection on connect. asyncpg prepares each new statement on a
 connection; that first round trip is included in the statement's time.
 """
 
