@@ -216,6 +216,9 @@ class SqlAlchemyStore:
             hide_parameters=True,
         )
         ping_when_idle(self.engine, idle_ping_after)
+        # One statement needs no transaction: autocommit sends just it, one round trip instead
+        # of three with BEGIN and COMMIT or ROLLBACK (reads at read committed lose nothing).
+        self._single = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # Statement times, slow statements (logged without parameters), errors, pool use.
         instrument(self.engine, slow_threshold_ms=slow_query_ms)
 
@@ -223,7 +226,7 @@ class SqlAlchemyStore:
         await self.engine.dispose()
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             await conn.execute(text("select 1"))
 
     # -- catalog ---------------------------------------------------------------------
@@ -245,7 +248,7 @@ class SqlAlchemyStore:
             await conn.execute(stmt)
 
     async def products(self) -> list[Product]:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             rows = (await conn.execute(select(s.products).order_by(s.products.c.sku))).all()
         return [Product(r.sku, r.name, r.unit_price, r.currency, r.active, r.category) for r in rows]
 
@@ -265,13 +268,13 @@ class SqlAlchemyStore:
             "line_orders": [x[0] for x in lines], "line_skus": [x[1] for x in lines],
             "line_quantities": [x[2] for x in lines], "line_prices": [x[3] for x in lines],
         }
-        async with self.engine.begin() as conn:
+        async with self._single.connect() as conn:  # one statement: atomic on its own
             await conn.execute(_RECORD_ACCEPTED, params)
 
     async def order_started(self, order_id: str) -> bool:
         """Whether the saga ever started this order (the projection wrote a status of it;
         the HTTP API's own early row has version 0)."""
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             row = (
                 await conn.execute(
                     select(s.orders.c.version).where(s.orders.c.order_id == order_id, s.orders.c.version > 0)
@@ -283,13 +286,13 @@ class SqlAlchemyStore:
         """How many orders are undecided (PENDING or RESERVED), and when the order at
         position `skip` of them, oldest first, was accepted.
         Both read the partial index of undecided orders: the cost follows what is in flight."""
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             count = (await conn.execute(_IN_FLIGHT)).scalar_one()
             head = (await conn.execute(_QUEUE_HEAD, {"skip": skip})).scalar_one_or_none()
         return int(count), head
 
     async def find_by_idempotency_key(self, user_id: str, key: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             row = (
                 await conn.execute(
                     select(s.orders.c.order_id, s.orders.c.request_hash).where(
@@ -385,7 +388,7 @@ class SqlAlchemyStore:
     # -- reads ------------------------------------------------------------------------
 
     async def get_order(self, order_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             row = (await conn.execute(select(s.orders).where(s.orders.c.order_id == order_id))).first()
             if row is None:
                 return None
@@ -397,7 +400,7 @@ class SqlAlchemyStore:
         return _order_view(row._mapping, [dict(line._mapping) for line in lines])
 
     async def order_status(self, order_id: str) -> str | None:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             return (
                 await conn.execute(select(s.orders.c.status).where(s.orders.c.order_id == order_id))
             ).scalar_one_or_none()
@@ -415,7 +418,7 @@ class SqlAlchemyStore:
             created, key = decode_cursor(cursor)
             query = query.where(tuple_(o.c.created_at, o.c.order_id) < tuple_(created, key))
         query = query.order_by(o.c.created_at.desc(), o.c.order_id.desc()).limit(limit + 1)
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             rows = (await conn.execute(query)).all()
             page = rows[:limit]
             ids = [r.order_id for r in page]
@@ -433,7 +436,7 @@ class SqlAlchemyStore:
 
     async def order_events(self, order_id: str) -> list[dict[str, Any]]:
         e = s.order_events
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             rows = (await conn.execute(select(e).where(e.c.order_id == order_id).order_by(e.c.seq))).all()
         return [
             {"seq": r.seq, "type": r.type, "at": iso(r.at), "data": r.data,
@@ -443,17 +446,17 @@ class SqlAlchemyStore:
         ]
 
     async def get_product(self, sku: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             row = (await conn.execute(select(s.products).where(s.products.c.sku == sku))).first()
         return _product_view(row._mapping) if row else None
 
     async def list_products(self) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             rows = (await conn.execute(select(s.products).order_by(s.products.c.sku))).all()
         return [_product_view(r._mapping) for r in rows]
 
     async def get_stock(self, sku: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             row = (await conn.execute(select(s.stock_levels).where(s.stock_levels.c.sku == sku))).first()
         return _stock_view(row._mapping) if row else None
 
@@ -463,7 +466,7 @@ class SqlAlchemyStore:
         if cursor:
             _, after = decode_cursor(cursor)
             query = query.where(t.c.sku > after)
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             rows = (await conn.execute(query)).all()
         page = rows[:limit]
         next_cursor = encode_cursor(datetime.now(UTC), page[-1].sku) if len(rows) > limit else None
@@ -471,19 +474,19 @@ class SqlAlchemyStore:
 
     async def adjustment(self, adjustment_id: str) -> dict[str, Any] | None:
         a = s.stock_adjustments
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             row = (await conn.execute(select(a).where(a.c.adjustment_id == adjustment_id))).first()
         return dict(row._mapping) if row else None
 
     async def stock_totals(self) -> dict[str, tuple[int, int]]:
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             rows = (await conn.execute(select(s.stock_levels))).all()
         return {r.sku: (r.on_hand, r.reserved) for r in rows}
 
     async def count_rows(self, table: str, **where: Any) -> int:
         t = s.metadata.tables[table]
         clauses = [t.c[k] == v for k, v in where.items()]
-        async with self.engine.connect() as conn:
+        async with self._single.connect() as conn:
             query = select(func.count()).select_from(t)
             if clauses:
                 query = query.where(and_(*clauses))
