@@ -13,9 +13,10 @@ admits while that stays under `max_decision_delay`:
 - a stall guard: when the head of the queue has waited several times the bound (nothing
   moves), the door closes whatever the estimate says;
 - a burst is learnt before it is judged: the estimate closes the door only once the orders in
-  flight have stayed at MIN_IN_FLIGHT or more for LEARN_SECONDS, and then counts the rate
-  since they did if it beats the recent windows (the seconds before a burst, idle or a
-  trickle, say nothing of what the pipeline decides when full).
+  flight have stayed at MIN_IN_FLIGHT or more for LEARN_SECONDS (admitting up to
+  LEARN_IN_FLIGHT meanwhile), and then counts the rate since they did if it beats the recent
+  windows (the seconds before a burst, idle or a trickle, say nothing of what the pipeline
+  decides when full).
 
 A reading too old to trust opens the door: monitoring trouble must not stop sales.
 """
@@ -111,6 +112,9 @@ class Admission:
     # close the door: a burst fills the pipeline faster than its first decisions come out,
     # and the rate of the seconds before it (a lull, a trickle) says nothing of its capacity.
     LEARN_SECONDS = 3.0
+    # Orders in flight the door lets in while it learns: a burst of a few hundred is taken,
+    # an overload waits for the estimate (a few seconds of work at the rates measured here).
+    LEARN_IN_FLIGHT = 400
 
     def __init__(
         self, *, max_decision_delay: float, max_in_flight: int, stale_after: float = 5.0,
@@ -169,7 +173,15 @@ class Admission:
         if self._busy_since is None:
             self._busy_since = now
         if now - self._busy_since < self.LEARN_SECONDS:
-            return None  # the pipeline is filling up: its rate is being learnt
+            # The pipeline is filling up: its rate is being learnt, and a bound holds meanwhile.
+            if in_flight < self.LEARN_IN_FLIGHT or load.share <= 0:
+                return None  # (a worker without order partitions has nothing to learn)
+            return Refusal(
+                "decision_delay",
+                f"{in_flight} orders in flight while the decision rate is measured "
+                f"(at most {self.LEARN_IN_FLIGHT} until then)",
+                _clamp(math.ceil(self._busy_since + self.LEARN_SECONDS - now)),
+            )
         capacity = self.capacity(now)
         if not capacity:
             return None  # no rate to go by (nothing decided of late): the stall guard watches

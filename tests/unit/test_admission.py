@@ -83,9 +83,9 @@ def test_a_slow_start_keeps_a_first_batch_coming() -> None:
 
 def test_without_any_decision_of_late_only_the_stall_guard_and_the_bound_apply() -> None:
     admission = door(delay=5.0)
-    admission.update(Load(in_flight=400, queue_delay=2.0, at=0.0))
+    admission.update(Load(in_flight=300, queue_delay=2.0, at=0.0))
     assert admission.verdict(0.1) is None  # a cold worker hit by a burst takes it
-    admission.update(Load(in_flight=400, queue_delay=16.0, at=1.0))
+    admission.update(Load(in_flight=300, queue_delay=16.0, at=1.0))
     assert admission.verdict(1.1) is not None  # but not once the queue stands still
 
 
@@ -139,5 +139,10 @@ def test_a_burst_is_not_refused_while_the_pipeline_fills_up_then_by_its_own_rate
     # Below MIN_IN_FLIGHT the pipeline is not full: the next burst is learnt again.
     admission.update(Load(in_flight=10, queue_delay=0.0, at=120.0))
     assert admission.verdict(120.0) is None
-    admission.update(Load(in_flight=1_000, queue_delay=0.0, at=121.0))
+    admission.update(Load(in_flight=Admission.LEARN_IN_FLIGHT - 1, queue_delay=0.0, at=121.0))
     assert admission.verdict(121.0) is None
+    # While it learns, a bound holds: an overload waits for the estimate.
+    admission.admitted()
+    refusal = admission.verdict(121.5)
+    assert refusal is not None and "while the decision rate is measured" in refusal.detail
+    assert refusal.retry_after == 3  # when the estimate takes over
