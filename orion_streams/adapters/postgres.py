@@ -177,6 +177,7 @@ _QUEUE_HEAD = text(
 # round trips with asyncpg (BEGIN, ";", ROLLBACK): under load the largest cost of a write.
 # A connection that breaks while in use fails its statement, which invalidates the pool.
 IDLE_PING_AFTER = 5.0
+_IDLE_SINCE = "orion_idle_since"  # where a pooled connection's record keeps its checkin time
 
 
 def ping_when_idle(engine: AsyncEngine, after: float) -> None:
@@ -198,9 +199,6 @@ def ping_when_idle(engine: AsyncEngine, after: float) -> None:
             dbapi_connection.ping()
         except Exception as exc:
             raise sa_errors.DisconnectionError(f"pooled connection is gone: {type(exc).__name__}") from exc
-
-
-_IDLE_SINCE = "orion_idle_since"
 
 
 class SqlAlchemyStore:
