@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -156,6 +158,14 @@ COLLECTED = (
 )
 
 _local: list[Collector] = []
+
+
+@lru_cache(maxsize=4096)
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, remembered: `labels` validates and locks on every call, a
+    cost the per-order counters pay thousands of times a second. Label values here come
+    from small fixed sets (statuses, SKU classes)."""
+    return metric.labels(*values)
 
 
 def multiprocess_dir() -> str | None:

@@ -128,6 +128,17 @@ def _encodable(text: str) -> bool:
 def storable(value: Any) -> bool:
     """Whether every string in parsed JSON is text PostgreSQL can store: no U+0000 and no
     unpaired surrogates, which JSON escapes can spell."""
+    try:
+        # orjson writes U+0000 as \u0000 and refuses unpaired surrogates: one pass in C
+        # clears nearly every value (a literal backslash before "u0000" is looked at below).
+        if b"\\u0000" not in orjson.dumps(value):
+            return True
+    except TypeError:  # surrogates, or what orjson cannot write (an integer beyond 64 bits)
+        pass
+    return _storable(value)
+
+
+def _storable(value: Any) -> bool:
     stack = [value]
     while stack:
         item = stack.pop()
@@ -392,7 +403,10 @@ def decode_batch(raw: Any) -> list[tuple[str, list[tuple[str, bytes]], Any]]:
 
 
 def saga_to_value(saga: OrderSaga) -> dict[str, Any]:
-    value: dict[str, Any] = {name: _plain(getattr(saga, name)) for name in _field_names(OrderSaga)}
+    value: dict[str, Any] = {name: getattr(saga, name) for name in _field_names(OrderSaga)}
+    value["status"] = saga.status.value
+    if saga.void is not None:
+        value["void"] = saga.void.value
     value["lines"] = [
         [line.sku, line.quantity, line.unit_price, line.state.value, line.settled] for line in saga.lines
     ]

@@ -155,7 +155,7 @@ class _Statements:
             if seconds is None:
                 return
             kind = statement_kind(statement)
-            metrics.DB_QUERY.labels(kind).observe(seconds)
+            metrics.labelled(metrics.DB_QUERY, kind).observe(seconds)
             ms = seconds * 1000.0
             if ms > self.slow_threshold_ms:
                 metrics.DB_SLOW.labels(kind).inc()

@@ -36,17 +36,19 @@ ROLES_HEADER = "actor-roles"
 UNIDENTIFIED = "external:unidentified"
 
 
-_last_iso: tuple[int, str] = (-1, "")
+_last: tuple[int, Clock] = (-1, Clock("", 0.0))
 
 
 def now() -> Clock:
-    global _last_iso
-    epoch = time.time()
-    millis = int(epoch * 1000)
-    if millis != _last_iso[0]:  # a batch handles many events within one millisecond
-        iso = datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        _last_iso = (millis, iso)
-    return Clock(iso=_last_iso[1], epoch=epoch)
+    """The time to the millisecond, as the events record it. A batch handles many events
+    within one millisecond: they share one Clock."""
+    global _last
+    millis = int(time.time() * 1000)
+    if millis != _last[0]:
+        epoch = millis / 1000
+        iso = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        _last = (millis, Clock(iso=iso, epoch=epoch))
+    return _last[1]
 
 
 def _raw_header(event: Any, name: str) -> Any:

@@ -61,10 +61,10 @@ def _observe(message: rules.StockEvent, *, changed: bool) -> None:
     no stock and is not counted again."""
     match message:
         case e.LineReserved() if changed:
-            metrics.RESERVATIONS.labels(_sku_class(message.sku), "accepted").inc()
+            metrics.labelled(metrics.RESERVATIONS, _sku_class(message.sku), "accepted").inc()
             logs.order_info(log, "reserved %d of %s", message.quantity, message.sku)
         case e.LineRejected():
-            metrics.RESERVATIONS.labels(_sku_class(message.sku), "rejected").inc()
+            metrics.labelled(metrics.RESERVATIONS, _sku_class(message.sku), "rejected").inc()
             logs.order_info(log, "refused %d of %s (%d available): %s", message.quantity, message.sku, message.available, message.reason)
         case e.LineReleased() if changed:
             logs.order_info(log, "released %d of %s", message.quantity, message.sku)

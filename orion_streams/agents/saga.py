@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Hashable
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +37,7 @@ from ..domain import events as e
 from ..domain import saga as domain
 from ..domain.errors import ValidationFailed
 from ..domain.orders import OrderStatus
+from ..domain.values import evolve
 from ..services.outstanding import OutstandingRequests
 from ..services.retirement import RetirementQueue
 from ..tables import sagas
@@ -158,7 +158,7 @@ async def handle_event(event: Any, outbox: Outbox) -> None:
         if dropped := dropped_headers(event):
             # Unsafe identity headers were replaced (the event id) or dropped: say so.
             outputs = [
-                replace(m, data={**m.data, "headers_dropped": dropped}) if isinstance(m, e.AuditEntry) and m.kind == "OrderPlaced"
+                evolve(m, data={**m.data, "headers_dropped": dropped}) if isinstance(m, e.AuditEntry) and m.kind == "OrderPlaced"
                 else m for m in outputs
             ]
     else:
@@ -198,7 +198,7 @@ def _audit_with_status(outputs: list[domain.SagaOutput]) -> list[domain.SagaOutp
         return outputs
     last = outputs[changes[-1]]
     assert isinstance(last, e.OrderStatusChanged)
-    change = replace(last, audit=tuple(m for m in outputs if isinstance(m, e.AuditEntry)))
+    change = evolve(last, audit=tuple(m for m in outputs if isinstance(m, e.AuditEntry)))
     return [change if m is last else m for m in outputs if not isinstance(m, e.AuditEntry)]
 
 
@@ -250,11 +250,11 @@ def _observe(change: e.OrderStatusChanged, saga: domain.OrderSaga, now_: domain.
     else:
         logs.order_info(log, "order %s -> %s", change.previous.value, status)
     if status in _COUNTED:
-        metrics.ORDERS.labels(status).inc()
+        metrics.labelled(metrics.ORDERS, status).inc()
     if status in _DECISIONS:
         runtime.admission.decided(time.monotonic())
         elapsed = max(0.0, now_.epoch - _epoch(saga.created_at))
-        metrics.ORDER_DECISION.labels(status).observe(elapsed)
+        metrics.labelled(metrics.ORDER_DECISION, status).observe(elapsed)
         if status == "CONFIRMED":
             metrics.ORDER_CONFIRMATION.observe(elapsed)
 

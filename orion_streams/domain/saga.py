@@ -8,7 +8,7 @@ entries). Redelivered messages return the saga unchanged and nothing to send.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -46,6 +46,7 @@ from .orders import (
     can_transition,
     order_currency,
 )
+from .values import evolve
 
 
 class LineState(StrEnum):
@@ -188,7 +189,7 @@ def handle(saga: OrderSaga, msg: SagaInput, now: Clock) -> Step:
             if saga.void is not VoidState.REQUESTED:
                 return saga, []
             out: list[SagaOutput] = []
-            saga = _audit(replace(saga, void=VoidState.FAILED), out, "PaymentVoidFailed", now, {"reason": msg.reason})
+            saga = _audit(evolve(saga, void=VoidState.FAILED), out, "PaymentVoidFailed", now, {"reason": msg.reason})
             return saga, out
         case CancelOrder():
             return _on_cancel(saga, msg, now)
@@ -265,7 +266,7 @@ def _on_reserved(saga: OrderSaga, msg: LineReserved, now: Clock) -> Step:
     saga = _set_line(saga, msg.sku, LineState.RESERVED)
     saga = _audit(saga, out, "LineReserved", now, {"sku": msg.sku, "quantity": msg.quantity})
     if all(line.state is LineState.RESERVED for line in saga.lines):
-        saga = _move(replace(saga, paying=True), out, OrderStatus.RESERVED, now)
+        saga = _move(evolve(saga, paying=True), out, OrderStatus.RESERVED, now)
         out.append(AuthorizePayment(saga.order_id, saga.total, saga.currency, saga.payment_token))
     return saga, out
 
@@ -295,12 +296,12 @@ def _on_settled(saga: OrderSaga, msg: LineReleased | LineCommitted, now: Clock) 
     if line.state is LineState.PENDING:
         # The owner holds nothing for this line and never will (its hold was closed
         # before the reservation was asked): the line cannot be supplied.
-        saga = replace(saga, lines=_with(saga.lines, msg.sku, state=LineState.REJECTED, settled=True))
+        saga = evolve(saga, lines=_with(saga.lines, msg.sku, state=LineState.REJECTED, settled=True))
         saga = _audit(saga, out, kind, now, {"sku": msg.sku, "quantity": msg.quantity})
         if saga.status is OrderStatus.PENDING:
             saga = _fail(saga, out, OrderStatus.REJECTED, f"{msg.sku}: no stock could be held", now)
         return saga, out
-    saga = replace(saga, lines=_with(saga.lines, msg.sku, settled=True))
+    saga = evolve(saga, lines=_with(saga.lines, msg.sku, settled=True))
     return _audit(saga, out, kind, now, {"sku": msg.sku, "quantity": msg.quantity}), out
 
 
@@ -309,13 +310,13 @@ def _on_payment_authorized(saga: OrderSaga, msg: PaymentAuthorized, now: Clock) 
         return saga, []  # a repeated answer
     out: list[SagaOutput] = []
     if saga.status is OrderStatus.RESERVED:
-        saga = replace(saga, paying=False, authorization_id=msg.authorization_id)
+        saga = evolve(saga, paying=False, authorization_id=msg.authorization_id)
         saga = _audit(saga, out, "PaymentAuthorized", now, {"authorization_id": msg.authorization_id})
         return _move(saga, out, OrderStatus.CONFIRMED, now), out
     if not saga.status.is_failure:
         return saga, []
     # The order failed or was cancelled before the money was authorised: give it back.
-    saga = replace(saga, paying=False, authorization_id=msg.authorization_id)
+    saga = evolve(saga, paying=False, authorization_id=msg.authorization_id)
     saga = _audit(saga, out, "PaymentAuthorized", now, {"authorization_id": msg.authorization_id, "late": True})
     if saga.void in (None, VoidState.NOTHING, VoidState.FAILED):
         saga = _request_void(saga, out, "authorised after the order ended", now)
@@ -326,7 +327,7 @@ def _on_payment_failed(saga: OrderSaga, kind: str, reason: str, now: Clock) -> S
     if not saga.paying:
         return saga, []
     out: list[SagaOutput] = []
-    saga = _audit(replace(saga, paying=False), out, kind, now, {"reason": reason})
+    saga = _audit(evolve(saga, paying=False), out, kind, now, {"reason": reason})
     if saga.status is OrderStatus.RESERVED:
         saga = _fail(saga, out, OrderStatus.PAYMENT_FAILED, reason, now)
     return saga, out
@@ -352,7 +353,7 @@ def _on_voided(saga: OrderSaga, msg: PaymentVoided, now: Clock) -> Step:
     except ValueError:
         outcome = VoidState.VOIDED
     kind = "PaymentRefunded" if outcome is VoidState.REFUNDED else "PaymentVoided"
-    saga = replace(saga, void=outcome)
+    saga = evolve(saga, void=outcome)
     saga = _audit(saga, out, kind, now, {"authorization_id": msg.authorization_id, "outcome": msg.outcome})
     if outcome is VoidState.NOTHING and saga.authorization_id and saga.void_for != saga.authorization_id:
         # Voided by payment key before the late authorisation existed: void that one too.
@@ -379,7 +380,7 @@ def _on_fulfil(saga: OrderSaga, now: Clock) -> Step:
     saga = _audit(saga, out, "FulfilOrder", now, {})
     for line in saga.lines:
         out.append(CommitLine(saga.order_id, line.sku))
-    saga = replace(saga, lines=tuple(replace(line, state=LineState.COMMITTED) for line in saga.lines))
+    saga = evolve(saga, lines=tuple(evolve(line, state=LineState.COMMITTED) for line in saga.lines))
     return _move(saga, out, OrderStatus.FULFILLED, now), out
 
 
@@ -392,10 +393,10 @@ def _fail(
     for line in saga.lines:
         if line.state is LineState.RESERVED:
             out.append(ReleaseLine(saga.order_id, line.sku))
-            released.append(replace(line, state=LineState.RELEASED))
+            released.append(evolve(line, state=LineState.RELEASED))
         else:
             released.append(line)
-    saga = replace(saga, lines=tuple(released), failure_reason=reason)
+    saga = evolve(saga, lines=tuple(released), failure_reason=reason)
     return _move(saga, out, status, now)
 
 
@@ -404,7 +405,7 @@ def _void(saga: OrderSaga) -> VoidPayment:
 
 
 def _request_void(saga: OrderSaga, out: list[SagaOutput], reason: str, now: Clock) -> OrderSaga:
-    saga = replace(saga, void=VoidState.REQUESTED, void_for=saga.authorization_id)
+    saga = evolve(saga, void=VoidState.REQUESTED, void_for=saga.authorization_id)
     saga = _audit(saga, out, "PaymentVoidRequested", now, {"authorization_id": saga.authorization_id, "reason": reason})
     out.append(_void(saga))
     return saga
@@ -412,7 +413,7 @@ def _request_void(saga: OrderSaga, out: list[SagaOutput], reason: str, now: Cloc
 
 def _move(saga: OrderSaga, out: list[SagaOutput], status: OrderStatus, now: Clock) -> OrderSaga:
     previous = saga.status
-    saga = replace(saga, status=status, updated_at=now.iso)
+    saga = evolve(saga, status=status, updated_at=now.iso)
     saga = _audit(saga, out, "OrderStatusChanged", now, {"from": previous, "to": status, "reason": saga.failure_reason})
     out.append(_status_event(saga, previous, now))
     return saga
@@ -421,17 +422,17 @@ def _move(saga: OrderSaga, out: list[SagaOutput], status: OrderStatus, now: Cloc
 def _audit(
     saga: OrderSaga, out: list[SagaOutput], kind: str, now: Clock, data: dict[str, Any]
 ) -> OrderSaga:
-    saga = replace(saga, seq=saga.seq + 1, updated_at=now.iso)
+    saga = evolve(saga, seq=saga.seq + 1, updated_at=now.iso)
     out.append(AuditEntry(saga.order_id, saga.seq, kind, now.iso, data))
     return saga
 
 
 def _set_line(saga: OrderSaga, sku: str, state: LineState) -> OrderSaga:
-    return replace(saga, lines=_with(saga.lines, sku, state=state, settled=False))
+    return evolve(saga, lines=_with(saga.lines, sku, state=state, settled=False))
 
 
 def _with(lines: tuple[SagaLine, ...], sku: str, **changes: Any) -> tuple[SagaLine, ...]:
-    return tuple(replace(line, **changes) if line.sku == sku else line for line in lines)
+    return tuple(evolve(line, **changes) if line.sku == sku else line for line in lines)
 
 
 def _status_event(saga: OrderSaga, previous: OrderStatus | None, now: Clock) -> OrderStatusChanged:

@@ -6,7 +6,7 @@ level, the new hold and the events, so the single writer of a SKU can apply them
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 from .commands import AdjustStock, CommitLine, ReleaseLine, ReserveLine
@@ -20,6 +20,7 @@ from .events import (
     StockAdjusted,
     StockLevelChanged,
 )
+from .values import evolve
 
 ADJUSTMENT_REASONS = frozenset({"restock", "correction", "damage", "return", "seed"})
 
@@ -86,7 +87,7 @@ Outcome = tuple[StockLevel, Hold | None, list[StockEvent]]
 
 
 def _bump(before: StockLevel, after: StockLevel, at: str) -> tuple[StockLevel, list[StockEvent]]:
-    after = replace(after, version=before.version + 1)
+    after = evolve(after, version=before.version + 1)
     events: list[StockEvent] = [after.changed(at)]
     if after.low_stock and not before.low_stock:
         events.append(
@@ -111,7 +112,7 @@ def reserve(level: StockLevel, hold: Hold | None, cmd: ReserveLine, at: str) -> 
         return level, rejected, [
             LineRejected(cmd.order_id, cmd.sku, cmd.quantity, level.available, reason)
         ]
-    new, events = _bump(level, replace(level, reserved=level.reserved + cmd.quantity), at)
+    new, events = _bump(level, evolve(level, reserved=level.reserved + cmd.quantity), at)
     held = Hold(cmd.order_id, cmd.sku, cmd.quantity, HoldState.HELD)
     return new, held, [LineReserved(cmd.order_id, cmd.sku, cmd.quantity), *events]
 
@@ -139,8 +140,8 @@ def release(level: StockLevel, hold: Hold | None, cmd: ReleaseLine, at: str) -> 
     if hold.state is not HoldState.HELD:
         # Every command gets an answer, so a sender waiting for one can settle.
         return level, hold, [_state_of(hold, cmd.order_id, cmd.sku, level)]
-    new, events = _bump(level, replace(level, reserved=level.reserved - hold.quantity), at)
-    return new, replace(hold, state=HoldState.RELEASED), [
+    new, events = _bump(level, evolve(level, reserved=level.reserved - hold.quantity), at)
+    return new, evolve(hold, state=HoldState.RELEASED), [
         LineReleased(cmd.order_id, cmd.sku, hold.quantity),
         *events,
     ]
@@ -153,11 +154,11 @@ def commit(level: StockLevel, hold: Hold | None, cmd: CommitLine, at: str) -> Ou
         return level, hold, [LineCommitted(cmd.order_id, cmd.sku, hold.quantity)]
     if hold is None or hold.state is not HoldState.HELD:
         return level, hold, [LineCommitted(cmd.order_id, cmd.sku, 0)]
-    after = replace(
+    after = evolve(
         level, on_hand=level.on_hand - hold.quantity, reserved=level.reserved - hold.quantity
     )
     new, events = _bump(level, after, at)
-    return new, replace(hold, state=HoldState.COMMITTED), [
+    return new, evolve(hold, state=HoldState.COMMITTED), [
         LineCommitted(cmd.order_id, cmd.sku, hold.quantity),
         *events,
     ]
@@ -181,7 +182,7 @@ def adjust(
     threshold = (
         level.low_stock_threshold if cmd.low_stock_threshold is None else cmd.low_stock_threshold
     )
-    after = replace(level, on_hand=level.on_hand + cmd.delta, low_stock_threshold=threshold)
+    after = evolve(level, on_hand=level.on_hand + cmd.delta, low_stock_threshold=threshold)
     new, events = _bump(level, after, at)
     applied = StockAdjusted(
         cmd.sku, cmd.adjustment_id, cmd.delta, cmd.reason, new.on_hand, new.reserved

@@ -89,9 +89,9 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
 def _observe(request: web.Request, route: str, status: int, seconds: float) -> None:
     if "wait" in request.query:  # held until the order is decided: timed apart from the rest
         route += "?wait"
-    metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+    metrics.labelled(metrics.HTTP_REQUESTS, route, request.method, str(status)).inc()
     if status != 101:  # a WebSocket's time is its whole session, not a request's
-        metrics.HTTP_LATENCY.labels(route, request.method).observe(seconds)
+        metrics.labelled(metrics.HTTP_LATENCY, route, request.method).observe(seconds)
     level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
     if log.isEnabledFor(level):
         log.log(

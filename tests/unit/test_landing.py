@@ -155,3 +155,14 @@ async def test_a_batch_that_cannot_land_stops_the_agent_and_nothing_after_it_is_
         async with asyncio.timeout(5):
             await task
     assert stream.acked == [] and table.written == []
+
+
+def test_now_is_the_millisecond_shared_by_the_events_within_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    wall = [1_764_756_000.1234]
+    monkeypatch.setattr(common.time, "time", lambda: wall[0])
+    first = common.now()
+    assert (first.iso, first.epoch) == ("2025-12-03T10:00:00.123Z", 1_764_756_000.123)
+    wall[0] += 0.0005  # the same millisecond: the same clock
+    assert common.now() is first
+    wall[0] += 0.001
+    assert common.now().iso == "2025-12-03T10:00:00.124Z"

@@ -431,3 +431,29 @@ def test_json_that_orjson_refuses_gets_the_standard_parsers_verdict() -> None:
     assert "not JSON" not in str(err.value)
     with pytest.raises(records.BadRecord, match="U\\+0000 or unpaired surrogates"):
         records.decode(b'{"type":"ReserveLine","order_id":"\\ud800","sku":"A","quantity":1}')
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ({"a": ["x", {"b": "é"}], "n": 1}, True),
+        ({"a": "\\u0000"}, True),  # a backslash and "u0000": text, not U+0000
+        ({"a": "x\u0000"}, False),
+        ({"k\u0000": 1}, False),  # in a key
+        ({"a": [1, {"b": "\ud800"}]}, False),
+        ({"a": 2**70, "b": "x\u0000"}, False),  # orjson cannot write it: the slow walk decides
+        ({"a": 2**70, "b": "x"}, True),
+    ],
+)
+def test_storable_agrees_with_a_walk_over_every_string(value: object, ok: bool) -> None:
+    assert records.storable(value) is ok
+    assert records._storable(value) is ok
+
+
+def test_saga_to_value_reads_back_the_same_saga_with_plain_json_values() -> None:
+    saga, _ = start(PLACED, CATALOG, Clock(AT, 0.0))
+    saga = dataclasses.replace(saga, void=VoidState.REQUESTED)
+    value = records.saga_to_value(saga)
+    assert type(value["status"]) is str and type(value["void"]) is str
+    assert json.loads(json.dumps(value)) == value
+    assert records.saga_from_value(value) == saga
