@@ -84,7 +84,8 @@ def _headers(request: web.Request, principal: Principal) -> list[tuple[str, byte
 async def _send(topic: Any, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
     """Send and wait for the broker's acks=all: a 202 means the event is in Kafka."""
     try:
-        fut = await topic.send(key=key.encode(), value=records.encode(message), headers=headers)
+        # Straight to the producer, as the agents send (agents/common.py `_enqueue`).
+        fut = await app.producer.send(topic.get_topic_name(), key.encode(), records.encode(message), None, None, headers)
         await asyncio.wait_for(fut, timeout=10)
     except Exception as exc:  # timeout or broker error: the client may retry safely
         raise unavailable(f"could not reach Kafka: {type(exc).__name__}") from exc

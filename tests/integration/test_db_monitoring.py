@@ -118,7 +118,9 @@ async def test_a_failed_statement_raises_its_own_error_and_is_counted(
         # The connection is still usable and its next statement is not mistaken for an error.
         assert (await conn.execute(text("select 2"))).scalar() == 2
     assert sample("orion_db_errors_total", kind="select") == before + 1
-    assert db_log.records == []
+    # The failed statement is counted as an error, never logged as a slow one (a busy box
+    # may make "select 2" take the 20 ms that count as slow: that one may be logged).
+    assert [r.getMessage() for r in db_log.records if "no_such_table" in r.getMessage()] == []
 
 
 async def test_the_pool_gauges_follow_checkouts(store: SqlAlchemyStore) -> None:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from orion_streams.config import Settings
+from orion_streams.web import auth
 from orion_streams.web.auth import MAX_TOKEN_LENGTH, Principal, TokenVerifier, issue_token
 from orion_streams.web.problems import ApiError
 
@@ -717,3 +718,37 @@ def test_actor_names_users_and_services() -> None:
     assert Principal("u", frozenset({"customer"})).actor == "user:u"
     assert Principal("s", frozenset({"service"})).actor == "service:s"
     assert Principal("a", frozenset({"service", "admin"})).actor == "user:a"
+
+
+# --- Verified tokens remembered ----------------------------------------------------------
+
+
+def test_a_token_verified_before_is_not_checked_again_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = TokenVerifier(HS, leeway=5)
+    exp = int(time.time()) - 3  # expired, within the leeway
+    token = hs_token(exp=exp)
+    decoded: list[str] = []
+    real = verifier._decode
+    monkeypatch.setattr(verifier, "_decode", lambda t, k: decoded.append(t) or real(t, k))
+    first = verifier.verify(token)
+    assert verifier.verify(token) is first and decoded == [token]
+    with monkeypatch.context() as m:  # up to the end of the leeway: from memory
+        m.setattr(auth.time, "time", lambda: exp + 4.9)
+        assert verifier.verify(token) is first and len(decoded) == 1
+    # Once the leeway has passed (here: taken away), it is checked again and refused, as a
+    # token never seen would be.
+    verifier.leeway = 0
+    assert refused(verifier, token) == "token has expired"
+    assert refused(verifier, token) == "token has expired" and len(decoded) == 3
+
+
+def test_refused_tokens_are_not_remembered_and_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = TokenVerifier(HS)
+    bad = hs_token(exp=int(time.time()) - 60)
+    assert refused(verifier, bad) == "token has expired"
+    assert bad not in verifier._verified
+    monkeypatch.setattr(auth, "VERIFIED_TOKENS", 3)
+    tokens = [hs_token(sub=f"user-{i}") for i in range(5)]
+    for token in tokens:
+        verifier.verify(token)
+    assert list(verifier._verified) == tokens[2:]
