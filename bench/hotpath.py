@@ -291,6 +291,31 @@ async def drain(run: Run, ids: list[str], deadline_s: float) -> tuple[dict[str, 
     return decided, True
 
 
+async def stages(run: Run, intended: dict[str, float], decided: dict[str, tuple[str, float]]) -> dict[str, Any]:
+    """Where the time from acceptance to decision went, by the saga's own clock (its audit
+    trail): to the saga starting the order (one hop), to every line held (RESERVED: the
+    requests to the SKU owners and their answers, two hops), to the decision (payment's
+    request and answer, two hops). Confirmed orders only: they take every step."""
+    ids = [oid for oid, (status, _) in decided.items() if status == "CONFIRMED"]
+    started: dict[str, float] = {}
+    reserved: dict[str, float] = {}
+    async with run.engine.connect() as conn:
+        for i in range(0, len(ids), 5000):
+            rows = (await conn.execute(text(
+                "select order_id, data->>'to', extract(epoch from at) from order_events "
+                "where order_id = any(:ids) and (seq = 1 or (type = 'OrderStatusChanged' and data->>'to' = 'RESERVED'))"
+            ), {"ids": ids[i : i + 5000]})).all()
+            for oid, to, at in rows:
+                (reserved if to == "RESERVED" else started)[oid] = float(at)
+    both = [oid for oid in ids if oid in started and oid in reserved]
+    return {
+        "orders": len(both),
+        "accept_to_saga_ms": _dist([started[o] - intended[o] for o in both], 1000),
+        "saga_to_reserved_ms": _dist([reserved[o] - started[o] for o in both], 1000),
+        "reserved_to_confirmed_ms": _dist([decided[o][1] - reserved[o] for o in both], 1000),
+    }
+
+
 async def sold_units(run: Run) -> dict[str, Any]:
     """Units confirmed per SKU against the stock given; oversold must be 0."""
     async with run.engine.connect() as conn:
@@ -361,6 +386,7 @@ async def measure(
     a2d = [at - intended[oid] for oid, (_, at) in decided.items()]
     confirmed_a2d = [at - intended[oid] for oid, (s, at) in decided.items() if s == "CONFIRMED"]
     post = [o.answered - o.intended for o in orders if o.answered is not None and mode == "http"]
+    steps = await stages(run, intended, decided)
     topics = {t: after_records.get(t, 0) - before_records.get(t, 0) for t in after_records}
     topics = {t: n_ for t, n_ in sorted(topics.items()) if n_}
     cpu = {**{f"worker {k}": v for k, v in used["workers_cpu_s"].items()}, "broker": used["broker_cpu_s"],
@@ -382,6 +408,7 @@ async def measure(
         "accept_to_decision_ms": _dist(a2d, 1000),
         "accept_to_confirmed_ms": _dist(confirmed_a2d, 1000),
         "post_ms": _dist(post, 1000) if post else None,
+        "stages": steps,
         "cpu_s": cpu,
         "cpu_ms_per_decided": {k: (round(v * 1000 / n, 2) if v is not None and n else None) for k, v in cpu.items()},
         "worker_cpu_ms_per_decided": round(sum(v for v in used["workers_cpu_s"].values() if v) * 1000 / n, 2) if n else None,
@@ -481,6 +508,10 @@ def scenario_steady(cfg: Config) -> dict[str, Any]:
             p99 = fig["accept_to_decision_ms"].get("p99") or 0
             refused = sum(n for s, n in fig["http_status"].items() if s not in ("200", "202"))
             log(f"  {rate:.1f}/s offered: {fig['confirmed_per_s']}/s confirmed, p99 {p99} ms, refused {refused}")
+            st = fig["stages"]
+            log("    p50/p99 ms: accept->saga {}/{}, saga->reserved {}/{}, reserved->confirmed {}/{}".format(*(
+                st[k].get(q) for k in ("accept_to_saga_ms", "saga_to_reserved_ms", "reserved_to_confirmed_ms")
+                for q in ("p50", "p99"))))
             if p99 > 1000 or refused > 0.01 * len(orders) or fig["errors"]:
                 break
             rate *= 1.5
