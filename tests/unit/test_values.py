@@ -36,3 +36,16 @@ def test_evolve_keeps_the_copy_frozen_and_hashable() -> None:
 def test_evolve_refuses_a_field_the_class_does_not_have() -> None:
     with pytest.raises(AssertionError):
         evolve(Point(1), z=1)
+
+
+def test_evolve_refuses_a_class_that_checks_itself_on_init() -> None:
+    @dataclass(frozen=True)
+    class Checked:
+        n: int
+
+        def __post_init__(self) -> None:
+            if self.n < 0:
+                raise ValueError("negative")
+
+    with pytest.raises(AssertionError, match="checks itself"):
+        evolve(Checked(1), n=-1)
