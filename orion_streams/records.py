@@ -11,7 +11,6 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields, is_dataclass
-from enum import Enum
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -70,16 +69,6 @@ def header_text(name: str, raw: bytes | str | None) -> tuple[str | None, str | N
 
 class BadRecord(Exception):
     """A message could not be decoded or broke the contract; carries the reason."""
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -97,7 +97,7 @@ def identity(event: Any) -> list[tuple[str, bytes]]:
     return make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER))
 
 
-async def _enqueue(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> list[Any]:
+async def enqueue(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> list[Any]:
     """Hand messages to the producer, in order; returns the futures of their acks (each
     resolves to where the message landed: RecordMetadata topic, partition, offset)."""
     # Straight to the producer: Faust's Topic.send wraps each record in a pending message
@@ -223,7 +223,7 @@ class Outbox:
             else:
                 singles.append((topic, key, message, headers))
                 single_callbacks.append(callback)
-        futures: list[Any] = await _enqueue(singles)
+        futures: list[Any] = await enqueue(singles)
         for single, callback in zip(futures, single_callbacks, strict=True):
             if callback is not None:
                 single.add_done_callback(_tell(callback))

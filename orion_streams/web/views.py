@@ -18,6 +18,7 @@ from faust.web import View
 from .. import logs, metrics, records
 from ..adapters.postgres import Accepted, InvalidCursor
 from ..agents import watchdog
+from ..agents.common import enqueue
 from ..app import app, orders_topic, runtime, settings, stock_requests_topic
 from ..domain import commands as c
 from ..domain import events as e
@@ -84,8 +85,7 @@ def _headers(request: web.Request, principal: Principal) -> list[tuple[str, byte
 async def _send(topic: Any, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
     """Send and wait for the broker's acks=all: a 202 means the event is in Kafka."""
     try:
-        # Straight to the producer, as the agents send (agents/common.py `_enqueue`).
-        fut = await app.producer.send(topic.get_topic_name(), key.encode(), records.encode(message), None, None, headers)
+        (fut,) = await enqueue([(topic, key, message, headers)])
         await asyncio.wait_for(fut, timeout=10)
     except Exception as exc:  # timeout or broker error: the client may retry safely
         raise unavailable(f"could not reach Kafka: {type(exc).__name__}") from exc
