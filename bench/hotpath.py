@@ -497,6 +497,10 @@ def scenario_steady(cfg: Config) -> dict[str, Any]:
     log(f"steady: 200 SKUs, rate from {cfg.steady_start:g}/s up by half every {seconds:g} s")
 
     async def body(run: Run) -> list[dict[str, Any]]:
+        # Warm the HTTP path too (connections, every customer's token), not measured.
+        warm = [Order("", i, [{"sku": WARM_SKU, "quantity": 1}], "tok_ok") for i in range(cfg.customers)]
+        await offer_http(run, warm, max(cfg.steady_start, 50.0), cfg.seed)
+        await drain(run, [o.order_id for o in warm if o.order_id], 300)
         steps: list[dict[str, Any]] = []
         rate = cfg.steady_start
         for i in range(max_steps):

@@ -14,6 +14,13 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = _env(name, "true" if default else "false").strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    return value in ("true", "1", "yes", "on")
+
+
 def _default_state_dir() -> Path:
     return Path(_env("ORION_STATE_DIR", str(Path.cwd() / ".orion"))).resolve()
 
@@ -79,6 +86,10 @@ class Settings:
     payment_void_timeout: float = 60.0
     # Payment requests waiting on the provider at once, per worker.
     payment_concurrency: int = 32
+    # Ask for an order's payment alongside its reservations (decided two hops sooner; an
+    # authorisation for an order then rejected for stock is voided), except for SKUs that
+    # just turned orders away; false: only once every line is held.
+    pay_with_reservation: bool = True
     payment_gateway: str = "sandbox"
     payment_url: str | None = None
     payment_void_url: str | None = None
@@ -154,6 +165,7 @@ class Settings:
             payment_attempt_timeout=float(_env("ORION_PAYMENT_ATTEMPT_TIMEOUT", str(cls.payment_attempt_timeout))),
             payment_void_timeout=float(_env("ORION_PAYMENT_VOID_TIMEOUT", str(cls.payment_void_timeout))),
             payment_concurrency=int(_env("ORION_PAYMENT_CONCURRENCY", str(cls.payment_concurrency))),
+            pay_with_reservation=_flag("ORION_PAY_WITH_RESERVATION", cls.pay_with_reservation),
             payment_gateway=_env("ORION_PAYMENT_GATEWAY", cls.payment_gateway),
             payment_url=os.environ.get("ORION_PAYMENT_URL"),
             payment_void_url=os.environ.get("ORION_PAYMENT_VOID_URL"),

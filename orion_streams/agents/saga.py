@@ -39,6 +39,7 @@ from ..domain.errors import ValidationFailed
 from ..domain.orders import OrderStatus
 from ..domain.values import evolve
 from ..services.outstanding import OutstandingRequests
+from ..services.payment_timing import PaymentTiming
 from ..services.retirement import RetirementQueue
 from ..tables import sagas
 from .common import (
@@ -63,6 +64,8 @@ log = logging.getLogger("orion.saga")
 # Requests of this worker's orders still waiting for an answer, and finished orders to forget.
 waiting = OutstandingRequests(backoff=1.0, max_backoff=300.0)
 retiring = RetirementQueue(settings.order_retention)
+# Whether an order's payment is asked for alongside its reservations.
+timing = PaymentTiming()
 # The partitions whose orders `waiting` and `retiring` cover.
 _tracked: set[int] = set()
 
@@ -147,8 +150,10 @@ async def handle_event(event: Any, outbox: Outbox) -> None:
             # Older than half the retention: its saga may have been retired already.
             log.info("OrderPlaced for %s repeats an order decided before; ignored", order_id)
             return
+        pay_now = timing.pay_now(((line.sku, line.quantity) for line in message.lines), time.monotonic())
+        pay_now = pay_now and settings.pay_with_reservation
         try:
-            saga, outputs = domain.start(message, runtime.catalog, now_)
+            saga, outputs = domain.start(message, runtime.catalog, now_, pay_now=pay_now)
         except ValidationFailed as exc:
             await dead_letter(event, f"invalid order: {exc}", kind="invalid_order")
             return
@@ -162,6 +167,10 @@ async def handle_event(event: Any, outbox: Outbox) -> None:
                 else m for m in outputs
             ]
     else:
+        if isinstance(message, e.LineRejected):
+            timing.rejected(message.sku, message.available, time.monotonic())
+        elif isinstance(message, e.LineReserved):
+            timing.reserved(message.sku)
         if current is None:
             await _for_unknown_order(event, message, outbox)
             return

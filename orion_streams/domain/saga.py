@@ -97,6 +97,9 @@ class OrderSaga:
     failure_reason: str | None = None
     # An AuthorizePayment went out and no answer has come back yet.
     paying: bool = False
+    # Why the payment failed, when it failed while lines were still being reserved (payment
+    # asked alongside the reservations): the order fails once every line has an answer.
+    payment_failed: str | None = None
     authorization_id: str | None = None
     void: VoidState | None = None
     # The authorisation the void asks for; None: whatever the order's payment key authorised.
@@ -136,8 +139,12 @@ class Clock:
     epoch: float
 
 
-def start(placed: OrderPlaced, catalog: Catalog, now: Clock) -> Step:
-    """Open the saga for a new order: price it from the catalog, ask for every line."""
+def start(placed: OrderPlaced, catalog: Catalog, now: Clock, *, pay_now: bool = False) -> Step:
+    """Open the saga for a new order: price it from the catalog, ask for every line.
+
+    `pay_now` asks for the payment alongside the reservations instead of once every line
+    is held: the order is decided two hops sooner, and an authorisation for an order that
+    then fails for stock is voided like any other."""
     _check_placed(placed, catalog)
     currency = order_currency(placed.lines, catalog)
     lines = []
@@ -155,11 +162,14 @@ def start(placed: OrderPlaced, catalog: Catalog, now: Clock) -> Step:
         payment_token=placed.payment_token,
         created_at=placed.placed_at or now.iso,
         updated_at=now.iso,
+        paying=pay_now,
     )
     out: list[SagaOutput] = []
     saga = _audit(saga, out, "OrderPlaced", now, _placed_data(saga))
     out.append(_status_event(saga, None, now))
     out.extend(ReserveLine(saga.order_id, line.sku, line.quantity) for line in saga.lines)
+    if pay_now:
+        out.append(_authorize(saga))
     return saga, out
 
 
@@ -211,7 +221,7 @@ def outstanding(saga: OrderSaga) -> list[Request]:
         elif line.state is LineState.COMMITTED and not line.settled:
             out.append(CommitLine(saga.order_id, line.sku))
     if saga.paying:
-        out.append(AuthorizePayment(saga.order_id, saga.total, saga.currency, saga.payment_token))
+        out.append(_authorize(saga))
     if saga.void is VoidState.REQUESTED:
         out.append(_void(saga))
     return out
@@ -265,9 +275,16 @@ def _on_reserved(saga: OrderSaga, msg: LineReserved, now: Clock) -> Step:
         return saga, out
     saga = _set_line(saga, msg.sku, LineState.RESERVED)
     saga = _audit(saga, out, "LineReserved", now, {"sku": msg.sku, "quantity": msg.quantity})
-    if all(line.state is LineState.RESERVED for line in saga.lines):
-        saga = _move(evolve(saga, paying=True), out, OrderStatus.RESERVED, now)
-        out.append(AuthorizePayment(saga.order_id, saga.total, saga.currency, saga.payment_token))
+    if not all(line.state is LineState.RESERVED for line in saga.lines):
+        return saga, out
+    saga = _move(saga, out, OrderStatus.RESERVED, now)
+    if saga.payment_failed is not None:  # the payment asked alongside failed meanwhile
+        return _fail(saga, out, OrderStatus.PAYMENT_FAILED, saga.payment_failed, now), out
+    if saga.authorization_id is not None:  # paid while the lines were being held
+        return _move(saga, out, OrderStatus.CONFIRMED, now), out
+    if not saga.paying:
+        saga = evolve(saga, paying=True)
+        out.append(_authorize(saga))
     return saga, out
 
 
@@ -309,13 +326,16 @@ def _on_payment_authorized(saga: OrderSaga, msg: PaymentAuthorized, now: Clock) 
     if msg.authorization_id == saga.authorization_id:
         return saga, []  # a repeated answer
     out: list[SagaOutput] = []
-    if saga.status is OrderStatus.RESERVED:
+    if saga.paying and saga.status in (OrderStatus.PENDING, OrderStatus.RESERVED):
         saga = evolve(saga, paying=False, authorization_id=msg.authorization_id)
         saga = _audit(saga, out, "PaymentAuthorized", now, {"authorization_id": msg.authorization_id})
-        return _move(saga, out, OrderStatus.CONFIRMED, now), out
-    if not saga.status.is_failure:
+        if saga.status is OrderStatus.RESERVED:
+            saga = _move(saga, out, OrderStatus.CONFIRMED, now)
+        return saga, out  # PENDING: confirmed once every line is held
+    if not (saga.status.is_failure or saga.payment_failed is not None):
         return saga, []
-    # The order failed or was cancelled before the money was authorised: give it back.
+    # The order failed, was cancelled or gave up on its payment before the money was
+    # authorised: give it back.
     saga = evolve(saga, paying=False, authorization_id=msg.authorization_id)
     saga = _audit(saga, out, "PaymentAuthorized", now, {"authorization_id": msg.authorization_id, "late": True})
     if saga.void in (None, VoidState.NOTHING, VoidState.FAILED):
@@ -330,6 +350,10 @@ def _on_payment_failed(saga: OrderSaga, kind: str, reason: str, now: Clock) -> S
     saga = _audit(evolve(saga, paying=False), out, kind, now, {"reason": reason})
     if saga.status is OrderStatus.RESERVED:
         saga = _fail(saga, out, OrderStatus.PAYMENT_FAILED, reason, now)
+    elif saga.status is OrderStatus.PENDING:
+        # Asked alongside the reservations: the order fails once every line is answered
+        # (a rejected line makes it REJECTED; otherwise PAYMENT_FAILED, the holds released).
+        saga = evolve(saga, payment_failed=reason)
     return saga, out
 
 
@@ -365,12 +389,8 @@ def _on_cancel(saga: OrderSaga, msg: CancelOrder, now: Clock) -> Step:
     if not can_transition(saga.status, OrderStatus.CANCELLED):
         return saga, []
     out: list[SagaOutput] = []
-    confirmed = saga.status is OrderStatus.CONFIRMED
     saga = _audit(saga, out, "CancelOrder", now, {"reason": msg.reason, "event_id": msg.event_id})
-    saga = _fail(saga, out, OrderStatus.CANCELLED, msg.reason, now)
-    if confirmed:
-        saga = _request_void(saga, out, "order cancelled", now)
-    return saga, out
+    return _fail(saga, out, OrderStatus.CANCELLED, msg.reason, now), out
 
 
 def _on_fulfil(saga: OrderSaga, now: Clock) -> Step:
@@ -397,7 +417,23 @@ def _fail(
         else:
             released.append(line)
     saga = evolve(saga, lines=tuple(released), failure_reason=reason)
-    return _move(saga, out, status, now)
+    saga = _move(saga, out, status, now)
+    if saga.authorization_id is not None and saga.void is None:
+        # Paid for an order that did not go through (cancelled once confirmed, or failed
+        # for stock after the payment asked alongside the reservations): give it back.
+        saga = _request_void(saga, out, _VOID_REASONS[status], now)
+    return saga
+
+
+_VOID_REASONS = {
+    OrderStatus.CANCELLED: "order cancelled",
+    OrderStatus.REJECTED: "order rejected",
+    OrderStatus.PAYMENT_FAILED: "order failed",
+}
+
+
+def _authorize(saga: OrderSaga) -> AuthorizePayment:
+    return AuthorizePayment(saga.order_id, saga.total, saga.currency, saga.payment_token)
 
 
 def _void(saga: OrderSaga) -> VoidPayment:

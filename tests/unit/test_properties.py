@@ -177,8 +177,9 @@ class Pipeline(RuleBasedStateMachine):
         ),
         card=st.sampled_from(["tok_ok", "tok_ok", "tok_declined"]),
         provider=PAYMENT,
+        pay_now=st.booleans(),
     )
-    def place(self, lines: list[tuple[str, int]], card: str, provider: str) -> None:
+    def place(self, lines: list[tuple[str, int]], card: str, provider: str, pay_now: bool) -> None:
         self.orders += 1
         order_id = f"o{self.orders}"
         self.script[order_id] = provider
@@ -191,7 +192,7 @@ class Pipeline(RuleBasedStateMachine):
             card,
             AT,
         )
-        saga, outputs = domain.start(placed, CATALOG, NOW)
+        saga, outputs = domain.start(placed, CATALOG, NOW, pay_now=pay_now)
         self.sagas[order_id] = saga
         self._emit(outputs)
 

@@ -287,6 +287,95 @@ def test_a_payment_without_a_definite_answer_is_voided_by_its_key() -> None:
     assert [m.kind for m in only(out, AuditEntry)][-1] == "PaymentVoidRequested"
 
 
+# --- payment asked alongside the reservations (start(..., pay_now=True)) --------------
+
+
+def paying_early() -> OrderSaga:
+    return start(placed(), CATALOG, NOW, pay_now=True)[0]
+
+
+def test_pay_now_asks_for_the_payment_with_the_reservations() -> None:
+    saga, out = start(placed(), CATALOG, NOW, pay_now=True)
+    assert only(out, ReserveLine) == [ReserveLine("o1", "A", 2), ReserveLine("o1", "B", 4)]
+    assert only(out, AuthorizePayment) == [AuthorizePayment("o1", 3_000, "EUR", "tok_visa")]
+    assert saga.status is S.PENDING and saga.paying
+    assert AuthorizePayment("o1", 3_000, "EUR", "tok_visa") in outstanding(saga)
+
+
+def test_paid_before_the_lines_are_held_confirms_with_the_last_line() -> None:
+    saga, out = run(paying_early(), PaymentAuthorized("o1", "auth-1"), LineReserved("o1", "A", 2))
+    assert saga.status is S.PENDING and saga.authorization_id == "auth-1" and not saga.paying
+    assert statuses(out) == []
+    saga, out = step(saga, LineReserved("o1", "B", 4))
+    assert statuses(out) == [S.RESERVED, S.CONFIRMED]
+    assert only(out, AuthorizePayment) == [] and only(out, VoidPayment) == []
+    assert not outstanding(saga)
+
+
+def test_lines_held_before_the_payment_answers_wait_for_it_without_asking_twice() -> None:
+    saga, out = run(paying_early(), LineReserved("o1", "A", 2), LineReserved("o1", "B", 4))
+    assert saga.status is S.RESERVED and statuses(out) == [S.RESERVED]
+    assert only(out, AuthorizePayment) == []  # already asked at the start
+    saga, out = step(saga, PaymentAuthorized("o1", "auth-1"))
+    assert saga.status is S.CONFIRMED and statuses(out) == [S.CONFIRMED]
+
+
+def test_paid_but_a_line_rejected_voids_the_authorisation() -> None:
+    saga, out = run(
+        paying_early(), PaymentAuthorized("o1", "auth-1"), LineReserved("o1", "A", 2),
+        LineRejected("o1", "B", 4, 1, "insufficient stock"),
+    )
+    assert saga.status is S.REJECTED
+    assert only(out, ReleaseLine) == [ReleaseLine("o1", "A")]
+    assert only(out, VoidPayment) == [VoidPayment("o1", "auth-1", 3_000, "EUR")]
+    assert saga.void is VoidState.REQUESTED and not retirable(saga)
+    saga, _ = run(saga, PaymentVoided("o1", "auth-1", "voided"), LineReleased("o1", "A", 2))
+    assert retirable(saga)
+
+
+def test_rejected_while_the_payment_is_in_flight_voids_it_when_it_comes() -> None:
+    saga, out = step(paying_early(), LineRejected("o1", "A", 2, 0, "insufficient stock"))
+    assert saga.status is S.REJECTED and only(out, VoidPayment) == []
+    assert not retirable(saga)  # the payment's answer is still awaited
+    saga, out = step(saga, PaymentAuthorized("o1", "auth-1"))
+    assert only(out, VoidPayment) == [VoidPayment("o1", "auth-1", 3_000, "EUR")]
+    saga, out = step(saga, PaymentDeclined("o1", "no"))
+    assert out == []
+
+
+def test_declined_before_the_lines_are_held_fails_the_order_once_they_are() -> None:
+    saga, out = run(paying_early(), PaymentDeclined("o1", "card expired"), LineReserved("o1", "A", 2))
+    assert saga.status is S.PENDING and statuses(out) == []
+    saga, out = step(saga, LineReserved("o1", "B", 4))
+    assert statuses(out) == [S.RESERVED, S.PAYMENT_FAILED]
+    assert saga.failure_reason == "payment declined: card expired"
+    assert only(out, ReleaseLine) == [ReleaseLine("o1", "A"), ReleaseLine("o1", "B")]
+    assert only(out, AuthorizePayment) == [] and only(out, VoidPayment) == []
+
+
+def test_declined_and_a_line_rejected_is_a_rejection() -> None:
+    saga, _ = run(paying_early(), PaymentDeclined("o1", "card expired"), LineRejected("o1", "A", 2, 0, "none"))
+    assert saga.status is S.REJECTED and saga.failure_reason == "none"
+
+
+def test_timed_out_before_the_lines_are_held_voids_by_key_and_a_late_authorisation_too() -> None:
+    saga, out = step(paying_early(), PaymentTimedOut("o1", "provider unavailable"))
+    assert saga.status is S.PENDING and only(out, VoidPayment) == [VoidPayment("o1", None, 3_000, "EUR")]
+    # The void by key found nothing; the provider authorised afterwards: that one goes back.
+    saga, _ = step(saga, PaymentVoided("o1", None, "nothing"))
+    saga, out = step(saga, PaymentAuthorized("o1", "auth-late"))
+    assert only(out, VoidPayment) == [VoidPayment("o1", "auth-late", 3_000, "EUR")]
+    saga, out = run(saga, LineReserved("o1", "A", 2), LineReserved("o1", "B", 4))
+    assert saga.status is S.PAYMENT_FAILED and statuses(out) == [S.RESERVED, S.PAYMENT_FAILED]
+    assert only(out, VoidPayment) == []  # asked for already
+
+
+def test_cancelled_after_an_early_authorisation_voids_it() -> None:
+    saga, out = run(paying_early(), PaymentAuthorized("o1", "auth-1"), CancelOrder("o1", "ev-c", "changed my mind"))
+    assert saga.status is S.CANCELLED
+    assert only(out, VoidPayment) == [VoidPayment("o1", "auth-1", 3_000, "EUR")]
+
+
 def timed_out() -> OrderSaga:
     return step(reserved(), PaymentTimedOut("o1"))[0]
 
