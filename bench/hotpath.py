@@ -295,7 +295,8 @@ async def stages(run: Run, intended: dict[str, float], decided: dict[str, tuple[
     """Where the time from acceptance to decision went, by the saga's own clock (its audit
     trail): to the saga starting the order (one hop), to every line held (RESERVED: the
     requests to the SKU owners and their answers, two hops), to the decision (payment's
-    request and answer, two hops). Confirmed orders only: they take every step."""
+    request and answer: two more hops when it is asked for once the lines are held, none
+    when it was asked alongside them). Confirmed orders only: they take every step."""
     ids = [oid for oid, (status, _) in decided.items() if status == "CONFIRMED"]
     started: dict[str, float] = {}
     reserved: dict[str, float] = {}
@@ -497,9 +498,11 @@ def scenario_steady(cfg: Config) -> dict[str, Any]:
     log(f"steady: 200 SKUs, rate from {cfg.steady_start:g}/s up by half every {seconds:g} s")
 
     async def body(run: Run) -> list[dict[str, Any]]:
-        # Warm the HTTP path too (connections, every customer's token), not measured.
-        warm = [Order("", i, [{"sku": WARM_SKU, "quantity": 1}], "tok_ok") for i in range(cfg.customers)]
-        await offer_http(run, warm, max(cfg.steady_start, 50.0), cfg.seed)
+        # Warm the HTTP path and the mix's SKUs too, not measured: 10 s of the mix.
+        warm = _steady_orders(random.Random(cfg.seed - 1), skus, max(200, int(cfg.steady_start * 10)), cfg.customers)
+        for o in warm:
+            o.order_id = ""
+        await offer_http(run, warm, cfg.steady_start, cfg.seed - 1)
         await drain(run, [o.order_id for o in warm if o.order_id], 300)
         steps: list[dict[str, Any]] = []
         rate = cfg.steady_start
