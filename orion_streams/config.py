@@ -87,8 +87,8 @@ class Settings:
     # Payment requests waiting on the provider at once, per worker.
     payment_concurrency: int = 32
     # Ask for an order's payment alongside its reservations (decided two hops sooner; an
-    # authorisation for an order then rejected for stock is voided), except for SKUs that
-    # just turned orders away; false: only once every line is held.
+    # authorisation for an order then rejected for stock is voided), except for contended
+    # SKUs or ones that just turned orders away; false: only once every line is held.
     pay_with_reservation: bool = True
     payment_gateway: str = "sandbox"
     payment_url: str | None = None

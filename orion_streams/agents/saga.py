@@ -150,8 +150,9 @@ async def handle_event(event: Any, outbox: Outbox) -> None:
             # Older than half the retention: its saga may have been retired already.
             log.info("OrderPlaced for %s repeats an order decided before; ignored", order_id)
             return
-        pay_now = timing.pay_now(((line.sku, line.quantity) for line in message.lines), time.monotonic())
-        pay_now = pay_now and settings.pay_with_reservation
+        pay_now = settings.pay_with_reservation and timing.pay_now(
+            ((line.sku, line.quantity) for line in message.lines), time.monotonic()
+        )
         try:
             saga, outputs = domain.start(message, runtime.catalog, now_, pay_now=pay_now)
         except ValidationFailed as exc:
