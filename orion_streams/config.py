@@ -73,6 +73,9 @@ class Settings:
     # a child process of the worker (a core of its own); "inline", in the worker's event
     # loop; "off", not at all (run `orion projection` yourself).
     projection: str = "process"
+    # Seconds at least between two projection transactions while records come in a few at a
+    # time (they gather meanwhile); a full batch goes at once. The read model may lag by it.
+    projection_interval: float = 0.05
     app_id: str = "orion"
     # Partitions of every Orion topic, fixed once the topics exist: the most workers that can
     # share the work. 12 leaves room to grow (README, "Running more workers").
@@ -159,6 +162,7 @@ class Settings:
             log_order_lines=float(_env("ORION_LOG_ORDER_LINES", str(cls.log_order_lines))),
             event_loop=_env("ORION_EVENT_LOOP", cls.event_loop),
             projection=_env("ORION_PROJECTION", cls.projection),
+            projection_interval=float(_env("ORION_PROJECTION_INTERVAL", str(cls.projection_interval))),
             app_id=_env("ORION_APP_ID", cls.app_id),
             partitions=int(_env("ORION_PARTITIONS", str(cls.partitions))),
             payment_timeout=float(_env("ORION_PAYMENT_TIMEOUT", str(cls.payment_timeout))),
