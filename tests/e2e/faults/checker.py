@@ -135,7 +135,8 @@ async def _scalar_map(store: SqlAlchemyStore, sql: str) -> dict[Any, Any]:
 
 async def wait_decided(services: Services, history: History, timeout: float) -> float:
     """The drain: wait until every order that may exist is decided (unknown ones included
-    when they exist), or the deadline passes; returns the seconds it took."""
+    when they exist) and the agents and the projection have consumed everything, or the
+    deadline passes; returns the seconds it took."""
     started = time.monotonic()
     store = SqlAlchemyStore(services.database_url, pool_size=1)
     try:
@@ -143,7 +144,9 @@ async def wait_decided(services: Services, history: History, timeout: float) -> 
             orders = await _orders(store)
             open_ = [o for o, r in orders.items() if r["status"] not in DECIDED]
             missing = [op for op in history.by(OK) if op.order_id not in orders]
-            if not open_ and not missing:
+            # Decided is not settled: what follows a decision (a void's answer, released
+            # lines in the audit trail) is still on its way until every group has read all.
+            if not open_ and not missing and await lag(services) == 0:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
                 return time.monotonic() - started
