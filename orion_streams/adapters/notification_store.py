@@ -8,7 +8,6 @@ once its lease runs out.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..domain.notifications import Notification
 from . import schema as s
-from .postgres import iso
+from .postgres import iso, jsonb_text
 
 n = s.notifications
 
@@ -74,7 +73,7 @@ class NotificationStore:
             "ids": [x.id for x in unique], "keys": [x.key for x in unique],
             "order_ids": [x.order_id for x in unique], "skus": [x.sku for x in unique],
             "templates": [x.template for x in unique], "recipients": [", ".join(x.recipients) for x in unique],
-            "contexts": [json.dumps(dict(x.context)) for x in unique],
+            "contexts": [jsonb_text(x.context) for x in unique],
             "correlation_ids": [x.correlation_id for x in unique],
         }
         added = [r.id for r in (await conn.execute(_ENQUEUE, columns)).all()]

@@ -52,7 +52,15 @@ def now() -> Clock:
 
 
 def _raw_header(event: Any, name: str) -> Any:
-    headers = event.headers or {}
+    headers = event.headers
+    if not headers:
+        return None
+    if isinstance(headers, list | tuple):  # as consumed: a scan, not a dict per look-up
+        found = None
+        for key, value in headers:
+            if key == name:
+                found = value  # a repeated header counts with its last value, as in a dict
+        return found
     return headers.get(name) if isinstance(headers, Mapping) else dict(headers).get(name)
 
 
