@@ -33,7 +33,7 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
 # Every hot-path scenario beside pgbench, Kafka's perf tools and a bare aiokafka loop (about
-# 25 minutes here); JSON and a markdown table in bench/results/ (see bench/hotpath.py).
+# 11 minutes here); JSON and a markdown table in bench/results/ (see bench/hotpath.py).
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.hotpath
 

@@ -38,6 +38,9 @@ def test_the_fixes_are_applied_once_the_app_is_loaded() -> None:
     assert faust_consumer.Consumer._add_gap is faust_fixes._no_gap
     assert faust_consumer.Consumer._new_offset is faust_fixes._new_offset
     assert faust_consumer.Consumer.perform_seek is faust_fixes._perform_seek
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert AIOKafkaConsumerThread._commit is faust_fixes._commit
 
 
 async def test_the_workers_consumer_waits_at_most_a_tenth_of_a_second_for_a_fetch() -> None:
@@ -50,6 +53,39 @@ async def test_the_workers_consumer_waits_at_most_a_tenth_of_a_second_for_a_fetc
     thread = AIOKafkaConsumerThread(app.consumer, loop=None)
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == faust_fixes.FETCH_MAX_WAIT_MS == 100
+
+
+async def test_a_commit_takes_the_assignment_once_and_commits_only_assigned_partitions() -> None:
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    assigned = {TP("orders", 0), TP("orders", 1)}
+
+    class Consumer:
+        committed: dict[Any, Any] = {}
+
+        async def commit(self, offsets: dict[Any, Any]) -> None:
+            self.committed = offsets
+
+    class Thread:
+        calls = 0
+        tp_last_committed_at: dict[Any, float] = {}
+        consumer = Consumer()
+
+        def _ensure_consumer(self) -> Consumer:
+            return self.consumer
+
+        def assignment(self) -> set[Any]:
+            self.calls += 1
+            return set(assigned)
+
+    thread = Thread()
+    offsets = {TP("orders", 0): 5, TP("orders", 1): 7, TP("orders", 2): 9}  # 2 moved away
+    assert await faust_fixes._commit(thread, offsets) is True
+    assert thread.calls == 1
+    assert thread.consumer.committed == {
+        TopicPartition("orders", 0): OffsetAndMetadata(5, ""), TopicPartition("orders", 1): OffsetAndMetadata(7, ""),
+    }
+    assert set(thread.tp_last_committed_at) == assigned
 
 
 def test_health_fails_once_recovery_has_stalled_past_the_limit() -> None:
