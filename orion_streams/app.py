@@ -7,7 +7,7 @@ from typing import Any
 import faust
 from faust.sensors.monitor import Monitor
 
-from . import faust_fixes, logs
+from . import faust_fixes, inline_consumer, logs
 from . import topics as t
 from .bootstrap import Runtime
 from .config import Settings
@@ -51,6 +51,8 @@ class LeanMonitor(Monitor):
 
 faust_fixes.apply()
 settings = Settings.from_env()
+if not settings.consumer_thread:
+    inline_consumer.apply()
 runtime = Runtime(settings)
 logs.per_order.rate = settings.log_order_lines
 

@@ -113,6 +113,9 @@ class Settings:
     # A worker that stops heartbeating loses its partitions after this long (heartbeats every
     # tenth of it): a killed worker's orders move to the others within seconds.
     session_timeout: float = 10.0
+    # Faust's consumer in a thread of its own (Faust's default) instead of on the worker's
+    # event loop (orion_streams/inline_consumer.py).
+    consumer_thread: bool = False
     standby_replicas: int = 1
     # /health fails when a rebalance's table recovery has not finished after this long, so an
     # orchestrator restarts the worker (faust-streaming can stall in recovery).
@@ -170,6 +173,7 @@ class Settings:
             payment_void_timeout=float(_env("ORION_PAYMENT_VOID_TIMEOUT", str(cls.payment_void_timeout))),
             payment_concurrency=int(_env("ORION_PAYMENT_CONCURRENCY", str(cls.payment_concurrency))),
             pay_with_reservation=_flag("ORION_PAY_WITH_RESERVATION", cls.pay_with_reservation),
+            consumer_thread=_flag("ORION_CONSUMER_THREAD", cls.consumer_thread),
             payment_gateway=_env("ORION_PAYMENT_GATEWAY", cls.payment_gateway),
             payment_url=os.environ.get("ORION_PAYMENT_URL"),
             payment_void_url=os.environ.get("ORION_PAYMENT_VOID_URL"),

@@ -22,3 +22,10 @@ def test_a_switch_refuses_other_words_naming_the_setting(monkeypatch: pytest.Mon
     monkeypatch.setenv("ORION_PAY_WITH_RESERVATION", "sometimes")
     with pytest.raises(ValueError, match="ORION_PAY_WITH_RESERVATION must be true or false"):
         Settings.from_env()
+
+
+def test_the_consumer_runs_on_the_workers_loop_unless_asked_for_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORION_CONSUMER_THREAD", raising=False)
+    assert Settings.from_env().consumer_thread is False
+    monkeypatch.setenv("ORION_CONSUMER_THREAD", "true")
+    assert Settings.from_env().consumer_thread is True
