@@ -3,7 +3,7 @@
 Faust runs its consumer in a service thread with a second event loop, and every call
 between the two (each fetch, each commit, each rebalance callback) is a method-queue
 hand-off with a wake-up of the other loop; both loops share one interpreter lock. On this
-box's profiles the consumer thread took 15-24 % of the worker's samples, about half of it
+box's profiles the consumer thread took 11-24 % of the worker's samples, about half of it
 waiting for the lock, and the hand-offs showed as the event loops' own C code. The thread
 buys one thing: heartbeats that go on while the main loop is busy. Orion's agents hand
 control back to the loop at least every batch (BATCH_SIZE events) and the session
@@ -41,7 +41,7 @@ class InlineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await maybe_async(fun(*args, **kwargs))  # as the method queue calls it
 
     async def cast_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        asyncio.ensure_future(maybe_async(fun(*args, **kwargs)))
+        self.add_future(maybe_async(fun(*args, **kwargs)))  # kept, and cancelled when it stops
 
     async def maybe_start(self) -> bool:
         return await Service.maybe_start(self)

@@ -19,7 +19,7 @@ async def test_the_workers_consumer_is_built_on_its_own_loop_without_a_thread() 
     thread = inline_consumer._new_consumer_thread(app.consumer)
     assert isinstance(thread, inline_consumer.InlineConsumerThread)
     assert thread.thread_loop is thread.parent_loop
-    assert thread._thread is None  # no WorkerThread until (and after) it starts
+    assert thread._thread is None  # no WorkerThread made
 
 
 async def test_calls_to_the_consumer_run_right_here_sync_or_async() -> None:
