@@ -19,7 +19,7 @@ import orjson
 from .domain import commands as c
 from .domain import events as e
 from .domain.catalog import Catalog
-from .domain.errors import ValidationFailed
+from .domain.errors import UNKNOWN_SKU, ValidationFailed
 from .domain.orders import OrderStatus, parse_order_request
 from .domain.saga import LineState, OrderSaga, SagaLine, VoidState
 from .domain.stock import Hold, HoldState, StockLevel
@@ -69,6 +69,11 @@ def header_text(name: str, raw: bytes | str | None) -> tuple[str | None, str | N
 
 class BadRecord(Exception):
     """A message could not be decoded or broke the contract; carries the reason."""
+
+
+class UnknownSku(BadRecord):
+    """An OrderPlaced names a SKU the given catalog does not know (or no longer sells): the
+    catalog may be older than the product, so the reader may refresh it and decode again."""
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
@@ -216,7 +221,7 @@ def decode_order_placed(data: Mapping[str, Any], catalog: Catalog) -> e.OrderPla
     try:
         request = parse_order_request(body, catalog)
     except ValidationFailed as exc:
-        raise BadRecord(f"invalid order: {exc}") from exc
+        raise (UnknownSku if exc.has(UNKNOWN_SKU) else BadRecord)(f"invalid order: {exc}") from exc
     return e.OrderPlaced(
         event_id=_str(data, "event_id"),
         order_id=order_id,

@@ -164,11 +164,6 @@ class NotificationStore:
             ).all()
         return [_view(r._mapping) for r in rows]
 
-    async def by_key(self, key: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(n).where(n.c.idempotency_key == key))).first()
-        return _view(row._mapping) if row is not None else None
-
 
 # Senders LISTEN on this channel; a commit that queues messages wakes them at once.
 CHANNEL = "orion_notifications"

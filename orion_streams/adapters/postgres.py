@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg.exceptions as pg_errors
 import orjson
-from sqlalchemy import and_, event, func, select, text, tuple_
+from sqlalchemy import event, select, text, tuple_
 from sqlalchemy import exc as sa_errors
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -482,20 +482,6 @@ class SqlAlchemyStore:
         async with self._single.connect() as conn:
             row = (await conn.execute(select(a).where(a.c.adjustment_id == adjustment_id))).first()
         return dict(row._mapping) if row else None
-
-    async def stock_totals(self) -> dict[str, tuple[int, int]]:
-        async with self._single.connect() as conn:
-            rows = (await conn.execute(select(s.stock_levels))).all()
-        return {r.sku: (r.on_hand, r.reserved) for r in rows}
-
-    async def count_rows(self, table: str, **where: Any) -> int:
-        t = s.metadata.tables[table]
-        clauses = [t.c[k] == v for k, v in where.items()]
-        async with self._single.connect() as conn:
-            query = select(func.count()).select_from(t)
-            if clauses:
-                query = query.where(and_(*clauses))
-            return int((await conn.execute(query)).scalar_one())
 
 
 def _order_view(row: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:

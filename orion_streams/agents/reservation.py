@@ -25,6 +25,7 @@ from ..app import (
 from ..domain import commands as c
 from ..domain import events as e
 from ..domain import stock as rules
+from ..services import stock_commands
 from ..services.retirement import RetirementQueue
 from ..tables import inventory
 from .common import (
@@ -96,63 +97,23 @@ async def handle_event(event: Any, outbox: Outbox) -> None:
         return
     logs.bind(sku=sku, order_id=getattr(command, "order_id", None))
     clock = now()
-    at = clock.iso
-    stored = inventory.get(sku)
-    level = records.stock_from_value(sku, stored)
-    applied_offset, last_key, last_value = records.stock_entry_meta(stored)
-    offset = position(event)
-    # The stock row records the position (offset; and index, in a batch record) of the event
-    # that last changed it and the hold written with it. If that event comes again (a crash
-    # after the row reached the changelog but before the hold did), restore the hold; the
-    # rules then see it and answer as before without moving stock. Any other redelivered
-    # event finds its own hold.
-    # Positions are compared for equality only: after a rebalance Faust can deliver a
-    # partition's events out of order (agents/watchdog.py), so "older" proves nothing.
-    replay = applied_offset == offset
-    if replay and last_key and inventory.get(last_key) != last_value:
-        inventory.put(event, last_key, last_value)
-
-    if isinstance(command, c.AdjustStock):
-        marker = records.adjustment_key(sku, command.adjustment_id)
-        if inventory.get(marker):
-            return  # redelivered adjustment: applied (or refused) already
-        new_level, outputs = rules.adjust(level, command, at)
-        hold_key = marker
-        hold_value: Any = ["adjustment", "applied" if new_level is not level else "rejected", clock.epoch]
-        closed = True
-    else:
-        hold_key = records.hold_key(sku, command.order_id)
-        hold = records.hold_from_value(sku, command.order_id, inventory.get(hold_key))
-        match command:
-            case c.ReserveLine():
-                new_level, new_hold, outputs = rules.reserve(level, hold, command, at)
-            case c.ReleaseLine():
-                new_level, new_hold, outputs = rules.release(level, hold, command, at)
-            case c.CommitLine():
-                new_level, new_hold, outputs = rules.commit(level, hold, command, at)
-        closed = new_hold is not None and new_hold.state.is_final
-        hold_value = (
-            None if new_hold is None or new_hold == hold
-            else records.hold_to_value(new_hold, closed_at=clock.epoch if closed else None)
-        )
-    if replay and new_level is not level:
-        log.error("redelivered %s at %s would change stock again; ignored", type(command).__name__, offset)
+    step = stock_commands.apply(command, inventory.get(sku), inventory.get, position(event), clock.epoch, clock.iso)
+    for key, value in step.writes:
+        inventory.put(event, key, value)
+    if step.ignored is not None:
+        log.error("%s; ignored", step.ignored)
         return
     headers = identity(event)
-    for m in outputs:
+    for m in step.outputs:
         if isinstance(m, e.StockLevelChanged):
             # A hot SKU changes hundreds of times a batch; the live feed and the projection
             # want where it stands: the batch sends its last level, before its answers count.
             outbox.send_latest(*_route(m), m, headers)
         else:
             outbox.send(*_route(m), m, headers)
-        _observe(m, changed=new_level is not level)
-    if new_level is not level:
-        inventory.put(event, sku, records.stock_entry(new_level, offset, hold_key if hold_value else None, hold_value))
-    if hold_value is not None:
-        inventory.put(event, hold_key, hold_value)
-        if closed:
-            retiring.ended(hold_key, clock.epoch)
+        _observe(m, changed=step.moved)
+    if step.closed is not None:
+        retiring.ended(step.closed, clock.epoch)
 
 
 def _owned() -> set[int] | None:

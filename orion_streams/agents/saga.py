@@ -111,7 +111,7 @@ async def handle_event(event: Any, outbox: Outbox) -> None:
         message = records.decode(event.value, runtime.catalog)
     except records.BadRecord as exc:
         # A product added since the catalog was loaded is not a bad record: look again.
-        if "unknown SKU" not in str(exc) or not await runtime.refresh_catalog_if_stale():
+        if not isinstance(exc, records.UnknownSku) or not await runtime.refresh_catalog_if_stale():
             await dead_letter(event, str(exc), kind="bad_record")
             return
         try:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
+
+# FieldError.code of a line whose SKU the catalog does not know: the catalog may be older
+# than the product, so whoever sees it may refresh the catalog and check again.
+UNKNOWN_SKU = "unknown_sku"
 
 
 @dataclass(frozen=True)
 class FieldError:
-    """One problem with one field of an input."""
+    """One problem with one field of an input; `code` classes it for code that must act on
+    it (the message is for people and may change)."""
 
     field: str
     message: str
+    code: str | None = dataclasses.field(default=None, compare=False)
 
 
 class DomainError(Exception):
@@ -21,15 +28,11 @@ class DomainError(Exception):
 class ValidationFailed(DomainError):
     """An input broke one or more rules; nothing was changed."""
 
-    errors: list[FieldError] = field(default_factory=list)
+    errors: list[FieldError] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         return "; ".join(f"{e.field}: {e.message}" for e in self.errors)
 
-
-class IllegalTransition(DomainError):
-    """An order was asked to move to a state its current state cannot reach."""
-
-
-class InsufficientStock(DomainError):
-    """A reservation or adjustment would make available stock negative."""
+    def has(self, code: str) -> bool:
+        """Whether any of the errors is of this class (e.g. UNKNOWN_SKU)."""
+        return any(e.code == code for e in self.errors)

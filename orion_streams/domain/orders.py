@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from .catalog import Catalog
-from .errors import FieldError, IllegalTransition, ValidationFailed
+from .errors import UNKNOWN_SKU, FieldError, ValidationFailed
 
 MAX_LINES = 50
 MAX_QUANTITY = 1000
@@ -70,11 +70,6 @@ TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = {
 
 def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
     return target in TRANSITIONS[current]
-
-
-def check_transition(current: OrderStatus, target: OrderStatus) -> None:
-    if not can_transition(current, target):
-        raise IllegalTransition(f"an order in {current} cannot become {target}")
 
 
 @dataclass(frozen=True)
@@ -165,7 +160,7 @@ def _check_line(
     else:
         product = catalog.get(sku)
         if product is None:
-            errors.append(FieldError(f"{where}.sku", f"unknown SKU {sku!r}"))
+            errors.append(FieldError(f"{where}.sku", f"unknown SKU {sku!r}", UNKNOWN_SKU))
         elif not product.active:
             errors.append(FieldError(f"{where}.sku", f"{sku} is not for sale"))
     if not isinstance(qty, int) or isinstance(qty, bool):
@@ -185,7 +180,7 @@ def priced_lines(
     for line in lines:
         product = catalog.get(line.sku)
         if product is None:
-            raise ValidationFailed([FieldError("lines", f"unknown SKU {line.sku!r}")])
+            raise ValidationFailed([FieldError("lines", f"unknown SKU {line.sku!r}", UNKNOWN_SKU)])
         out.append((line.sku, line.quantity, product.unit_price))
     return tuple(out)
 

@@ -22,7 +22,7 @@ from .commands import (
     ReserveLine,
     VoidPayment,
 )
-from .errors import FieldError, ValidationFailed
+from .errors import UNKNOWN_SKU, FieldError, ValidationFailed
 from .events import (
     AuditEntry,
     LineCommitted,
@@ -244,7 +244,7 @@ def _check_placed(placed: OrderPlaced, catalog: Catalog) -> None:
     for line in placed.lines:
         product = catalog.get(line.sku)
         if product is None or not product.active:
-            errors.append(FieldError("lines", f"unknown SKU {line.sku!r}"))
+            errors.append(FieldError("lines", f"unknown SKU {line.sku!r}", UNKNOWN_SKU))
         if not 1 <= line.quantity <= MAX_QUANTITY:
             errors.append(FieldError("lines", f"{line.sku}: quantity must be 1 to {MAX_QUANTITY}"))
     if not placed.payment_token:

@@ -22,7 +22,7 @@ from ..agents.common import enqueue
 from ..app import app, orders_topic, runtime, settings, stock_requests_topic
 from ..domain import commands as c
 from ..domain import events as e
-from ..domain.errors import FieldError, ValidationFailed
+from ..domain.errors import UNKNOWN_SKU, FieldError, ValidationFailed
 from ..domain.money import format_amount
 from ..domain.orders import OrderStatus, order_currency, parse_order_request, priced_lines
 from ..domain.stock import ADJUSTMENT_REASONS
@@ -177,7 +177,7 @@ class OrdersView(View):
         try:
             order = parse_order_request(body, runtime.catalog)
         except ValidationFailed as exc:
-            if not any("unknown SKU" in err.message for err in exc.errors):
+            if not exc.has(UNKNOWN_SKU):
                 raise unprocessable(exc.errors) from exc
             await runtime.refresh_catalog_if_stale()
             try:

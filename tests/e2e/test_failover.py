@@ -13,7 +13,15 @@ from sqlalchemy import text
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
 
-from ..integration.harness import Api, Services, Worker, eventually, group_lag, table_values
+from ..integration.harness import (
+    Api,
+    Services,
+    Worker,
+    eventually,
+    group_lag,
+    stock_totals,
+    table_values,
+)
 
 STOCK = 50
 ORDERS = 120
@@ -97,7 +105,7 @@ async def test_worker_killed_mid_rush_loses_nothing(fresh_services: Services) ->
                 assert confirmed == STOCK, (confirmed, STOCK)
 
                 async def converged() -> Any:
-                    pg = await store.stock_totals()
+                    pg = await stock_totals(store)
                     return pg if pg.get("T-001") == (STOCK, confirmed) else None
 
                 await eventually(converged, 30, f"PostgreSQL stock to show {confirmed} held")

@@ -14,7 +14,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
 
-from ..integration.harness import TEST_PRODUCTS, Api, Services, Worker, eventually, table_values
+from ..integration.harness import (
+    TEST_PRODUCTS,
+    Api,
+    Services,
+    Worker,
+    count_rows,
+    eventually,
+    table_values,
+)
 
 PARTITIONS = 4
 
@@ -74,7 +82,7 @@ async def test_admission_refuses_at_the_door_and_never_an_accepted_retry(
         ready = await eventually(closed, 10, "admission to close with three orders in flight")
         assert ready["admission"]["in_flight"] >= 3 and "3 orders" in ready["admission"]["reason"]
 
-        orders_before = await store.count_rows("orders")
+        orders_before = await count_rows(store, "orders")
         offsets_before = await _end_offsets(fresh_services, "orders")
         status, problem, headers = await api.place(customer, line)
         assert status == 503, problem
@@ -87,7 +95,7 @@ async def test_admission_refuses_at_the_door_and_never_an_accepted_retry(
         status, body, _ = await api.place(customer, line, payment="tok_timeout", headers={"Idempotency-Key": first_key})
         assert status == 202 and body["order_id"] == accepted[0]
         # Nothing was written or sent for the refused ones.
-        assert await store.count_rows("orders") == orders_before == 3
+        assert await count_rows(store, "orders") == orders_before == 3
         assert await _end_offsets(fresh_services, "orders") == offsets_before
         _, text, _ = await api.call("GET", "/metrics")
         assert _metric(text, "orion_orders_refused_total", reason="in_flight") == 2

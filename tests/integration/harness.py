@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from orion_streams.adapters import schema
+from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.devservices.stack import Mailer, Services, Worker, wait_until
 from orion_streams.devservices.stack import running_services as _running_services
 from orion_streams.domain.catalog import Product
@@ -200,3 +203,20 @@ async def group_lag(services: Services) -> dict[str, int]:
         if end[tp] > done:
             lag[f"{tp.topic}[{tp.partition}]"] = end[tp] - done
     return lag
+
+
+async def count_rows(store: SqlAlchemyStore, table: str, **where: Any) -> int:
+    """How many rows of `table` match the column values given."""
+    t = schema.metadata.tables[table]
+    query = sa.select(sa.func.count()).select_from(t)
+    if where:
+        query = query.where(sa.and_(*(t.c[k] == v for k, v in where.items())))
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def stock_totals(store: SqlAlchemyStore) -> dict[str, tuple[int, int]]:
+    """(on hand, reserved) of every SKU in the stock projection."""
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(schema.stock_levels))).all()
+    return {r.sku: (r.on_hand, r.reserved) for r in rows}

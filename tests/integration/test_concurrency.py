@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
 
-from .harness import Api, Services, Worker, eventually, read_messages, table_values
+from .harness import Api, Services, Worker, eventually, read_messages, stock_totals, table_values
 
 CLIENTS = 30
 SINGLE = 300
@@ -87,7 +87,7 @@ async def test_three_hundred_orders_race_for_one_hundred_units(
         assert len(confirmed_with_hot) == HOT_STOCK  # one unit each: 100 winners, 260 losers
 
         async def converged() -> Any:
-            pg = await store.stock_totals()
+            pg = await stock_totals(store)
             return pg if pg[hot] == (HOT_STOCK, sold_hot) and pg[other] == (OTHER_STOCK, held_other) else None
 
         pg = await eventually(converged, 30, "PostgreSQL stock to converge")

@@ -13,7 +13,16 @@ from orion_streams.adapters.kafka_admin import TopicMismatch, ensure_topics
 from orion_streams.adapters.postgres import Accepted, SqlAlchemyStore
 from orion_streams.agents.common import partition_for
 
-from .harness import PARTITIONS, Api, Services, eventually, produce, read_topic, table_values
+from .harness import (
+    PARTITIONS,
+    Api,
+    Services,
+    count_rows,
+    eventually,
+    produce,
+    read_topic,
+    table_values,
+)
 
 
 def _placed(order_id: str, sku: str, quantity: int = 1, **extra: Any) -> dict[str, Any]:
@@ -71,8 +80,8 @@ async def test_redelivered_order_event_reserves_once_and_writes_one_order(
     assert level["reserved"] == 4 and level["on_hand"] == 10
     store = SqlAlchemyStore(services.database_url, pool_size=1)
     try:
-        assert await store.count_rows("orders", order_id=order_id) == 1
-        assert await store.count_rows("order_events", order_id=order_id, type="OrderPlaced") == 1
+        assert await count_rows(store, "orders", order_id=order_id) == 1
+        assert await count_rows(store, "order_events", order_id=order_id, type="OrderPlaced") == 1
     finally:
         await store.close()
     stock = await table_values(services, "inventory")

@@ -10,7 +10,7 @@ import pytest
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
 
-from .harness import Api, Services
+from .harness import Api, Services, count_rows
 
 GOOD_LINE = {"sku": "SKU-001", "quantity": 1}
 
@@ -43,7 +43,7 @@ BAD_BODIES = {
 async def _orders_of(services: Services, user: str) -> int:
     store = SqlAlchemyStore(services.database_url, pool_size=1)
     try:
-        return await store.count_rows("orders", user_id=user)
+        return await count_rows(store, "orders", user_id=user)
     finally:
         await store.close()
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
 
-from .harness import Api, Services, Worker, running_services
+from .harness import Api, Services, Worker, count_rows, running_services
 
 BODY = {"lines": [{"sku": "SKU-001", "quantity": 1}], "payment": {"token": "tok_ok"},
         "email": "mallory@example.com"}
@@ -58,7 +58,7 @@ def _flip_first(segment: str) -> str:
 async def _orders_of(services: Services, user: str) -> int:
     store = SqlAlchemyStore(services.database_url, pool_size=1)
     try:
-        return await store.count_rows("orders", user_id=user)
+        return await count_rows(store, "orders", user_id=user)
     finally:
         await store.close()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from orion_streams.adapters.postgres import SqlAlchemyStore
 
-from .harness import PAYMENT_TIMEOUT, Api, Services, eventually
+from .harness import PAYMENT_TIMEOUT, Api, Services, count_rows, eventually
 
 
 async def _level(api: Api, token: str, sku: str, **expected: int) -> Any:
@@ -130,8 +130,8 @@ async def test_idempotency_key_gives_one_order(api: Api, services: Services, cus
     await _level(api, customer, sku, reserved=1)
     store = SqlAlchemyStore(services.database_url, pool_size=1)
     try:
-        assert await store.count_rows("orders", idempotency_key="checkout-42") == 1
-        assert await store.count_rows("order_lines", sku=sku) == 1
+        assert await count_rows(store, "orders", idempotency_key="checkout-42") == 1
+        assert await count_rows(store, "order_lines", sku=sku) == 1
     finally:
         await store.close()
 
