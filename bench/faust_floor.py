@@ -75,8 +75,8 @@ def _agent(bootstrap: str, topic: str, variant: str, port: int) -> None:
 def main() -> None:
     from aiokafka import AIOKafkaProducer
 
-    from orion_streams.devservices.kafka import KafkaBroker
-    from orion_streams.devservices.ports import free_port
+    from orion_devstack.kafka import KafkaBroker
+    from orion_devstack.ports import free_port
 
     from .limits import _create_topic, _sample_order
 

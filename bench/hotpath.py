@@ -66,7 +66,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from orion_streams.devservices.stack import Services, Worker, running_services
+from orion_devstack.stack import Services, Worker, running_services
 from orion_streams.domain.catalog import Product
 
 from . import limits

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from orion_streams.devservices._common import default_cache_dir
-from orion_streams.devservices.kafka import KAFKA_VERSION, fetch_kafka
-from orion_streams.devservices.postgres import pg_bin_dir
+from orion_devstack._common import default_cache_dir
+from orion_devstack.kafka import KAFKA_VERSION, fetch_kafka
+from orion_devstack.postgres import pg_bin_dir
 
 HERE = Path(__file__).resolve().parent
 _TOOLS_MARKER = ".complete"

@@ -64,9 +64,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import orion_streams
-from orion_streams.devservices.ports import free_port
-from orion_streams.devservices.smtp import MailCatcher
-from orion_streams.devservices.stack import Mailer, Services, Worker, running_services
+from orion_devstack.ports import free_port
+from orion_devstack.smtp import MailCatcher
+from orion_devstack.stack import Mailer, Services, Worker, running_services
 from orion_streams.domain.catalog import DEMO_PRODUCTS
 
 DECIDED = ("CONFIRMED", "REJECTED", "PAYMENT_FAILED", "CANCELLED", "FULFILLED")

@@ -9,12 +9,8 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .config import DEV_JWT_SECRET, Settings
-
-if TYPE_CHECKING:
-    from .devservices.smtp import MailCatcher
 
 
 def _migrate(database_url: str) -> None:
@@ -130,30 +126,21 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
 
 @contextlib.contextmanager
 def local_services(settings: Settings) -> Iterator[Settings]:
-    """Start the local broker and database unless the environment names other ones."""
-    from .devservices import KafkaBroker, LocalPostgres
-
-    stack = contextlib.ExitStack()
-    bootstrap, url = settings.kafka_bootstrap, settings.database_url
-    with stack:
-        if "ORION_KAFKA_BOOTSTRAP" not in os.environ:
-            print("starting Apache Kafka (KRaft, single node) ...", flush=True)
-            broker = KafkaBroker(settings.state_dir / "kafka", port=9092, reuse=True, stop_at_exit=True)
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap
-        if not url:
-            print("starting PostgreSQL (embedded) ...", flush=True)
-            pg = LocalPostgres(settings.state_dir / "postgres", port=5433, reuse=True, stop_at_exit=True)
-            pg.start()
-            stack.callback(pg.stop)
-            url = pg.url
-        smtp_url = settings.smtp_url
-        if "ORION_SMTP_URL" not in os.environ:
-            catcher = _mail_catcher(settings.state_dir)
-            stack.callback(catcher.stop)
-            smtp_url = f"smtp://{catcher.host}:{catcher.port}"
-        yield _replace(settings, kafka_bootstrap=bootstrap, database_url=url, smtp_url=smtp_url)
+    """Start the local broker, database and mail catcher unless the environment names other
+    ones (the orion-devstack package, installed by `make`: never in a production install)."""
+    if "ORION_KAFKA_BOOTSTRAP" in os.environ and settings.database_url and "ORION_SMTP_URL" in os.environ:
+        yield settings
+        return
+    try:
+        from orion_devstack.local import local_services as start
+    except ImportError as exc:
+        raise SystemExit(
+            "starting a local Kafka, PostgreSQL or mail catcher needs the orion-devstack package "
+            "(pip install -e ./devstack from the repository; `make run` installs it), or set "
+            "ORION_KAFKA_BOOTSTRAP, ORION_DATABASE_URL and ORION_SMTP_URL to your own services"
+        ) from exc
+    with start(settings) as ready:
+        yield ready
 
 
 def _share_metrics(directory: Path) -> None:
@@ -188,28 +175,6 @@ def _mailer_process(settings: Settings) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-
-
-def _mail_catcher(state_dir: Path) -> MailCatcher:
-    """A local SMTP server that keeps every email (port 1025, or a free one if taken)."""
-    from .devservices import DevServiceError
-    from .devservices.ports import free_port
-    from .devservices.smtp import MailCatcher
-
-    try:
-        catcher = MailCatcher(state_dir, port=1025)
-        catcher.start()
-    except DevServiceError:
-        catcher = MailCatcher(state_dir, port=free_port())
-        catcher.start()
-    print(f"mail catcher on smtp://{catcher.host}:{catcher.port}; emails are saved in {catcher.mail_dir}", flush=True)
-    return catcher
-
-
-def _replace(settings: Settings, **changes: object) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)  # type: ignore[arg-type]
 
 
 def _banner(settings: Settings) -> None:

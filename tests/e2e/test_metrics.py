@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orion_streams.devservices.ports import free_port
-from orion_streams.devservices.smtp import MailCatcher
+from orion_devstack.ports import free_port
+from orion_devstack.smtp import MailCatcher
 
 from ..integration.harness import Api, Mailer, Services, Worker, eventually, produce
 

@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orion_streams.devservices.ports import free_port
-from orion_streams.devservices.smtp import MailCatcher
+from orion_devstack.ports import free_port
+from orion_devstack.smtp import MailCatcher
 
 from ..integration.harness import Api, Services, eventually, wait_until
 

@@ -16,8 +16,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from orion_streams.devservices.ports import free_port
-from orion_streams.devservices.smtp import MailCatcher
+from orion_devstack.ports import free_port
+from orion_devstack.smtp import MailCatcher
 from orion_streams.tracing import trace_id_for
 
 from ..integration.harness import Api, Mailer, Services, Worker, eventually

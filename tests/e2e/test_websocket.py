@@ -24,9 +24,9 @@ import aiohttp
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
+from orion_devstack.ports import free_port
+from orion_devstack.smtp import MailCatcher
 from orion_streams.adapters.kafka_admin import publish_seed_stock
-from orion_streams.devservices.ports import free_port
-from orion_streams.devservices.smtp import MailCatcher
 from orion_streams.domain.catalog import DemoStock
 
 from ..integration.harness import PARTITIONS, Api, Services, Worker, eventually

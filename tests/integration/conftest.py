@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from orion_streams.devservices.ports import free_port
-from orion_streams.devservices.smtp import MailCatcher
+from orion_devstack.ports import free_port
+from orion_devstack.smtp import MailCatcher
 
 from .harness import TEST_PRODUCTS, Api, Mailer, Services, Worker, running_services
 

@@ -14,10 +14,10 @@ import aiohttp
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from orion_devstack.stack import Mailer, Services, Worker, wait_until
+from orion_devstack.stack import running_services as _running_services
 from orion_streams.adapters import schema
 from orion_streams.adapters.postgres import SqlAlchemyStore
-from orion_streams.devservices.stack import Mailer, Services, Worker, wait_until
-from orion_streams.devservices.stack import running_services as _running_services
 from orion_streams.domain.catalog import Product
 
 PARTITIONS = 4

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from orion_streams.devservices import (
+from orion_devstack import (
     DevServiceError,
     KafkaBroker,
     LocalPostgres,
     MailCatcher,
     free_port,
 )
-from orion_streams.devservices._common import pid_alive, wait_until
-from orion_streams.devservices.ports import port_open
+from orion_devstack._common import pid_alive, wait_until
+from orion_devstack.ports import port_open
 
 pytestmark = pytest.mark.integration
 

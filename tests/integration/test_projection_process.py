@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orion_streams.devservices.stack import Worker, wait_until
+from orion_devstack.stack import Worker, wait_until
 
 from .harness import Api, eventually
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from orion_devstack import MailCatcher
+from orion_devstack._common import DevServiceError
+from orion_devstack.ports import LOOPBACK, free_port
 from orion_streams.adapters.email import (
     Delivery,
     PermanentEmailError,
@@ -23,9 +26,6 @@ from orion_streams.adapters.email import (
     TemporaryEmailError,
     compose,
 )
-from orion_streams.devservices import MailCatcher
-from orion_streams.devservices._common import DevServiceError
-from orion_streams.devservices.ports import LOOPBACK, free_port
 
 StartCatcher = Callable[..., MailCatcher]
 

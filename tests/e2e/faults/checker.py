@@ -23,8 +23,8 @@ from typing import Any
 
 from sqlalchemy import text
 
+from orion_devstack.smtp import MailCatcher
 from orion_streams.adapters.postgres import SqlAlchemyStore
-from orion_streams.devservices.smtp import MailCatcher
 
 from ...integration.harness import Services, group_lag, read_messages, read_topic, table_values
 from .history import OK, REFUSED, History

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from orion_devstack.ports import free_port
+from orion_devstack.smtp import MailCatcher
 from orion_streams import topics
-from orion_streams.devservices.ports import free_port
-from orion_streams.devservices.smtp import MailCatcher
 
 from ...integration.harness import Mailer, Services, Worker, running_services
 from .history import History

@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Settings
-from ..domain.catalog import DEMO_PRODUCTS, Product
-from ..web.auth import issue_token
+from orion_streams.config import Settings
+from orion_streams.domain.catalog import DEMO_PRODUCTS, Product
+from orion_streams.web.auth import issue_token
+
 from .kafka import KafkaBroker
 from .ports import free_port
 from .postgres import LocalPostgres
@@ -75,9 +76,9 @@ def running_services(
     try:
         pg.start()
         try:
-            from ..adapters.kafka_admin import ensure_topics
-            from ..adapters.postgres import SqlAlchemyStore
-            from ..cli import _migrate
+            from orion_streams.adapters.kafka_admin import ensure_topics
+            from orion_streams.adapters.postgres import SqlAlchemyStore
+            from orion_streams.cli import _migrate
 
             _migrate(pg.url)
             asyncio.run(ensure_topics(broker.bootstrap, partitions))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import logging
 import os
@@ -14,21 +13,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from ._common import (
-    DevServiceError,
-    cmdline,
-    pid_alive,
-    stop_process_group,
-    tail,
-    wait_until,
-)
+from ._common import DevServiceError, ManagedProcess, cmdline, pid_alive
 from .ports import LOOPBACK, port_open
 
-log = logging.getLogger("orion.devservices.postgres")
+log = logging.getLogger("orion.devstack.postgres")
 
 SUPERUSER = "postgres"
 
@@ -143,7 +134,7 @@ class _Postmaster:
             return None
 
 
-class LocalPostgres:
+class LocalPostgres(ManagedProcess):
     """PostgreSQL 18 listening on 127.0.0.1:<port> only (no Unix socket).
 
     ``state_dir`` holds ``pgdata/`` and ``postgres.log``. The cluster superuser is
@@ -151,8 +142,13 @@ class LocalPostgres:
     owner of ``database``) and the database are created when missing.
 
     When running as root the server runs as ``run_as`` (default ``$ORION_PG_RUN_AS`` or
-    ``nobody``), owning ``pgdata``. ``reuse``/``stop_at_exit`` behave as for KafkaBroker.
+    ``nobody``), owning ``pgdata``. ``reuse`` and ``stop_at_exit``: see ManagedProcess.
     """
+
+    name = "PostgreSQL"
+    # "Fast" shutdown: disconnect clients, checkpoint, exit. SIGTERM would wait for every
+    # client (e.g. a leaked pool) to go away first.
+    graceful_signal = signal.SIGINT
 
     def __init__(
         self,
@@ -166,16 +162,11 @@ class LocalPostgres:
         stop_at_exit: bool | None = None,
         run_as: str | None = None,
     ) -> None:
-        self.state_dir = Path(state_dir).resolve()
-        self.port = port
+        super().__init__(state_dir, port, reuse=reuse, stop_at_exit=stop_at_exit)
         self.user = user
         self.password = password
         self.database = database
-        self.reuse = reuse
-        self.stop_at_exit = (not reuse) if stop_at_exit is None else stop_at_exit
         self.run_as = run_as
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._pid: int | None = None
 
     # -- public API ------------------------------------------------------------------
 
@@ -194,10 +185,6 @@ class LocalPostgres:
         return f"postgresql://{self._netloc()}/{quote(self.database, safe='')}"
 
     @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
     def pgdata(self) -> Path:
         return self.state_dir / "pgdata"
 
@@ -207,7 +194,7 @@ class LocalPostgres:
 
     def start(self, timeout: float = 60) -> None:
         """initdb if needed, start (or adopt) the server and ensure role and database exist."""
-        if self._pid is not None and pid_alive(self._pid):
+        if self.running:
             return
         started = time.monotonic()
         bin_dir = pg_bin_dir()
@@ -219,7 +206,7 @@ class LocalPostgres:
             raise DevServiceError(f"cannot start PostgreSQL: 127.0.0.1:{self.port} is in use")
         self._initdb(bin_dir, account)
         self._launch(bin_dir, account)
-        self._wait_ready(started + timeout, timeout)
+        self._wait_ready(started + timeout, timeout, interval=0.1)
         try:
             self._bootstrap(bin_dir)
         except DevServiceError:
@@ -232,30 +219,6 @@ class LocalPostgres:
             self._pid,
             time.monotonic() - started,
         )
-
-    def stop(self, timeout: float = 30) -> None:
-        """Fast shutdown (SIGINT), escalating to SIGKILL of the process group."""
-        atexit.unregister(self._stop_at_exit)
-        pid, proc = self._pid, self._proc
-        self._pid = self._proc = None
-        if pid is None:
-            return
-        # SIGINT = "fast" shutdown: disconnect clients, checkpoint, exit. SIGTERM would
-        # wait for every client (e.g. a leaked pool) to go away first.
-        stop_process_group(pid, proc, graceful=signal.SIGINT, timeout=timeout, name="PostgreSQL")
-        log.info("PostgreSQL on %s:%d stopped", LOOPBACK, self.port)
-
-    def __enter__(self) -> LocalPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals -------------------------------------------------------------------
 
@@ -303,17 +266,10 @@ class LocalPostgres:
         info = self._running_postmaster()
         if info is None:
             return False
-        usable = info.port == self.port and info.status == "ready" and port_open(self.port)
-        if self.reuse and usable:
+        usable = self.reuse and info.port == self.port and info.status == "ready" and port_open(self.port)
+        if usable:
             self._bootstrap(bin_dir)
-            self._pid = info.pid
-            self._register_atexit()
-            log.info("reusing PostgreSQL on %s:%d (pid %d)", LOOPBACK, self.port, info.pid)
-            return True
-        hint = f"it does not serve port {self.port}" if self.reuse else "stop it or pass reuse=True"
-        raise DevServiceError(
-            f"a PostgreSQL server for {self.pgdata} is already running (pid {info.pid}); {hint}"
-        )
+        return self._adopt(info.pid, usable, f"it does not serve port {self.port}")
 
     def _initdb(self, bin_dir: Path, account: _Account | None) -> None:
         if (self.pgdata / "PG_VERSION").is_file():
@@ -364,49 +320,14 @@ class LocalPostgres:
             "-c",
             "unix_socket_directories=",
         ]
-        extra = account.popen_kwargs() if account else {}
-        with self.log_path.open("ab") as out:
-            out.write(f"=== starting PostgreSQL at {time.ctime()} ===\n".encode())
-            out.flush()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                start_new_session=True,
-                **extra,
-            )
-        self._pid = self._proc.pid
-        self._register_atexit()
+        self._spawn(cmd, "PostgreSQL", **(account.popen_kwargs() if account else {}))
 
-    def _wait_ready(self, deadline: float, timeout: float) -> None:
-        """Poll until ready or ``deadline`` (monotonic); ``timeout`` is for messages."""
+    def _ready(self) -> bool:
+        info = _Postmaster.read(self.pgdata)
         proc = self._proc
-        assert proc is not None
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                return True  # exited: reported below
-            info = _Postmaster.read(self.pgdata)
-            return (
-                info is not None
-                and info.pid == proc.pid
-                and info.status == "ready"
-                and port_open(self.port)
-            )
-
-        ok = wait_until(ready, max(deadline - time.monotonic(), 0.0), interval=0.1)
-        if ok and proc.poll() is None:
-            return
-        reason = (
-            f"exited with code {proc.returncode}"
-            if proc.poll() is not None
-            else f"not ready within {timeout:.0f}s"
-        )
-        self.stop(timeout=10)
-        raise DevServiceError(
-            f"PostgreSQL {reason}; last lines of {self.log_path}:\n{tail(self.log_path)}"
+        return (
+            proc is not None and info is not None and info.pid == proc.pid
+            and info.status == "ready" and port_open(self.port)
         )
 
     def _bootstrap(self, bin_dir: Path) -> None:
@@ -452,13 +373,3 @@ class LocalPostgres:
                     "superuser password; use it or delete the state dir)"
                 )
             raise DevServiceError(f"creating role/database failed:\n{result.stderr}{hint}")
-
-    def _register_atexit(self) -> None:
-        if self.stop_at_exit:
-            atexit.register(self._stop_at_exit)
-
-    def _stop_at_exit(self) -> None:
-        try:
-            self.stop(timeout=15)
-        except Exception:  # never let cleanup mask the real exit status
-            log.exception("failed to stop PostgreSQL at exit")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import re
@@ -11,22 +10,19 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from ._common import (
     DevServiceError,
+    ManagedProcess,
     cmdline,
     default_cache_dir,
     pid_alive,
     read_pid,
     run_coro,
-    stop_process_group,
-    tail,
-    wait_until,
 )
 from .ports import LOOPBACK, free_port, port_open
 
-log = logging.getLogger("orion.devservices.kafka")
+log = logging.getLogger("orion.devstack.kafka")
 
 KAFKA_VERSION = "4.1.1"
 _HERE = Path(__file__).resolve().parent
@@ -147,17 +143,15 @@ async def _probe_metadata(bootstrap: str) -> bool:
         await admin.close()
 
 
-class KafkaBroker:
+class KafkaBroker(ManagedProcess):
     """Single-node KRaft Kafka (combined broker and controller) bound to 127.0.0.1.
 
     State lives in ``state_dir``: ``server.properties``, ``data/`` (log.dirs),
-    ``broker.log`` (JVM stdout/stderr) and ``broker.pid``.
-
-    ``reuse=True`` adopts a broker left running for the same ``state_dir`` by an earlier
-    process (for fast ``make run`` restarts). Because such a broker must outlive its
-    process, ``stop_at_exit`` defaults to ``not reuse``; when true an ``atexit`` hook
-    stops the broker so a crashed caller does not leave an orphan JVM behind.
+    ``broker.log`` (JVM stdout/stderr) and ``broker.pid``. ``reuse`` and ``stop_at_exit``:
+    see ManagedProcess.
     """
+
+    name = "Kafka broker"
 
     def __init__(
         self,
@@ -170,25 +164,16 @@ class KafkaBroker:
         stop_at_exit: bool | None = None,
         cache_dir: Path | None = None,
     ) -> None:
-        self.state_dir = Path(state_dir).resolve()
-        self.port = port
+        super().__init__(state_dir, port, reuse=reuse, stop_at_exit=stop_at_exit)
         self.controller_port = controller_port
         self.partitions_default = partitions_default
-        self.reuse = reuse
-        self.stop_at_exit = (not reuse) if stop_at_exit is None else stop_at_exit
         self.cache_dir = cache_dir
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._pid: int | None = None
 
     # -- public API ------------------------------------------------------------------
 
     @property
     def bootstrap(self) -> str:
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._pid
 
     @property
     def props_path(self) -> Path:
@@ -204,7 +189,7 @@ class KafkaBroker:
 
     def start(self, timeout: float = 90) -> None:
         """Start (or, with ``reuse``, adopt) the broker and wait until it serves metadata."""
-        if self._pid is not None and pid_alive(self._pid):
+        if self.running:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self._adopt_previous():
@@ -220,7 +205,7 @@ class KafkaBroker:
         self._write_properties(cport)
         self._format_storage(libs)
         self._launch(libs)
-        self._wait_ready(started + timeout, timeout)
+        self._wait_ready(started + timeout, timeout, interval=0.25)
         log.info(
             "Kafka broker up on %s (pid %s) in %.1fs",
             self.bootstrap,
@@ -228,31 +213,11 @@ class KafkaBroker:
             time.monotonic() - started,
         )
 
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM the broker's process group, escalating to SIGKILL after ``timeout``."""
-        atexit.unregister(self._stop_at_exit)
-        pid, proc = self._pid, self._proc
-        self._pid = self._proc = None
-        if pid is None:
-            return
-        stop_process_group(pid, proc, timeout=timeout, name="Kafka broker")
+    # -- internals -------------------------------------------------------------------
+
+    def _stopped(self, pid: int) -> None:
         if read_pid(self.pid_path) == pid:
             self.pid_path.unlink(missing_ok=True)
-        log.info("Kafka broker on %s stopped", self.bootstrap)
-
-    def __enter__(self) -> KafkaBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- internals -------------------------------------------------------------------
 
     def _running_pid(self) -> int | None:
         """Pid of a live broker started for this state_dir, guarding against pid reuse."""
@@ -268,19 +233,8 @@ class KafkaBroker:
         pid = self._running_pid()
         if pid is None:
             return False
-        if self.reuse and port_open(self.port) and self._probe():
-            self._pid = pid
-            self._register_atexit()
-            log.info("reusing Kafka broker on %s (pid %d)", self.bootstrap, pid)
-            return True
-        hint = (
-            f"it does not answer on {self.bootstrap}"
-            if self.reuse
-            else "stop it or pass reuse=True"
-        )
-        raise DevServiceError(
-            f"a Kafka broker for {self.state_dir} is already running (pid {pid}); {hint}"
-        )
+        usable = self.reuse and port_open(self.port) and self._probe()
+        return self._adopt(pid, usable, f"it does not answer on {self.bootstrap}")
 
     def _write_properties(self, cport: int) -> None:
         props = {
@@ -307,7 +261,7 @@ class KafkaBroker:
             "share.coordinator.state.topic.min.isr": "1",
         }
         text = "".join(f"{key}={value}\n" for key, value in props.items())
-        self.props_path.write_text("# generated by orion_streams.devservices.kafka\n" + text)
+        self.props_path.write_text("# generated by orion_devstack.kafka\n" + text)
 
     def _java_cmd(self, libs: Path, *args: str, heap: tuple[str, ...] = ()) -> list[str]:
         return [
@@ -351,22 +305,8 @@ class KafkaBroker:
         cmd = self._java_cmd(
             libs, "kafka.Kafka", str(self.props_path), heap=("-Xms256m", "-Xmx768m")
         )
-        with self.log_path.open("ab") as out:
-            out.write(f"=== starting Kafka {KAFKA_VERSION} at {time.ctime()} ===\n".encode())
-            out.flush()
-            # Own session/process group: Ctrl-C in the terminal does not hit the JVM
-            # directly, and stop() can signal the whole group.
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                start_new_session=True,
-            )
-        self._pid = self._proc.pid
+        self._spawn(cmd, f"Kafka {KAFKA_VERSION}")
         self.pid_path.write_text(f"{self._pid}\n")
-        self._register_atexit()
 
     def _probe(self) -> bool:
         try:
@@ -375,35 +315,5 @@ class KafkaBroker:
             log.debug("Kafka not ready yet: %r", exc)
             return False
 
-    def _wait_ready(self, deadline: float, timeout: float) -> None:
-        """Poll until ready or ``deadline`` (monotonic); ``timeout`` is for messages."""
-        proc = self._proc
-        assert proc is not None
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                return True  # exited: stop polling, reported below
-            return port_open(self.port) and self._probe()
-
-        ok = wait_until(ready, max(deadline - time.monotonic(), 0.0), interval=0.25)
-        if ok and proc.poll() is None:
-            return
-        reason = (
-            f"exited with code {proc.returncode}"
-            if proc.poll() is not None
-            else f"not ready within {timeout:.0f}s"
-        )
-        self.stop(timeout=10)
-        raise DevServiceError(
-            f"Kafka broker {reason}; last lines of {self.log_path}:\n{tail(self.log_path)}"
-        )
-
-    def _register_atexit(self) -> None:
-        if self.stop_at_exit:
-            atexit.register(self._stop_at_exit)
-
-    def _stop_at_exit(self) -> None:
-        try:
-            self.stop(timeout=15)
-        except Exception:  # never let cleanup mask the real exit status
-            log.exception("failed to stop Kafka broker at exit")
+    def _ready(self) -> bool:
+        return port_open(self.port) and self._probe()

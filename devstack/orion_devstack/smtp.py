@@ -15,16 +15,15 @@ from collections.abc import Mapping
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from ._common import DevServiceError, wait_until
+from ._common import DevServiceError, Service, wait_until
 from .ports import LOOPBACK
 
-log = logging.getLogger("orion.devservices.smtp")
+log = logging.getLogger("orion.devstack.smtp")
 
 _PARSER = BytesParser(policy=email.policy.default)
 
@@ -67,7 +66,7 @@ class _Authenticator:
         return AuthResult(success=False, handled=False)
 
 
-class MailCatcher:
+class MailCatcher(Service):
     """SMTP sink on 127.0.0.1:<port>; messages land in ``messages`` and ``<state_dir>/mail``.
 
     With ``credentials`` (user -> password) the server offers AUTH PLAIN/LOGIN without TLS
@@ -175,18 +174,6 @@ class MailCatcher:
             if self._refusals > 0:
                 self._refusals -= 1
             return self._refusal_reply
-
-    def __enter__(self) -> MailCatcher:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _store(self, raw: bytes) -> None:
         message = _PARSER.parsebytes(raw)
