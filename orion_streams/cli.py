@@ -76,9 +76,6 @@ def _prepare(settings: Settings, *, seed: bool) -> None:
         asyncio.run(_seed(settings))
 
 
-PROJECTION_MODES = ("process", "inline", "off")
-
-
 def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     """Start one Faust worker in this process (blocks until it stops)."""
     os.environ["ORION_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
@@ -91,10 +88,6 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
         import mode.loop
 
         mode.loop.use("uvloop")
-    elif settings.event_loop != "asyncio":
-        raise SystemExit(f"ORION_EVENT_LOOP must be uvloop or asyncio, not {settings.event_loop!r}")
-    if settings.projection not in PROJECTION_MODES:
-        raise SystemExit(f"ORION_PROJECTION must be one of {', '.join(PROJECTION_MODES)}, not {settings.projection!r}")
     if settings.projection == "process":
         # The projection's process counts its metrics (dead letters, database) where the
         # worker's /metrics reads them.
@@ -244,7 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--roles", default="customer")
     token.add_argument("--ttl", type=float, default=24 * 3600)
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a setting out of its range: say which, no traceback
+        parser.exit(2, f"orion: {exc}\n")
 
     if args.command == "run":
         _share_metrics(settings.state_dir / "metrics")

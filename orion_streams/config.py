@@ -1,33 +1,32 @@
-"""Typed settings read from ORION_* environment variables."""
+"""Typed settings read from ORION_* environment variables (pydantic-settings): each field
+`name` is read from `ORION_<NAME>`, checked against its type and, for the enumerated ones,
+its allowed values; a wrong value stops the process with the variable's name."""
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_JWT_SECRET = "orion-development-secret-do-not-use-in-production"
+ENV_PREFIX = "ORION_"
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+LogFormat = Literal["json", "console"]
 
 
-def _flag(name: str, default: bool) -> bool:
-    value = _env(name, "true" if default else "false").strip().lower()
-    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        raise ValueError(f"{name} must be true or false, not {value!r}")
-    return value in ("true", "1", "yes", "on")
+def _default_log_format() -> LogFormat:
+    return "console" if sys.stderr.isatty() else "json"
 
 
-def _default_state_dir() -> Path:
-    return Path(_env("ORION_STATE_DIR", str(Path.cwd() / ".orion"))).resolve()
+class Settings(BaseSettings):
+    """Everything a worker needs to know about its surroundings. `Settings()` reads the
+    environment; keyword arguments win over it."""
 
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a worker needs to know about its surroundings."""
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     database_url: str = ""
@@ -44,7 +43,7 @@ class Settings:
     smtp_fallback_url: str | None = None
     mail_from: str = "orders@orion.local"
     # Who gets low-stock alerts (comma-separated in ORION_ALERT_EMAILS).
-    alert_emails: tuple[str, ...] = ("ops@orion.local",)
+    alert_emails: Annotated[tuple[str, ...], NoDecode] = ("ops@orion.local",)
     smtp_timeout: float = 10.0
     # Email retries: attempts in all, first delay and cap (seconds); delays grow x2 with jitter.
     email_max_attempts: int = 6
@@ -62,24 +61,24 @@ class Settings:
     service_order_burst: int = 1_000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    state_dir: Path = field(default_factory=_default_state_dir)
-    log_format: str = "json"
-    log_level: str = "info"
+    state_dir: Path = Field(default_factory=lambda: Path.cwd() / ".orion")
+    log_format: LogFormat = Field(default_factory=_default_log_format)
+    log_level: Literal["debug", "info", "warning", "warn", "error", "critical"] = "info"
     # Per-order info lines a second at most (placed, reserved, stored...); 0 logs every one.
     log_order_lines: float = 20.0
     # The worker's event loop: "uvloop" (faster sockets and callbacks) or "asyncio".
-    event_loop: str = "uvloop"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Where the worker's projection (PostgreSQL read model and email queue) runs: "process",
     # a child process of the worker (a core of its own); "inline", in the worker's event
     # loop; "off", not at all (run `orion projection` yourself).
-    projection: str = "process"
+    projection: Literal["process", "inline", "off"] = "process"
     # Seconds at least between two projection transactions while records come in a few at a
     # time (they gather meanwhile); a full batch goes at once. The read model may lag by it.
     projection_interval: float = 0.05
     app_id: str = "orion"
     # Partitions of every Orion topic, fixed once the topics exist: the most workers that can
     # share the work. 12 leaves room to grow (README, "Running more workers").
-    partitions: int = 12
+    partitions: int = Field(default=12, ge=1)
     # Seconds one authorisation may take at the provider, retries included, counted from
     # when the payment agent takes the request (never time spent in Kafka queues).
     payment_timeout: float = 10.0
@@ -93,7 +92,7 @@ class Settings:
     # authorisation for an order then rejected for stock is voided), except for contended
     # SKUs or ones that just turned orders away; false: only once every line is held.
     pay_with_reservation: bool = True
-    payment_gateway: str = "sandbox"
+    payment_gateway: Literal["sandbox", "http"] = "sandbox"
     payment_url: str | None = None
     payment_void_url: str | None = None
     payment_refund_url: str | None = None
@@ -104,7 +103,7 @@ class Settings:
     # Seconds a finished order's saga and holds are kept to absorb repeats, then removed.
     order_retention: float = 3600.0
     worker_id: str = "w1"
-    processing_guarantee: str = "at_least_once"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     db_pool_size: int = 10
     # The mailer serves /metrics and /health on this port; 0 for none.
     mailer_metrics_port: int = 0
@@ -121,72 +120,43 @@ class Settings:
     # orchestrator restarts the worker (faust-streaming can stall in recovery).
     recovery_stall: float = 300.0
 
+    @field_validator("alert_emails", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(a.strip() for a in value.split(",") if a.strip())
+        return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()
+
+    @field_validator("log_format", "log_level", "event_loop", "projection", "payment_gateway", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @property
     def jwt_secret_is_default(self) -> bool:
         return self.jwt_secret == DEV_JWT_SECRET
 
     @classmethod
     def from_env(cls) -> Settings:
-        default_format = "console" if sys.stderr.isatty() else "json"
-        return cls(
-            kafka_bootstrap=_env("ORION_KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
-            database_url=_env("ORION_DATABASE_URL", ""),
-            jwt_secret=_env("ORION_JWT_SECRET", DEV_JWT_SECRET),
-            jwt_algorithm=_env("ORION_JWT_ALGORITHM", "HS256"),
-            jwt_public_key=os.environ.get("ORION_JWT_PUBLIC_KEY"),
-            jwt_issuer=os.environ.get("ORION_JWT_ISSUER"),
-            jwt_audience=os.environ.get("ORION_JWT_AUDIENCE"),
-            jwt_jwks_file=os.environ.get("ORION_JWT_JWKS_FILE"),
-            jwt_leeway=float(_env("ORION_JWT_LEEWAY", str(cls.jwt_leeway))),
-            smtp_url=_env("ORION_SMTP_URL", cls.smtp_url),
-            smtp_fallback_url=os.environ.get("ORION_SMTP_FALLBACK_URL"),
-            mail_from=_env("ORION_MAIL_FROM", cls.mail_from),
-            alert_emails=tuple(
-                a.strip() for a in _env("ORION_ALERT_EMAILS", ",".join(cls.alert_emails)).split(",") if a.strip()
-            ),
-            smtp_timeout=float(_env("ORION_SMTP_TIMEOUT", str(cls.smtp_timeout))),
-            email_max_attempts=int(_env("ORION_EMAIL_MAX_ATTEMPTS", str(cls.email_max_attempts))),
-            email_retry_base=float(_env("ORION_EMAIL_RETRY_BASE", str(cls.email_retry_base))),
-            email_retry_max=float(_env("ORION_EMAIL_RETRY_MAX", str(cls.email_retry_max))),
-            ws_queue_size=int(_env("ORION_WS_QUEUE_SIZE", str(cls.ws_queue_size))),
-            ws_heartbeat=float(_env("ORION_WS_HEARTBEAT", str(cls.ws_heartbeat))),
-            ws_max_per_user=int(_env("ORION_WS_MAX_PER_USER", str(cls.ws_max_per_user))),
-            order_rate_per_minute=float(_env("ORION_ORDER_RATE_PER_MINUTE", str(cls.order_rate_per_minute))),
-            order_burst=int(_env("ORION_ORDER_BURST", str(cls.order_burst))),
-            service_order_rate_per_minute=float(
-                _env("ORION_SERVICE_ORDER_RATE_PER_MINUTE", str(cls.service_order_rate_per_minute))
-            ),
-            service_order_burst=int(_env("ORION_SERVICE_ORDER_BURST", str(cls.service_order_burst))),
-            web_host=_env("ORION_WEB_HOST", cls.web_host),
-            web_port=int(_env("ORION_WEB_PORT", str(cls.web_port))),
-            state_dir=_default_state_dir(),
-            log_format=_env("ORION_LOG_FORMAT", default_format),
-            log_level=_env("ORION_LOG_LEVEL", "info"),
-            log_order_lines=float(_env("ORION_LOG_ORDER_LINES", str(cls.log_order_lines))),
-            event_loop=_env("ORION_EVENT_LOOP", cls.event_loop),
-            projection=_env("ORION_PROJECTION", cls.projection),
-            projection_interval=float(_env("ORION_PROJECTION_INTERVAL", str(cls.projection_interval))),
-            app_id=_env("ORION_APP_ID", cls.app_id),
-            partitions=int(_env("ORION_PARTITIONS", str(cls.partitions))),
-            payment_timeout=float(_env("ORION_PAYMENT_TIMEOUT", str(cls.payment_timeout))),
-            payment_attempt_timeout=float(_env("ORION_PAYMENT_ATTEMPT_TIMEOUT", str(cls.payment_attempt_timeout))),
-            payment_void_timeout=float(_env("ORION_PAYMENT_VOID_TIMEOUT", str(cls.payment_void_timeout))),
-            payment_concurrency=int(_env("ORION_PAYMENT_CONCURRENCY", str(cls.payment_concurrency))),
-            pay_with_reservation=_flag("ORION_PAY_WITH_RESERVATION", cls.pay_with_reservation),
-            consumer_thread=_flag("ORION_CONSUMER_THREAD", cls.consumer_thread),
-            payment_gateway=_env("ORION_PAYMENT_GATEWAY", cls.payment_gateway),
-            payment_url=os.environ.get("ORION_PAYMENT_URL"),
-            payment_void_url=os.environ.get("ORION_PAYMENT_VOID_URL"),
-            payment_refund_url=os.environ.get("ORION_PAYMENT_REFUND_URL"),
-            max_decision_delay=float(_env("ORION_MAX_DECISION_DELAY", str(cls.max_decision_delay))),
-            max_in_flight=int(_env("ORION_MAX_IN_FLIGHT", str(cls.max_in_flight))),
-            order_retention=float(_env("ORION_ORDER_RETENTION", str(cls.order_retention))),
-            worker_id=_env("ORION_WORKER_ID", cls.worker_id),
-            processing_guarantee=_env("ORION_PROCESSING_GUARANTEE", cls.processing_guarantee),
-            db_pool_size=int(_env("ORION_DB_POOL_SIZE", str(cls.db_pool_size))),
-            mailer_metrics_port=int(_env("ORION_MAILER_METRICS_PORT", "0")),
-            db_slow_query_ms=float(_env("ORION_DB_SLOW_QUERY_MS", str(cls.db_slow_query_ms))),
-            standby_replicas=int(_env("ORION_STANDBY_REPLICAS", str(cls.standby_replicas))),
-            session_timeout=float(_env("ORION_SESSION_TIMEOUT", str(cls.session_timeout))),
-            recovery_stall=float(_env("ORION_RECOVERY_STALL", str(cls.recovery_stall))),
-        )
+        """The settings of this process; a wrong value raises ValueError naming its variable."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ValueError("; ".join(_problem(error) for error in exc.errors())) from None
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (checked like the others)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+def _problem(error: Any) -> str:
+    """One invalid setting as people read it: the variable, the value and what it must be."""
+    name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+    if error["type"] == "bool_parsing":
+        return f"{name} must be true or false, not {error['input']!r}"
+    return f"{name}: {error['msg']}, not {error['input']!r}"

@@ -7,6 +7,8 @@ import logging
 import signal
 from typing import Any
 
+from . import internals
+
 log = logging.getLogger("orion.debug")
 
 
@@ -34,15 +36,14 @@ def dump_consumer() -> None:
 
     faust_consumer: Any = app.consumer
     try:
-        consumer = faust_consumer._thread._ensure_consumer()  # the aiokafka consumer
+        consumer = internals.aiokafka_consumer(faust_consumer)
         assigned = sorted(consumer.assignment())
         paused = sorted(consumer.paused())
-        state = consumer._subscription.subscription.assignment.state_value
-        positions = {f"{tp.topic}[{tp.partition}]": (state(tp).position if state(tp) else None) for tp in assigned}
+        positions = {f"{tp.topic}[{tp.partition}]": internals.fetch_position(consumer, tp) for tp in assigned}
         log.warning("consumer: paused=%s positions=%s", [f"{t.topic}[{t.partition}]" for t in paused], positions)
         log.warning(
             "faust consumer paused=%s flow_active=%s flow_control=%s rebalancing=%s",
-            sorted(getattr(app.consumer, "_paused_partitions", set())),
+            sorted(internals.paused_partitions(app.consumer)),
             faust_consumer.flow_active, app.flow_control.is_active(), app.rebalancing,
         )
     except Exception as exc:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +25,13 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import make_url
 
-from . import logs, metrics, topics, tracing
+from . import logs, metrics, records, topics, tracing
 from .adapters.email import EmailRenderer, SmtpSender, SmtpServer
 from .adapters.notification_store import CHANNEL, Claimed, NotificationStore
 from .adapters.postgres import SqlAlchemyStore
 from .config import Settings
 from .domain.notifications import RetryPolicy
+from .domain.retry import Backoff
 from .services.notifications import NotificationDispatcher, dead_letter_record
 
 log = logging.getLogger("orion.mailer")
@@ -46,7 +48,7 @@ async def listen(
     """Wake the dispatcher on every NOTIFY; reconnect with backoff when the connection drops.
     `listening` is set while the LISTEN connection is up."""
     listening = listening or asyncio.Event()
-    delay = 0.5
+    backoff = Backoff(0.5, 30.0)
     first = True
     while not stop.is_set():
         conn: Any = None
@@ -61,7 +63,7 @@ async def listen(
                 first = False
             else:
                 log.info("listening again for queued emails on %s", CHANNEL)
-            delay = 0.5
+            backoff.reset()
             wake()  # whatever was queued while not listening
             waiters = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(stop.wait())]
             try:
@@ -73,11 +75,11 @@ async def listen(
             if not stop.is_set():
                 log.warning("lost the LISTEN connection; polling until it is back")
         except Exception as exc:  # PostgreSQL away: polling carries on meanwhile
-            log.warning("cannot LISTEN (%s); again in %.1fs", exc, delay)
+            pause = backoff.next()
+            log.warning("cannot LISTEN (%s); again in %.1fs", exc, pause)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):  # backoff, cut short by stop
+                async with asyncio.timeout(pause):  # backoff, cut short by stop
                     await stop.wait()
-            delay = min(delay * 2, 30.0)
         finally:
             listening.clear()
             if conn is not None:
@@ -93,13 +95,11 @@ class KafkaDeadLetters:
         self._producer: AIOKafkaProducer | None = None
 
     async def __call__(self, message: Claimed, reason: str) -> None:
-        from .agents.common import now
-
         if self._producer is None:
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", request_timeout_ms=10_000)
             await producer.start()
             self._producer = producer
-        key, value, headers = dead_letter_record(message, reason, now().iso)
+        key, value, headers = dead_letter_record(message, reason, records.utc_iso(time.time(), "milliseconds"))
         await self._producer.send_and_wait(topics.DEAD_LETTERS.name, value, key=key, headers=headers)
 
     async def close(self) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import fields, is_dataclass
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -65,6 +66,30 @@ def header_text(name: str, raw: bytes | str | None) -> tuple[str | None, str | N
     elif len(text) > (128 if name == "correlation-id" else ACTOR_LIMIT):
         why = f"{len(text)} characters, over the limit"
     return None, why
+
+
+def utc_iso(when: datetime | float, timespec: str = "auto") -> str:
+    """A moment as Orion writes it everywhere (records, the API, the live feed): ISO 8601
+    in UTC with a Z, e.g. 2026-12-04T13:25:31.123Z with timespec="milliseconds"; `when` is a
+    datetime or epoch seconds."""
+    moment = when if isinstance(when, datetime) else datetime.fromtimestamp(when, UTC)
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def dead_letter(
+    reason: str, kind: str, source_topic: str, at: str, details: Mapping[str, Any],
+    headers: Sequence[tuple[str, bytes]] = (), correlation_id: str | None = None,
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of a `dead-letters` record: why (`reason` for people, `kind`, a
+    fixed class, for alerts), where it came from, when, and what the source says of itself
+    (`details`); the same reasons and source in headers, so tools can filter without parsing.
+    `correlation_id` must be a checked one (header_text, CORRELATION_ID)."""
+    body = {"reason": reason, "reason_class": kind, "source_topic": source_topic, **details, "at": at}
+    out = [("reason", reason.encode()[:1000]), ("reason-class", kind.encode()), ("source-topic", source_topic.encode())]
+    out.extend(headers)
+    if correlation_id:
+        out.append(("correlation-id", correlation_id.encode()))
+    return json.dumps(body).encode(), out
 
 
 class BadRecord(Exception):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from orion_streams.config import Settings
@@ -41,7 +40,7 @@ def local_services(settings: Settings) -> Iterator[Settings]:
             catcher = _mail_catcher(settings.state_dir)
             stack.callback(catcher.stop)
             smtp_url = f"smtp://{catcher.host}:{catcher.port}"
-        yield replace(settings, kafka_bootstrap=bootstrap, database_url=url, smtp_url=smtp_url)
+        yield settings.with_changes(kafka_bootstrap=bootstrap, database_url=url, smtp_url=smtp_url)
 
 
 def _mail_catcher(state_dir: Path) -> MailCatcher:

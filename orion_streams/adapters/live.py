@@ -19,18 +19,17 @@ import contextlib
 import itertools
 import json
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .. import metrics, records
+from .. import internals, metrics, records
 from .. import topics as t
 from ..domain import events as e
+from ..domain.retry import Backoff
 
 log = logging.getLogger("orion.live")
 
@@ -319,9 +318,7 @@ def stock_low_message(ev: e.LowStockDetected) -> dict[str, Any]:
 
 
 def hello_message(user: str, roles: Iterable[str], expires_at: float | None) -> dict[str, Any]:
-    when = None
-    if expires_at is not None:
-        when = datetime.fromtimestamp(expires_at, UTC).isoformat().replace("+00:00", "Z")
+    when = None if expires_at is None else records.utc_iso(expires_at)
     return {"type": "hello", "user": user, "roles": sorted(roles), "expires_at": when}
 
 
@@ -437,7 +434,7 @@ class LiveFeed:
 
     async def run(self) -> None:
         """Consume until cancelled; every failure is logged and retried with backoff."""
-        delay = self.initial_backoff
+        backoff = Backoff(self.initial_backoff, self.max_backoff)
         while True:
             consumer = self.consumer_factory(
                 bootstrap_servers=self.bootstrap,
@@ -449,20 +446,19 @@ class LiveFeed:
             try:
                 await consumer.start()
                 await self._assign(consumer)
-                delay = self.initial_backoff
+                backoff.reset()
                 await self._consume(consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Kafka away, topics missing, metadata errors: retry
-                log.warning("live feed: %r; retrying in %.1fs", exc, delay)
+                log.warning("live feed: %r; retrying", exc)
             finally:
                 self.positioned.clear()
                 self.assigned = frozenset()
                 FEED_PARTITIONS.set(0)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(consumer.stop())
-            await asyncio.sleep(delay * (0.5 + random.random()))  # backoff before reconnecting
-            delay = min(delay * 2, self.max_backoff)
+            await asyncio.sleep(backoff.next())  # backoff before reconnecting
 
     async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
         since = int((time.time() - self.lookback) * 1000)
@@ -475,9 +471,7 @@ class LiveFeed:
             self.positions[tp] = offset
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        # A consumer without a subscription learns about topics only when asked; aiokafka's
-        # public topics() returns names only, so ask the client for the whole metadata.
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await internals.cluster_metadata(consumer)
         tps: list[TopicPartition] = []
         for topic in self.topics:
             partitions = cluster.partitions_for_topic(topic)

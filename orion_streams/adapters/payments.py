@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from ..domain import retry
 from ..services.ports import PaymentError, PaymentPending, PaymentResult, VoidOutcome
 
 log = logging.getLogger("orion.payments")
@@ -164,7 +165,7 @@ class HttpPaymentGateway:
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 last = PaymentError(f"{type(exc).__name__}: {exc}")
             if attempt < self.attempts:
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random())
+                delay = retry.spread(retry.ceiling(attempt, self.backoff, self.max_backoff), random.random())
                 log.warning("payment call %s attempt %d failed (%s); retrying in %.2fs", url, attempt, last, delay)
                 await asyncio.sleep(delay)  # backoff before the next attempt
         raise last

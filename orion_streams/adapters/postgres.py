@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_errors
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .. import records
 from ..domain.catalog import Product
 from ..domain.events import (
     AdjustmentRejected,
@@ -45,9 +46,7 @@ def parse_time(value: str | datetime) -> datetime:
 
 
 def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return None if value is None else records.utc_iso(value)
 
 
 @dataclass(frozen=True, slots=True)

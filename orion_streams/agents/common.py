@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import faust
@@ -20,6 +17,7 @@ from aiokafka.errors import KafkaError
 from .. import logs, metrics, records, tracing
 from .. import topics as t
 from ..app import app, dead_letters_topic, settings
+from ..domain.retry import Backoff
 from ..domain.saga import Clock
 from ..partitioner import partition_for as partition_for  # the agents take it from here
 
@@ -46,8 +44,7 @@ def now() -> Clock:
     millis = int(time.time() * 1000)
     if millis != _last[0]:
         epoch = millis / 1000
-        iso = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        _last = (millis, Clock(iso=iso, epoch=epoch))
+        _last = (millis, Clock(iso=records.utc_iso(epoch, "milliseconds"), epoch=epoch))
     return _last[1]
 
 
@@ -313,15 +310,14 @@ T = TypeVar("T")
 async def until_done(write: Callable[[], Awaitable[T]], what: str) -> T:
     """Retry a database write with backoff until it succeeds: the batch it belongs to is
     acknowledged only afterwards, so nothing is dropped while PostgreSQL is away."""
-    delay, attempt = 0.1, 0
+    backoff = Backoff(0.1, 5.0)
     while True:
-        attempt += 1
         try:
             return await write()
         except Exception as exc:  # the database is away or refused: never drop the batch
-            log.warning("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay)
-            await asyncio.sleep(delay * (0.5 + random.random()))  # backoff while the database is away
-            delay = min(delay * 2, 5.0)
+            pause = backoff.next()
+            log.warning("%s failed (attempt %d): %s; retrying in %.1fs", what, backoff.attempt, exc, pause)
+            await asyncio.sleep(pause)  # backoff while the database is away
 
 
 # Work an agent does between batches, in its own turn (it may write the agent's tables).
@@ -482,35 +478,23 @@ async def dead_letter(event: Any, reason: str, *, kind: str, send: DeadLetterSen
     else:
         raw = str(event.value).encode()
     key = event.key if isinstance(event.key, bytes) else (str(event.key).encode() if event.key is not None else None)
-    body = {
-        "reason": reason,
-        "reason_class": kind,
-        "source_topic": msg.topic,
+    details: dict[str, Any] = {
         "partition": msg.partition,
         "offset": msg.offset,
         "key": key.decode("utf-8", "replace") if key else None,
         "value": raw.decode("utf-8", "replace"),
-        "at": now().iso,
     }
-    headers = [
-        ("reason", reason.encode()[:1000]),
-        ("reason-class", kind.encode()),
-        ("source-topic", msg.topic.encode()),
-        ("source-partition", str(msg.partition).encode()),
-        ("source-offset", str(msg.offset).encode()),
-    ]
+    where = [("source-partition", str(msg.partition).encode()), ("source-offset", str(msg.offset).encode())]
     if isinstance(msg, ItemWhere):  # one message of a batch record: which one
-        body["item"] = msg.index
-        headers.append(("source-item", str(msg.index).encode()))
+        details["item"] = msg.index
+        where.append(("source-item", str(msg.index).encode()))
     correlation = header(event, CORRELATION_HEADER)
-    if correlation:
-        headers.append((CORRELATION_HEADER, correlation.encode()))
+    value, headers = records.dead_letter(reason, kind, msg.topic, now().iso, details, where, correlation)
     metrics.DEAD_LETTERS.labels(kind, msg.topic).inc()
     log.warning(
         "dead-lettered %s[%d]@%d (%s): %s", msg.topic, msg.partition, msg.offset, kind, reason,
         extra={"correlation_id": correlation, "reason_class": kind},
     )
-    value = json.dumps(body).encode()
     if send is not None:
         await send(key, value, headers)
         return

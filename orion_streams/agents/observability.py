@@ -11,7 +11,7 @@ from faust.types import TP
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .. import metrics, records
+from .. import internals, metrics, records
 from .. import topics as t
 from ..app import app, settings
 from ..tables import inventory, sagas
@@ -40,7 +40,7 @@ def consumer_lag() -> dict[TP, int]:
     consumer: Any = app.consumer
     try:
         assigned = consumer.assignment()
-        committed = consumer._committed_offset  # what Faust last committed (the next offset to read)
+        committed = internals.committed_offsets(consumer)
     except Exception:  # not started, or between rebalances
         return {}
     lags = {}

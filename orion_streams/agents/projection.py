@@ -18,7 +18,6 @@ import ctypes
 import json
 import logging
 import os
-import random
 import signal
 import sys
 import time
@@ -35,6 +34,7 @@ from ..adapters.postgres import AuditContext
 from ..app import app, runtime, settings
 from ..bootstrap import tune_gc
 from ..domain import events as e
+from ..domain.retry import Backoff
 from ..faust_fixes import FETCH_MAX_WAIT_MS
 from ..partitioner import Murmur2Partitioner
 from . import notify
@@ -204,7 +204,7 @@ class Consumer:
 
     async def run(self) -> None:
         await runtime.ready()
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while True:
             consumer = AIOKafkaConsumer(
                 *TOPICS, bootstrap_servers=settings.kafka_bootstrap, group_id=group_id(),
@@ -215,19 +215,19 @@ class Consumer:
             )
             try:
                 await consumer.start()
-                self.consumer, delay = consumer, 0.5
+                self.consumer = consumer
+                backoff.reset()
                 await self._consume(consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Kafka away, a rebalance gone wrong: start again
-                log.warning("projection consumer: %r; starting again in %.1fs", exc, delay)
+                log.warning("projection consumer: %r; starting again", exc)
             finally:
                 self.consumer = None
                 self.committed.clear()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(consumer.stop())
-            await asyncio.sleep(delay * (0.5 + random.random()))  # backoff before reconnecting
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(backoff.next())  # backoff before reconnecting
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         began, full = 0.0, False
@@ -284,16 +284,16 @@ class Child:
         self.reported: dict[TopicPartition, int] = {}
 
     async def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         try:
             while True:
                 started = time.monotonic()
                 code = await self._once()
                 if time.monotonic() - started > 60:
-                    delay = 0.5  # it ran for a while: a fresh failure, not a crash loop
-                log.warning("projection process exited with code %s; starting it again in %.1fs", code, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))  # backoff before restarting
-                delay = min(delay * 2, 30.0)
+                    backoff.reset()  # it ran for a while: a fresh failure, not a crash loop
+                pause = backoff.next()
+                log.warning("projection process exited with code %s; starting it again in %.1fs", code, pause)
+                await asyncio.sleep(pause)  # backoff before restarting
         finally:
             await asyncio.shield(self.stop())
 

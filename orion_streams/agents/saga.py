@@ -8,7 +8,6 @@ services/outstanding.py) and the finished orders to forget after the retention.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Hashable
@@ -16,10 +15,9 @@ from datetime import datetime
 from typing import Any
 
 import faust
-import mode
 import orjson
 
-from .. import logs, metrics, records, tracing
+from .. import logs, metrics, records
 from .. import topics as t
 from ..app import (
     app,
@@ -372,30 +370,3 @@ def _retire() -> None:
         sagas.remove(order_id, partition)
         waiting.forget_order(order_id)
         metrics.STATE_RETIRED.labels("sagas").inc()
-
-
-@app.service
-class RuntimeLifecycle(mode.Service):
-    """Closes the database pool, the payment client and the admin client on shutdown, drops
-    this process's live gauges from a shared metrics directory and flushes buffered spans."""
-
-    async def on_stop(self) -> None:
-        await runtime.close()
-        metrics.process_exited()
-        await asyncio.to_thread(tracing.shutdown)
-
-
-@app.task
-async def install_debug_signal() -> None:
-    from ..debug import install
-
-    install()
-
-
-@app.timer(interval=30.0)
-async def refresh_catalog() -> None:
-    """Pick up price and product changes made in PostgreSQL."""
-    try:
-        await (await runtime.ready()).refresh_catalog()
-    except Exception as exc:  # the database may be away; the next tick tries again
-        log.warning("catalog refresh failed: %s", exc)

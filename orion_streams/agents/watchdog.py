@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from .. import faust_fixes
+from .. import faust_fixes, internals
 from .. import topics as t
 from ..app import app, settings
 
@@ -51,9 +51,9 @@ def _skipped_head(consumer: Any, tp: Any) -> bool:
     """Later events of `tp` are acknowledged and the one at its next expected offset is not:
     it was dropped on its way to an agent (every agent acknowledges in offset order, so a
     later event is never done before an earlier one that is still being handled)."""
-    acked = consumer._acked.get(tp)
+    acked = internals.acked_offsets(consumer, tp)
     expected = faust_fixes.expected_offset(consumer, tp)
-    return bool(acked) and expected is not None and min(acked) > expected
+    return acked is not None and len(acked) > 0 and expected is not None and min(acked) > expected
 
 
 @app.timer(interval=1.0)
@@ -67,17 +67,15 @@ async def refetch_stalled_partitions() -> None:
         return
     _recovering_since = None
     try:
-        aio = consumer._thread._ensure_consumer()
-        assignment = aio._subscription.subscription.assignment
+        aio = internals.aiokafka_consumer(consumer)
         tps = [tp for tp in consumer.assignment() if tp.topic in SOURCE_TOPICS]
         ends = await consumer.highwaters(*tps)
     except Exception:  # not started, between generations, or the broker is away
         return
     now = time.monotonic()
     for tp in tps:
-        state = assignment.state_value(tp)
-        committed = consumer._committed_offset.get(tp) or 0
-        position = getattr(state, "position", None) if state is not None else None
+        committed = internals.committed_offsets(consumer).get(tp) or 0
+        position = internals.fetch_position(aio, tp)
         position = committed if position is None else position
         # Behind: records exist past the committed offset, fetched or not (a partition
         # Faust stopped fetching keeps its position; one it dropped records of moves on).

@@ -14,6 +14,7 @@ from typing import Any
 from .events import LowStockDetected, OrderStatusChanged
 from .money import format_amount
 from .orders import OrderStatus
+from .retry import ceiling
 
 SHOP: Mapping[str, str] = {"name": "Orion Shop", "support_email": "support@orion.local"}
 
@@ -161,8 +162,7 @@ class RetryPolicy:
     def delay(self, attempts: int, jitter: float) -> float:
         """Seconds to wait after `attempts` failed tries; `jitter` in [0, 1) spreads retries
         of many messages over the upper half of the interval."""
-        ceiling = min(self.cap, self.base * 2.0 ** max(0, attempts - 1))
-        return ceiling * (0.5 + 0.5 * jitter)
+        return ceiling(attempts, self.base, self.cap) * (0.5 + 0.5 * jitter)
 
     def exhausted(self, attempts: int) -> bool:
         return attempts >= self.max_attempts

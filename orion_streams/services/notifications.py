@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +27,7 @@ from ..adapters.email import (
 )
 from ..adapters.notification_store import Claimed
 from ..domain.notifications import RetryPolicy
+from ..domain.retry import Backoff
 
 log = logging.getLogger("orion.email")
 
@@ -56,10 +56,7 @@ DeadLetter = Callable[[Claimed, str], Awaitable[None]]
 
 def dead_letter_record(message: Claimed, reason: str, at: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """Key, value and headers of the `dead-letters` record for an email given up on."""
-    body = {
-        "reason": reason,
-        "reason_class": "email_failed",
-        "source_topic": "notifications",
+    details = {
         "notification_id": message.id,
         "idempotency_key": message.key,
         "template": message.template,
@@ -67,15 +64,11 @@ def dead_letter_record(message: Claimed, reason: str, at: str) -> tuple[bytes, b
         "order_id": message.order_id,
         "sku": message.sku,
         "attempts": message.attempts,
-        "at": at,
     }
-    headers = [
-        ("reason", reason.encode()[:1000]), ("reason-class", b"email_failed"), ("source-topic", b"notifications"),
-    ]
-    if message.correlation_id and records.CORRELATION_ID.fullmatch(message.correlation_id):
-        headers.append(("correlation-id", message.correlation_id.encode()))
-    key = (message.order_id or message.sku or message.id).encode()
-    return key, json.dumps(body).encode(), headers
+    correlation = message.correlation_id
+    checked = correlation if correlation and records.CORRELATION_ID.fullmatch(correlation) else None
+    value, headers = records.dead_letter(reason, "email_failed", "notifications", at, details, correlation_id=checked)
+    return (message.order_id or message.sku or message.id).encode(), value, headers
 
 
 class NotificationDispatcher:
@@ -113,7 +106,7 @@ class NotificationDispatcher:
 
     async def run(self) -> None:
         """Forever: claim what is due into free slots, then wait for a wake-up or the poll."""
-        backoff = 0.5
+        backoff = Backoff(0.5, 10.0)
         try:
             while True:
                 self._wake.clear()
@@ -122,11 +115,11 @@ class NotificationDispatcher:
                 if free > 0:
                     try:
                         claimed = await self.queue.claim_due(free, self.lease)
-                        backoff = 0.5
+                        backoff.reset()
                     except Exception as exc:  # PostgreSQL away: rows wait in the table
-                        log.warning("could not claim emails: %s; again in %.1fs", exc, backoff)
-                        await asyncio.sleep(backoff)  # backoff while the database is away
-                        backoff = min(backoff * 2, 10.0)
+                        pause = backoff.next()
+                        log.warning("could not claim emails: %s; again in %.1fs", exc, pause)
+                        await asyncio.sleep(pause)  # backoff while the database is away
                         continue
                 for message in claimed:
                     task = asyncio.ensure_future(self.deliver(message))

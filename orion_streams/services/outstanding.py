@@ -21,6 +21,8 @@ import itertools
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..domain.retry import ceiling
+
 TopicPartition = tuple[str, int]
 
 
@@ -162,7 +164,7 @@ class OutstandingRequests:
         """Nothing before the first repeat; then backoff, 2x, 4x ... up to the cap."""
         if attempts == 0:
             return 0.0
-        return float(min(self.max_backoff, self.backoff * 2 ** (attempts - 1)))
+        return ceiling(attempts, self.backoff, self.max_backoff)
 
     def _drop(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)

@@ -9,10 +9,10 @@ voids whatever the key may have authorised.
 from __future__ import annotations
 
 import asyncio
-import random
 
 from ..domain import commands as c
 from ..domain import events as e
+from ..domain.retry import Backoff
 from .ports import PaymentError, PaymentGateway, VoidOutcome
 
 AuthorizeOutcome = e.PaymentAuthorized | e.PaymentDeclined | e.PaymentTimedOut
@@ -43,7 +43,7 @@ async def void(
     the provider is away or still busy with the authorisation, for at most `budget`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
-    delay, last = first_retry, "no attempt made"
+    backoff, last = Backoff(first_retry, budget / 4), "no attempt made"
     while True:
         try:
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
@@ -59,8 +59,7 @@ async def void(
             last = f"no answer within {budget:g}s"
         except PaymentError as exc:
             last = str(exc) or type(exc).__name__
-        pause = delay * (0.5 + random.random())
+        pause = backoff.next()
         if loop.time() + pause >= deadline:
             return e.PaymentVoidFailed(command.order_id, f"the provider did not void within {budget:g}s: {last}")
         await asyncio.sleep(pause)  # backoff while the provider is away or busy
-        delay = min(delay * 2, budget / 4)

@@ -12,22 +12,13 @@ from aiohttp import web
 from .. import logs, metrics, tracing
 from ..adapters.postgres import database_unavailable
 from ..records import CORRELATION_ID as _VALID_ID
-from .problems import ApiError, problem_body, problem_response, unavailable
+from .problems import ApiError, problem_response, unavailable
 
 log = logging.getLogger("orion.web")
 
 CORRELATION_ID = "X-Correlation-ID"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _problem(status: int, title: str, detail: str) -> web.Response:
-    import json
-
-    return web.Response(
-        status=status, body=json.dumps(problem_body(status, title, detail)).encode(),
-        content_type="application/problem+json",
-    )
 
 
 # Polled by orchestrators and Prometheus: logged at debug so they do not drown the rest.
@@ -64,7 +55,7 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
             if exc.status < 400:
                 status = exc.status
                 raise
-            response = _problem(exc.status, exc.reason, exc.text or exc.reason)
+            response = problem_response(ApiError(exc.status, exc.reason, exc.text or exc.reason))
         except Exception as exc:
             if database_unavailable(exc):
                 # PostgreSQL is away (restarting, failing over): nothing was accepted; say so
@@ -73,7 +64,7 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
                 response = problem_response(unavailable("the database is unavailable; try again shortly"))
             else:
                 log.exception("unhandled error on %s %s", request.method, request.path)
-                response = _problem(500, "Internal Server Error", f"something went wrong; quote {cid}")
+                response = problem_response(ApiError(500, "Internal Server Error", f"something went wrong; quote {cid}"))
         if not response.prepared:
             response.headers[CORRELATION_ID] = cid
         status = response.status

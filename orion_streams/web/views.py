@@ -209,7 +209,7 @@ class OrdersView(View):
         placed = e.OrderPlaced(
             event_id=event_id, order_id=order_id, user_id=principal.subject, email=order.email,
             lines=order.lines, payment_token=order.payment_token,
-            placed_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            placed_at=records.utc_iso(now, "milliseconds"),
         )
         logs.bind(order_id=order_id)  # the middleware unbinds when the request ends
         await _send(orders_topic, order_id, placed, _headers(request, principal))

@@ -198,16 +198,19 @@ async def test_a_reservation_answer_for_an_order_not_seen_yet_keeps_its_units(
         # 2 held for each, the stray's given back; the early order's stay held for its saga
         early, stray = await eventually(settled, 30, "the stray order's units to go back")
         assert early is not None and early[:2] == [2, "held"], early
-        level = await api.stock(admin, sku)
-        assert (level["on_hand"], level["reserved"]) == (10, 2)
+
+        async def projected() -> Any:  # the read model follows the table a moment later
+            level = await api.stock(admin, sku)
+            return level if (level["on_hand"], level["reserved"]) == (10, 2) else None
+
+        await eventually(projected, 10, "the stock projection to show 2 held of 10")
     finally:
         await store.close()
     # its OrderPlaced arrives: the saga asks, is answered "held", and the order is confirmed on
     # the units kept for it
     await produce(services.bootstrap, "orders", in_flight.encode(), json.dumps(_placed(in_flight, sku, 2)).encode())
     assert (await api.decided(customer, in_flight))["status"] == "CONFIRMED"
-    level = await api.stock(admin, sku)
-    assert (level["on_hand"], level["reserved"]) == (10, 2)
+    await eventually(projected, 10, "the stock projection to show 2 held of 10")
 
 
 async def test_a_worker_set_up_for_another_partition_count_refuses_the_topics_and_says_how_to_run(

@@ -4,7 +4,6 @@ come a few at a time, none held back once a backlog fills its batches."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -62,7 +61,7 @@ async def test_the_loop_waits_out_the_interval_after_a_small_batch_and_not_after
     clock = FakeClock()
     monkeypatch.setattr(projection, "time", clock)
     monkeypatch.setattr(projection, "asyncio", SimpleNamespace(sleep=clock.sleep))
-    monkeypatch.setattr(projection, "settings", dataclasses.replace(projection.settings, projection_interval=0.05))
+    monkeypatch.setattr(projection, "settings", projection.settings.with_changes(projection_interval=0.05))
 
     async def handle(record: Any, dead_letters: Any) -> None:
         return None
