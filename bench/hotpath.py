@@ -754,7 +754,7 @@ def parse(argv: Sequence[str] | None = None) -> Config:
 
     return Config(
         scenarios=[s for s in a.scenarios.split(",") if s], limits=a.limits, label=a.label, workers=a.workers,
-        partitions=a.partitions or Settings.partitions, customers=a.customers, flash_rate=a.flash_rate,
+        partitions=a.partitions or Settings.model_fields["partitions"].default, customers=a.customers, flash_rate=a.flash_rate,
         steady_start=a.steady_start, step_seconds=a.step_seconds, catalog_rate=a.catalog_rate,
         scale_orders=a.scale_orders, scale_workers=[int(n) for n in a.scale_workers.split(",")],
         warm_orders=a.warm_orders if a.warm_orders is not None else (300 if a.quick else 5_000), warm_rate=a.warm_rate,

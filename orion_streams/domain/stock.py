@@ -164,6 +164,17 @@ def commit(level: StockLevel, hold: Hold | None, cmd: CommitLine, at: str) -> Ou
     ]
 
 
+def apply(level: StockLevel, hold: Hold | None, cmd: ReserveLine | ReleaseLine | CommitLine, at: str) -> Outcome:
+    """The rule for an order's command on one SKU: reserve, release or commit."""
+    match cmd:
+        case ReserveLine():
+            return reserve(level, hold, cmd, at)
+        case ReleaseLine():
+            return release(level, hold, cmd, at)
+        case CommitLine():
+            return commit(level, hold, cmd, at)
+
+
 def adjust(
     level: StockLevel, cmd: AdjustStock, at: str
 ) -> tuple[StockLevel, list[StockEvent]]:

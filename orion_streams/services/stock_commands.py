@@ -82,13 +82,7 @@ def apply(
     else:
         hold_key = records.hold_key(sku, command.order_id)
         hold = records.hold_from_value(sku, command.order_id, read_now(hold_key))
-        match command:
-            case c.ReserveLine():
-                new_level, new_hold, outputs = rules.reserve(level, hold, command, at)
-            case c.ReleaseLine():
-                new_level, new_hold, outputs = rules.release(level, hold, command, at)
-            case c.CommitLine():
-                new_level, new_hold, outputs = rules.commit(level, hold, command, at)
+        new_level, new_hold, outputs = rules.apply(level, hold, command, at)
         closed = new_hold is not None and new_hold.state.is_final
         hold_value = (
             None if new_hold is None or new_hold == hold

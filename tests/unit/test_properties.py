@@ -87,13 +87,7 @@ class Pipeline(RuleBasedStateMachine):
         key = (m.order_id, m.sku)
         level, hold = self.levels[m.sku], self.holds.get(key)
         before = (level.on_hand, level.reserved)
-        match m:
-            case c.ReserveLine():
-                level, hold, events = stock.reserve(level, hold, m, AT)
-            case c.ReleaseLine():
-                level, hold, events = stock.release(level, hold, m, AT)
-            case c.CommitLine():
-                level, hold, events = stock.commit(level, hold, m, AT)
+        level, hold, events = stock.apply(level, hold, m, AT)
         on_hand, reserved = level.on_hand, level.reserved
         sold = before[0] - on_hand
         self.sold[m.sku] += sold
