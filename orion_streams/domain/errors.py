@@ -36,3 +36,11 @@ class ValidationFailed(DomainError):
     def has(self, code: str) -> bool:
         """Whether any of the errors is of this class (e.g. UNKNOWN_SKU)."""
         return any(e.code == code for e in self.errors)
+
+
+class NotFound(DomainError):
+    """What was asked for does not exist (or is not the caller's to see)."""
+
+
+class Conflict(DomainError):
+    """The request is valid but cannot be done in the state things are in."""

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from .. import logs, metrics, tracing
 from ..adapters.postgres import database_unavailable
+from ..domain.errors import DomainError
 from ..records import CORRELATION_ID as _VALID_ID
-from .problems import ApiError, problem_response, unavailable
+from .problems import ApiError, from_domain, problem_response, unavailable
 
 log = logging.getLogger("orion.web")
 
@@ -51,6 +52,8 @@ async def correlation_and_problems(request: web.Request, handler: Handler) -> we
                 response = await handler(request)
         except ApiError as exc:
             response = problem_response(exc)
+        except DomainError as exc:  # a use case refused: what the caller asked cannot be done
+            response = problem_response(from_domain(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 status = exc.status

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..domain.errors import FieldError
+from ..domain.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -52,6 +52,18 @@ def problem_response(error: ApiError) -> web.Response:
         content_type=PROBLEM_JSON,
         headers=error.headers,
     )
+
+
+def from_domain(error: DomainError) -> ApiError:
+    """The problem a use case's refusal is: 404, 409 or 422 with every field's error."""
+    match error:
+        case NotFound():
+            return not_found(str(error))
+        case Conflict():
+            return conflict(str(error))
+        case ValidationFailed():
+            return unprocessable(error.errors)
+    raise TypeError(f"no problem for {type(error).__name__}") from error
 
 
 def bad_request(detail: str) -> ApiError:

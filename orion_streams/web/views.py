@@ -20,19 +20,18 @@ from ..adapters.postgres import Accepted, InvalidCursor
 from ..agents import watchdog
 from ..agents.common import enqueue
 from ..app import app, orders_topic, runtime, settings, stock_requests_topic
-from ..domain import commands as c
 from ..domain import events as e
 from ..domain.errors import UNKNOWN_SKU, FieldError, ValidationFailed
 from ..domain.money import format_amount
 from ..domain.orders import OrderStatus, order_currency, parse_order_request, priced_lines
-from ..domain.stock import ADJUSTMENT_REASONS
 from ..records import storable
+from ..services import orders
 from ..services.admission import Refusal
 from ..services.grouped import Grouped
 from .admission import door
 from .auth import Principal, TokenVerifier
 from .identity import allow, authenticate, sees_all_orders
-from .problems import ApiError, bad_request, conflict, not_found, unavailable, unprocessable
+from .problems import ApiError, bad_request, not_found, unavailable, unprocessable
 from .ratelimit import TokenBuckets
 
 log = logging.getLogger("orion.web")
@@ -89,6 +88,19 @@ async def _send(topic: Any, key: str, message: Any, headers: list[tuple[str, byt
         await asyncio.wait_for(fut, timeout=10)
     except Exception as exc:  # timeout or broker error: the client may retry safely
         raise unavailable(f"could not reach Kafka: {type(exc).__name__}") from exc
+
+
+_TOPICS = {topic.get_topic_name(): topic for topic in (orders_topic, stock_requests_topic)}
+
+
+def _sender(request: web.Request, principal: Principal) -> orders.Send:
+    """How a use case sends its command: as this caller, with this request's correlation id."""
+    headers = _headers(request, principal)
+
+    async def send(topic: str, key: str, message: Any) -> None:
+        await _send(_TOPICS[topic], key, message, headers)
+
+    return send
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -291,17 +303,8 @@ class CancelView(View):
         principal = await principal_of(request)
         allow(principal, scope="orders:write")
         await runtime.ready()
-        order = await _visible_order(principal, order_id)
-        status = OrderStatus(order["status"])
-        if status is OrderStatus.FULFILLED:
-            raise conflict("a fulfilled order cannot be cancelled")
-        if status in (OrderStatus.REJECTED, OrderStatus.PAYMENT_FAILED):
-            raise conflict(f"the order already ended as {status}")
-        if status is not OrderStatus.CANCELLED:
-            command = c.CancelOrder(order_id, str(uuid.uuid4()), "cancelled on request")
-            await _send(orders_topic, order_id, command, _headers(request, principal))
-        return json_response({"order_id": order_id, "status": "CANCELLING" if status is not OrderStatus.CANCELLED else "CANCELLED",
-                              "links": {"self": f"/v1/orders/{order_id}"}}, 202)
+        status = await orders.cancel(await _visible_order(principal, order_id), _sender(request, principal))
+        return json_response({"order_id": order_id, "status": status, "links": {"self": f"/v1/orders/{order_id}"}}, 202)
 
 
 @app.page("/v1/orders/{order_id}/fulfil")
@@ -310,13 +313,7 @@ class FulfilView(View):
         principal = await principal_of(request)
         allow(principal, "admin", "service", scope="orders:fulfil")
         await runtime.ready()
-        order = await _visible_order(principal, order_id)
-        status = OrderStatus(order["status"])
-        if status not in (OrderStatus.CONFIRMED, OrderStatus.FULFILLED):
-            raise conflict(f"only a CONFIRMED order can be fulfilled; this one is {status}")
-        if status is OrderStatus.CONFIRMED:
-            command = c.FulfilOrder(order_id, str(uuid.uuid4()))
-            await _send(orders_topic, order_id, command, _headers(request, principal))
+        await orders.fulfil(await _visible_order(principal, order_id), _sender(request, principal))
         return json_response({"order_id": order_id, "links": {"self": f"/v1/orders/{order_id}"}}, 202)
 
 
@@ -370,42 +367,8 @@ class AdjustmentsView(View):
         allow(principal, "admin", "service", scope="inventory:write")
         body = await read_json(request)
         await runtime.ready()
-        if sku not in runtime.catalog:
-            raise not_found(f"no product {sku}")
-        errors = []
-        if not isinstance(body, dict):
-            raise unprocessable([FieldError("body", "must be a JSON object")])
-        delta, reason = body.get("delta"), body.get("reason")
-        if not isinstance(delta, int) or isinstance(delta, bool) or delta == 0 or abs(delta) > 1_000_000:
-            errors.append(FieldError("delta", "must be a non-zero whole number up to 1000000"))
-        if reason not in ADJUSTMENT_REASONS - {"seed"}:
-            errors.append(FieldError("reason", "one of restock, correction, damage, return"))
-        threshold = body.get("low_stock_threshold")
-        if threshold is not None and (
-            not isinstance(threshold, int) or isinstance(threshold, bool) or not 0 <= threshold <= 1_000_000
-        ):
-            errors.append(FieldError("low_stock_threshold", "must be a whole number from 0 to 1000000"))
-        extra = sorted(set(body) - {"delta", "reason", "low_stock_threshold"})
-        errors.extend(FieldError(k, "is not accepted") for k in extra)
-        if errors:
-            raise unprocessable(errors)
-        assert isinstance(delta, int) and isinstance(reason, str)
-        level = await runtime.store.get_stock(sku)
-        if level is not None and level["available"] + delta < 0:
-            raise conflict(f"would leave {level['available'] + delta} available")
-        adjustment_id = str(uuid.uuid4())
-        command = c.AdjustStock(sku, adjustment_id, delta, reason, threshold)
-        await _send(stock_requests_topic, sku, command, _headers(request, principal))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            result = await runtime.store.adjustment(adjustment_id)
-            if result is not None:
-                if result["status"] == "rejected":
-                    raise conflict(result["detail"] or "adjustment refused")
-                return json_response({"adjustment_id": adjustment_id, "status": "applied",
-                                      "level": await runtime.store.get_stock(sku)})
-            await asyncio.sleep(0.05)
-        return json_response({"adjustment_id": adjustment_id, "status": "pending"}, 202)
+        result = await orders.adjust_stock(sku, body, runtime.catalog, runtime.store, _sender(request, principal))
+        return json_response(result, 200 if result["status"] == "applied" else 202)
 
 
 @app.page("/health")
