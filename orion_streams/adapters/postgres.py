@@ -27,6 +27,7 @@ from ..domain.events import (
     StockAdjusted,
     StockLevelChanged,
 )
+from ..services.ports import Accepted
 from . import schema as s
 from .db_monitoring import instrument
 
@@ -47,20 +48,6 @@ def parse_time(value: str | datetime) -> datetime:
 
 def iso(value: datetime | None) -> str | None:
     return None if value is None else records.utc_iso(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """An order the HTTP API accepted, as first recorded (status PENDING, version 0)."""
-
-    order_id: str
-    user_id: str
-    email: str
-    lines: tuple[tuple[str, int, int], ...]  # sku, quantity, unit price
-    currency: str
-    created_at: datetime
-    idempotency_key: str | None
-    request_hash: str
 
 
 # One prepared statement whatever the number of orders (arrays, not a VALUES list per row).

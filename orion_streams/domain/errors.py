@@ -44,3 +44,8 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     """The request is valid but cannot be done in the state things are in."""
+
+
+class Unprocessable(DomainError):
+    """The request as a whole cannot be taken, though each field is valid (an
+    Idempotency-Key used before for another request)."""

@@ -1,22 +1,51 @@
-"""What the HTTP API lets people do to an order or to stock, besides placing an order:
-cancel, fulfil, adjust stock. Each checks what it may do against the read model, then sends
-its command into the pipeline, whose single writers decide. Nothing here knows HTTP:
-refusals are typed (domain.errors: NotFound, Conflict, ValidationFailed) and the views turn
-them into problems; who may ask is the views' business too."""
+"""What the HTTP API lets people do: place an order, cancel or fulfil it, adjust stock. Each
+checks what it may do (the catalog, the read model), then sends its event or command into
+the pipeline, whose single writers decide. Nothing here knows HTTP: refusals are typed
+(domain.errors: NotFound, Conflict, ValidationFailed; Busy) and the views turn them into
+problems; who may ask, and how often, is the views' business."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Container, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from .. import logs, records
 from .. import topics as t
 from ..domain import commands as c
-from ..domain.errors import Conflict, FieldError, NotFound, ValidationFailed
-from ..domain.orders import OrderStatus
+from ..domain import events as e
+from ..domain.catalog import Catalog
+from ..domain.errors import (
+    UNKNOWN_SKU,
+    Conflict,
+    DomainError,
+    FieldError,
+    NotFound,
+    Unprocessable,
+    ValidationFailed,
+)
+from ..domain.money import format_amount
+from ..domain.orders import (
+    OrderRequest,
+    OrderStatus,
+    order_currency,
+    parse_order_request,
+    priced_lines,
+)
 from ..domain.stock import ADJUSTMENT_REASONS
+from .admission import Refusal
+from .ports import Accepted
+
+log = logging.getLogger("orion.orders")
+# Ids of orders placed with an Idempotency-Key derive from the caller and the key.
+_NAMESPACE = uuid.UUID("5b8f6f2e-7d8c-4f61-9a43-0c8d3c1f2a10")
 
 # Sends a command to a topic (by name) under a key and returns once the broker has it.
 Send = Callable[[str, str, Any], Awaitable[None]]
@@ -24,6 +53,99 @@ Send = Callable[[str, str, Any], Awaitable[None]]
 PEOPLE_REASONS = ("restock", "correction", "damage", "return")
 assert set(PEOPLE_REASONS) == ADJUSTMENT_REASONS - {"seed"}
 MAX_DELTA = 1_000_000
+
+
+class Busy(DomainError):
+    """Admission control is not taking new orders now: nothing was written or sent."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail)
+        self.refusal = refusal
+
+
+class CatalogSource(Protocol):
+    """The products on sale, and a fresher look at them for a product added since."""
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    async def refresh_catalog_if_stale(self) -> bool: ...
+
+
+# The order an Idempotency-Key was first used for, by caller and key (the read model).
+FindByKey = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A placed order: its id, and what was accepted (None for a retry with the same
+    Idempotency-Key: the order placed the first time, nothing sent again)."""
+
+    order_id: str
+    accepted: Accepted | None
+
+
+async def place(
+    body: Any, subject: str, key: str | None, refusal: Refusal | None, products: CatalogSource,
+    find: FindByKey, send: Send,
+) -> Placement:
+    """Check an order against the catalog, price it and send it to the pipeline as
+    OrderPlaced (once the broker has it, it is accepted). A retry with an Idempotency-Key
+    used before gets the order placed then, never refused; a new order is refused (Busy) when
+    admission control says so. ValidationFailed names every bad field."""
+    order = await _checked(body, products)
+    lines = priced_lines(order.lines, products.catalog)
+    currency = order_currency(order.lines, products.catalog)
+    if key is not None and (not 1 <= len(key) <= 200 or not records.storable(key)):
+        raise ValidationFailed([FieldError("Idempotency-Key", "must be 1 to 200 characters of UTF-8")])
+    digest = _request_hash(order)
+    if key:
+        existing = await find(subject, key)
+        if existing is not None:
+            if existing["request_hash"] not in (None, digest):
+                raise Unprocessable("this Idempotency-Key was used with a different request")
+            return Placement(existing["order_id"], None)  # a retry is never refused
+    if refusal is not None:
+        raise Busy(refusal)
+    if key:
+        order_id = str(uuid.uuid5(_NAMESPACE, f"{subject}\x1f{key}"))
+        event_id = str(uuid.uuid5(_NAMESPACE, f"event\x1f{order_id}"))
+    else:
+        order_id, event_id = str(uuid.uuid4()), str(uuid.uuid4())
+    now = datetime.now(UTC)
+    placed = e.OrderPlaced(
+        event_id=event_id, order_id=order_id, user_id=subject, email=order.email, lines=order.lines,
+        payment_token=order.payment_token, placed_at=records.utc_iso(now, "milliseconds"),
+    )
+    logs.bind(order_id=order_id)  # the HTTP middleware unbinds when the request ends
+    await send(t.ORDERS.name, order_id, placed)
+    logs.order_info(
+        log, "order accepted: %d line(s), %s, by %s", len(lines),
+        format_amount(sum(q * price for _, q, price in lines), currency), subject,
+    )
+    return Placement(order_id, Accepted(order_id, subject, order.email, tuple(lines), currency, now, key, digest))
+
+
+async def _checked(body: Any, products: CatalogSource) -> OrderRequest:
+    """The order request checked against the catalog; a SKU it does not know may be a
+    product added since it was loaded: look again (at most once a second) before refusing."""
+    try:
+        return parse_order_request(body, products.catalog)
+    except ValidationFailed as exc:
+        if not exc.has(UNKNOWN_SKU):
+            raise
+    await products.refresh_catalog_if_stale()
+    return parse_order_request(body, products.catalog)
+
+
+def _request_hash(request: OrderRequest) -> str:
+    """What an Idempotency-Key promises stays the same: lines, payment token and email."""
+    canonical = json.dumps(
+        {"lines": [[line.sku, line.quantity] for line in request.lines],
+         "token": request.payment_token, "email": request.email},
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class StockReads(Protocol):

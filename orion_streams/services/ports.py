@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An order the HTTP API accepted, as first recorded (status PENDING, version 0)."""
+
+    order_id: str
+    user_id: str
+    email: str
+    lines: tuple[tuple[str, int, int], ...]  # sku, quantity, unit price
+    currency: str
+    created_at: datetime
+    idempotency_key: str | None
+    request_hash: str
 
 
 @dataclass(frozen=True)

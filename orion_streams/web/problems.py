@@ -8,7 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..domain.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
+from ..domain.errors import (
+    Conflict,
+    DomainError,
+    FieldError,
+    NotFound,
+    Unprocessable,
+    ValidationFailed,
+)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -63,6 +70,8 @@ def from_domain(error: DomainError) -> ApiError:
             return conflict(str(error))
         case ValidationFailed():
             return unprocessable(error.errors)
+        case Unprocessable():
+            return ApiError(422, "Unprocessable Content", str(error))
     raise TypeError(f"no problem for {type(error).__name__}") from error
 
 

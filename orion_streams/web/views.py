@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
 import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from faust.web import View
 
-from .. import logs, metrics, records
-from ..adapters.postgres import Accepted, InvalidCursor
+from .. import metrics, records
+from ..adapters.postgres import InvalidCursor
 from ..agents import watchdog
 from ..agents.common import enqueue
 from ..app import app, orders_topic, runtime, settings, stock_requests_topic
-from ..domain import events as e
-from ..domain.errors import UNKNOWN_SKU, FieldError, ValidationFailed
-from ..domain.money import format_amount
-from ..domain.orders import OrderStatus, order_currency, parse_order_request, priced_lines
+from ..domain.errors import FieldError
+from ..domain.orders import OrderStatus
 from ..records import storable
-from ..services import orders
+from ..services import orders, ports
 from ..services.admission import Refusal
 from ..services.grouped import Grouped
 from .admission import door
@@ -36,12 +31,11 @@ from .ratelimit import TokenBuckets
 
 log = logging.getLogger("orion.web")
 MAX_WAIT = 30.0
-_NAMESPACE = uuid.UUID("5b8f6f2e-7d8c-4f61-9a43-0c8d3c1f2a10")
 _verifier: TokenVerifier | None = None
 order_limits = TokenBuckets(settings.order_rate_per_minute / 60.0, settings.order_burst)
 service_order_limits = TokenBuckets(settings.service_order_rate_per_minute / 60.0, settings.service_order_burst)
 # Orders accepted at about the same time are pre-recorded in one statement (group commit).
-accepted: Grouped[Accepted] = Grouped(lambda orders: runtime.store.record_accepted(orders))
+accepted: Grouped[ports.Accepted] = Grouped(lambda orders: runtime.store.record_accepted(orders))
 
 
 def verifier() -> TokenVerifier:
@@ -138,15 +132,6 @@ async def _wait_decided(order_id: str, seconds: float) -> dict[str, Any] | None:
         delay = min(delay * 1.5, 0.2)
 
 
-def _request_hash(request: Any) -> str:
-    canonical = json.dumps(
-        {"lines": [[line.sku, line.quantity] for line in request.lines],
-         "token": request.payment_token, "email": request.email},
-        sort_keys=True,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def _refused(refusal: Refusal) -> ApiError:
     """503 from admission control: nothing was written or sent; ask again after Retry-After."""
     metrics.ORDERS_REFUSED.labels(refusal.reason).inc()
@@ -187,57 +172,20 @@ class OrdersView(View):
         body = await read_json(request)
         await runtime.ready()
         try:
-            order = parse_order_request(body, runtime.catalog)
-        except ValidationFailed as exc:
-            if not exc.has(UNKNOWN_SKU):
-                raise unprocessable(exc.errors) from exc
-            await runtime.refresh_catalog_if_stale()
+            placement = await orders.place(
+                body, principal.subject, key, refusal, runtime,
+                runtime.store.find_by_idempotency_key, _sender(request, principal),
+            )
+        except orders.Busy as busy:
+            raise _refused(busy.refusal) from busy
+        if placement.accepted is not None:
+            door.admitted()
+            metrics.ORDERS_ACCEPTED.inc()
             try:
-                order = parse_order_request(body, runtime.catalog)
-            except ValidationFailed as again:
-                raise unprocessable(again.errors) from again
-        try:
-            lines = priced_lines(order.lines, runtime.catalog)
-            currency = order_currency(order.lines, runtime.catalog)
-        except ValidationFailed as exc:
-            raise unprocessable(exc.errors) from exc
-        if key is not None and (not 1 <= len(key) <= 200 or not storable(key)):
-            raise unprocessable([FieldError("Idempotency-Key", "must be 1 to 200 characters of UTF-8")])
-        digest = _request_hash(order)
-        if key:
-            existing = await runtime.store.find_by_idempotency_key(principal.subject, key)
-            if existing is not None:
-                if existing["request_hash"] not in (None, digest):
-                    raise ApiError(422, "Unprocessable Content",
-                                   "this Idempotency-Key was used with a different request")
-                return await self._reply(existing["order_id"], wait)  # a retry is never refused
-            if refusal is not None:
-                raise _refused(refusal)
-            order_id = str(uuid.uuid5(_NAMESPACE, f"{principal.subject}\x1f{key}"))
-            event_id = str(uuid.uuid5(_NAMESPACE, f"event\x1f{order_id}"))
-        else:
-            order_id, event_id = str(uuid.uuid4()), str(uuid.uuid4())
-        now = datetime.now(UTC)
-        placed = e.OrderPlaced(
-            event_id=event_id, order_id=order_id, user_id=principal.subject, email=order.email,
-            lines=order.lines, payment_token=order.payment_token,
-            placed_at=records.utc_iso(now, "milliseconds"),
-        )
-        logs.bind(order_id=order_id)  # the middleware unbinds when the request ends
-        await _send(orders_topic, order_id, placed, _headers(request, principal))
-        door.admitted()
-        metrics.ORDERS_ACCEPTED.inc()
-        logs.order_info(
-            log, "order accepted: %d line(s), %s, by %s", len(lines),
-            format_amount(sum(q * price for _, q, price in lines), currency), principal.subject,
-        )
-        try:
-            await accepted.submit(Accepted(
-                order_id, principal.subject, order.email, tuple(lines), currency, now, key, digest,
-            ))
-        except Exception:  # the event is in Kafka; the projection will write the order anyway
-            log.warning("could not pre-record order %s", order_id, exc_info=True)
-        return await self._reply(order_id, wait)
+                await accepted.submit(placement.accepted)
+            except Exception:  # the event is in Kafka; the projection will write the order anyway
+                log.warning("could not pre-record order %s", placement.order_id, exc_info=True)
+        return await self._reply(placement.order_id, wait)
 
     async def get(self, request: web.Request) -> web.Response:
         principal = await principal_of(request)

@@ -10,8 +10,9 @@ import pytest
 
 from orion_streams import records
 from orion_streams.adapters.kafka_admin import TopicMismatch, ensure_topics
-from orion_streams.adapters.postgres import Accepted, SqlAlchemyStore
+from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.agents.common import partition_for
+from orion_streams.services.ports import Accepted
 
 from .harness import (
     PARTITIONS,

@@ -1,5 +1,6 @@
-"""The built wheel is enough to migrate a database: `orion migrate` from a normal install,
-which pulls in none of the local development stack.
+"""The built wheel is enough to run Orion against given services: `orion migrate`, `orion
+topics`, a worker and a mailer from a normal install, which pulls in none of the local
+development stack.
 
 The wheel is built from a copy of the repository (so no build/ or egg-info lands in the
 working tree), installed without -e into a fresh virtual environment, and its `orion migrate`
@@ -10,19 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import compileall
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 
+from orion_devstack.kafka import KafkaBroker
 from orion_devstack.ports import free_port
 from orion_devstack.postgres import LocalPostgres
+from orion_devstack.stack import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "orion_streams" / "migrations"
@@ -160,7 +166,7 @@ def _head_revision() -> str:
     return head
 
 
-def test_wheel_ships_migrations_and_orion_migrate_works(tmp_path: Path) -> None:
+def test_the_wheel_migrates_and_runs_a_worker_and_a_mailer_against_given_services(tmp_path: Path) -> None:
     assert not tmp_path.resolve().is_relative_to(REPO), (
         "the temp dir must be outside the repository"
     )
@@ -203,6 +209,7 @@ def test_wheel_ships_migrations_and_orion_migrate_works(tmp_path: Path) -> None:
     assert not package_file.is_relative_to(REPO), package_file
 
     pg = LocalPostgres(tmp_path / "postgres", port=free_port())
+    broker = KafkaBroker(tmp_path / "kafka", port=free_port())
     try:
         pg.start()
         migrate = _run(
@@ -213,8 +220,53 @@ def test_wheel_ships_migrations_and_orion_migrate_works(tmp_path: Path) -> None:
         )
         assert migrate.returncode == 0, f"orion migrate failed:\n{migrate.stdout}"
         tables, versions = asyncio.run(_schema(pg.dsn))
+        assert TABLES | {"alembic_version"} <= tables, sorted(tables)
+        assert versions == [_head_revision()]
+
+        # A worker and a mailer from the same install, against the services given to them.
+        broker.start()
+        web_port, mailer_port = free_port(), free_port()
+        given = {
+            **env, "ORION_DATABASE_URL": pg.url, "ORION_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "ORION_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "ORION_WEB_PORT": str(web_port),
+            "ORION_MAILER_METRICS_PORT": str(mailer_port), "ORION_STATE_DIR": str(tmp_path / "state"),
+            "ORION_PARTITIONS": "2", "ORION_LOG_FORMAT": "json",
+        }
+        topics = _run([str(bin_dir / "orion"), "topics"], cwd=work, env=given, timeout=120)
+        assert topics.returncode == 0, f"orion topics failed:\n{topics.stdout}"
+        with _serving(bin_dir / "orion", "worker", work, given, tmp_path / "worker.log"), \
+                _serving(bin_dir / "orion", "mailer", work, given, tmp_path / "mailer.log"):
+            wait_until(lambda: _answers(f"http://127.0.0.1:{web_port}/ready"), 120, "the worker to be ready")
+            wait_until(lambda: _answers(f"http://127.0.0.1:{mailer_port}/ready"), 60, "the mailer to be ready")
     finally:
+        broker.stop()
         pg.stop()
 
-    assert TABLES | {"alembic_version"} <= tables, sorted(tables)
-    assert versions == [_head_revision()]
+
+@contextlib.contextmanager
+def _serving(orion: Path, command: str, cwd: Path, env: dict[str, str], log: Path) -> Iterator[None]:
+    """`orion <command>` running in a process group of its own, killed when the block ends."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(orion), command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield
+    except BaseException:
+        print(f"--- orion {command}:\n{log.read_text(errors='replace')[-4000:]}")
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:  # not listening yet, or 503 while it starts
+        return False
