@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -20,7 +19,7 @@ import pytest
 from orion_devstack.ports import free_port
 from orion_devstack.smtp import MailCatcher
 
-from ..integration.harness import Api, Services, eventually, wait_until
+from ..integration.harness import Api, Services, eventually, stop_group, wait_until
 
 
 def _ready(url: str, proc: subprocess.Popen[bytes]) -> bool:
@@ -63,12 +62,7 @@ def orion_run(fresh_services: Services, tmp_path: Any) -> Iterator[tuple[str, Pa
             raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
         yield url, log
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc)
         catcher.stop()
 
 

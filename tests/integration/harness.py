@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -220,3 +224,16 @@ async def stock_totals(store: SqlAlchemyStore) -> dict[str, tuple[int, int]]:
     async with store.engine.connect() as conn:
         rows = (await conn.execute(sa.select(schema.stock_levels))).all()
     return {r.sku: (r.on_hand, r.reserved) for r in rows}
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in a session of its own, and whatever it started in its group:
+    SIGTERM, then SIGKILL after 30 s (also when it has exited and left children behind)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

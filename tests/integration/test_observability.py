@@ -29,7 +29,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 # Where each step logs from: (process, logger) -> what the line must mention.
 STEPS = {
-    ("worker", "orion.web"): "order accepted",
+    ("worker", "orion.orders"): "order accepted",
     ("worker", "orion.saga"): "CONFIRMED",
     ("worker", "orion.reservation"): "reserved",
     ("worker", "orion.payment"): "payment authorised",

@@ -30,6 +30,8 @@ from orion_devstack.ports import free_port
 from orion_devstack.postgres import LocalPostgres
 from orion_devstack.stack import wait_until
 
+from .harness import stop_group
+
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "orion_streams" / "migrations"
 # Tables the migrations create (besides Alembic's own bookkeeping table).
@@ -255,13 +257,7 @@ def _serving(orion: Path, command: str, cwd: Path, env: dict[str, str], log: Pat
         print(f"--- orion {command}:\n{log.read_text(errors='replace')[-4000:]}")
         raise
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc)
 
 
 def _answers(url: str) -> bool:
