@@ -72,11 +72,17 @@ async def refetch_stalled_partitions() -> None:
         ends = await consumer.highwaters(*tps)
     except Exception:  # not started, between generations, or the broker is away
         return
+    found = {tp: internals.fetch_position(aio, tp) for tp in tps}
+    positions = {tp: position for tp, position in found.items() if position is not None}
+    if len(positions) < len(found):
+        # The consumer is still positioning a partition after an assignment (looking up its
+        # committed offset, or resetting it): judge nothing until it has; a seek now would
+        # restart every fetch in the middle of the takeover.
+        return
     now = time.monotonic()
     for tp in tps:
         committed = internals.committed_offsets(consumer).get(tp) or 0
-        position = internals.fetch_position(aio, tp)
-        position = committed if position is None else position
+        position = positions[tp]
         # Behind: records exist past the committed offset, fetched or not (a partition
         # Faust stopped fetching keeps its position; one it dropped records of moves on).
         if max(position, ends.get(tp, 0)) <= committed:
