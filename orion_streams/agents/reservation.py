@@ -97,7 +97,7 @@ async def handle_event(event: Any, outbox: Outbox) -> None:
         return
     logs.bind(sku=sku, order_id=getattr(command, "order_id", None))
     clock = now()
-    step = stock_commands.apply(command, inventory.get(sku), inventory.get, position(event), clock.epoch, clock.iso)
+    step = stock_commands.apply(command, inventory.get, position(event), clock.epoch, clock.iso)
     for key, value in step.writes:
         inventory.put(event, key, value)
     if step.ignored is not None:

@@ -51,13 +51,12 @@ class StockStep:
     ignored: str | None = None
 
 
-def apply(
-    command: StockCommand, stored: Any, read: Callable[[str], Any], position: Any, closed_at: float, at: str,
-) -> StockStep:
-    """Handle `command` for its SKU: `stored` is the SKU's stock row as stored, `read` gives
-    any other row of the table (None when absent), `position` where the command's event
-    sits in its partition, `closed_at` (epoch seconds) and `at` (ISO) the time now."""
+def apply(command: StockCommand, read: Callable[[str], Any], position: Any, closed_at: float, at: str) -> StockStep:
+    """Handle `command` for its SKU: `read` gives a row of the table (None when absent),
+    `position` where the command's event sits in its partition, `closed_at` (epoch seconds)
+    and `at` (ISO) the time now."""
     sku = command.sku
+    stored = read(sku)
     level = records.stock_from_value(sku, stored)
     applied, last_key, last_value = records.stock_entry_meta(stored)
     replay = applied == position

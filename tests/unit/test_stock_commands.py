@@ -117,7 +117,7 @@ def _comparable(key: str, value: Any) -> Any:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_stock_command(case: Case) -> None:
     before = {k: list(v) if isinstance(v, list) else v for k, v in case.table.items()}
-    step = stock_commands.apply(case.command, case.table.get(SKU), case.table.get, case.position, NOW, AT)
+    step = stock_commands.apply(case.command, case.table.get, case.position, NOW, AT)
 
     assert [(k, _comparable(k, v)) for k, v in step.writes] == [(k, _comparable(k, v)) for k, v in case.writes]
     assert [type(m) for m in step.outputs] == case.answers
@@ -134,15 +134,15 @@ def test_every_redelivery_of_a_landed_step_changes_nothing() -> None:
         if case.ignored or not case.writes:
             continue
         table = dict(case.table)
-        first = stock_commands.apply(case.command, table.get(SKU), table.get, case.position, NOW, AT)
+        first = stock_commands.apply(case.command, table.get, case.position, NOW, AT)
         for key, value in first.writes:
             table[key] = value
-        again = stock_commands.apply(case.command, table.get(SKU), table.get, case.position, NOW, AT)
+        again = stock_commands.apply(case.command, table.get, case.position, NOW, AT)
         assert (again.writes, again.moved, again.ignored) == ([], False, None), case.name
         # ...and with only the stock row of the first delivery landed, its hold comes back.
         if first.moved:
             partial = dict(case.table)
             partial[SKU] = table[SKU]
-            third = stock_commands.apply(case.command, partial.get(SKU), partial.get, case.position, NOW, AT)
+            third = stock_commands.apply(case.command, partial.get, case.position, NOW, AT)
             assert not third.moved and third.ignored is None, case.name
             assert [k for k, _ in third.writes] == [k for k, _ in first.writes if k != SKU], case.name
