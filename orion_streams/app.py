@@ -1,18 +1,26 @@
-"""The Faust application: settings, source topics and tables. No I/O at import time."""
+"""The composition root: `create_app` builds a worker (the Faust app, its tables, the
+shared resources, the agents and the HTTP API) from a `Settings` object. Nothing is built
+at import; every agent and view module has a `register` that takes what it needs from the
+`Orion` it is given."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.sensors.monitor import Monitor
 
 from . import faust_fixes, inline_consumer, logs
-from . import topics as t
+from .agents.common import Assignment, Bus
 from .bootstrap import Runtime
 from .config import Settings
 from .partitioner import Murmur2Partitioner
+from .tables import Tables, create_tables
 from .web.middleware import correlation_and_problems
+
+if TYPE_CHECKING:
+    from .agents import Agents
 
 
 class LeanMonitor(Monitor):
@@ -49,58 +57,78 @@ class LeanMonitor(Monitor):
         return None
 
 
-faust_fixes.apply()
-settings = Settings.from_env()
-if not settings.consumer_thread:
-    inline_consumer.apply()
-runtime = Runtime(settings)
-logs.per_order.rate = settings.log_order_lines
-
-app = faust.App(
-    settings.app_id,
-    broker=f"kafka://{settings.kafka_bootstrap}",
-    store="memory://",
-    monitor=LeanMonitor(),
-    datadir=str(settings.state_dir / "workers" / settings.worker_id),
-    topic_partitions=settings.partitions,
-    topic_replication_factor=1,
-    processing_guarantee=settings.processing_guarantee,
-    producer_acks=-1,
-    # Sends of one batch share produce requests: fewer, larger requests cost the broker and
-    # the worker less CPU per record (python -m bench.hotpath: 5 ms beat 1 ms).
-    producer_linger_ms=5,
-    producer_partitioner=Murmur2Partitioner(),
-    consumer_auto_offset_reset="earliest",
-    table_standby_replicas=settings.standby_replicas,
-    web_host=settings.web_host,
-    web_port=settings.web_port,
-    web_bind=settings.web_host,
-    # How fast a dead worker's partitions move to the living: Kafka notices after this.
-    broker_session_timeout=settings.session_timeout,
-    broker_heartbeat_interval=settings.session_timeout / 10,
-    broker_commit_every=100,
-    broker_commit_interval=1.0,
-    stream_buffer_maxsize=4096,
-    autodiscover=False,
-    logging_config=logs.dict_config(settings.log_format, settings.log_level, settings.worker_id),
-    # Requests larger than this are refused with 413 before a handler runs.
-    web_application_options={"middlewares": [correlation_and_problems], "client_max_size": 256 * 1024},
-)
-
-
-def _raw_topic(*names: str) -> faust.TopicT:
-    return app.topic(
-        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-        partitions=settings.partitions,
+def faust_app(settings: Settings) -> faust.App:
+    """The Faust app of a worker, configured from `settings` (nothing registered yet)."""
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        monitor=LeanMonitor(),
+        datadir=str(settings.state_dir / "workers" / settings.worker_id),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee=settings.processing_guarantee,
+        producer_acks=-1,
+        # Sends of one batch share produce requests: fewer, larger requests cost the broker and
+        # the worker less CPU per record (python -m bench.hotpath: 5 ms beat 1 ms).
+        producer_linger_ms=5,
+        producer_partitioner=Murmur2Partitioner(),
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=settings.standby_replicas,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        # How fast a dead worker's partitions move to the living: Kafka notices after this.
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.session_timeout / 10,
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=4096,
+        autodiscover=False,
+        logging_config=logs.dict_config(settings.log_format, settings.log_level, settings.worker_id),
+        # Requests larger than this are refused with 413 before a handler runs.
+        web_application_options={"middlewares": [correlation_and_problems], "client_max_size": 256 * 1024},
     )
 
 
-orders_topic = _raw_topic(t.ORDERS.name)
-saga_inputs = _raw_topic(t.ORDERS.name, t.ORDER_EVENTS.name)
-order_events_topic = _raw_topic(t.ORDER_EVENTS.name)
-stock_requests_topic = _raw_topic(t.STOCK_REQUESTS.name)
-payment_requests_topic = _raw_topic(t.PAYMENT_REQUESTS.name)
-order_status_topic = _raw_topic(t.ORDER_STATUS.name)
-order_audit_topic = _raw_topic(t.ORDER_AUDIT.name)
-stock_levels_topic = _raw_topic(t.STOCK_LEVELS.name)
-dead_letters_topic = _raw_topic(t.DEAD_LETTERS.name)
+@dataclass
+class Orion:
+    """A worker, as `create_app` built it: what agents and views are given."""
+
+    settings: Settings
+    app: faust.App
+    runtime: Runtime
+    tables: Tables
+    bus: Bus
+    assignment: Assignment
+    # Set by create_app once the agents are registered (the views read the watchdog).
+    agents: Agents | None = field(default=None)
+
+    def source(self, *names: str) -> faust.TopicT:
+        """A topic an agent consumes, read as raw bytes (records.py decodes them)."""
+        return self.app.topic(
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+            partitions=self.settings.partitions,
+        )
+
+
+def create_app(settings: Settings, *, routes: bool = True) -> Orion:
+    """Build a worker from `settings`: the Faust app, its tables, the shared resources, the
+    agents and (unless `routes` is false) the HTTP API and the live feed."""
+    faust_fixes.apply()
+    if not settings.consumer_thread:
+        inline_consumer.apply()
+    logs.per_order.rate = settings.log_order_lines
+    app = faust_app(settings)
+    orion = Orion(
+        settings=settings, app=app, runtime=Runtime(settings), tables=create_tables(app, settings.partitions),
+        bus=Bus(lambda: app.producer, settings.partitions), assignment=Assignment(app),
+    )
+    from . import agents
+
+    orion.agents = agents.register(orion)
+    if routes:
+        from . import web
+
+        web.register(orion, orion.agents)
+    return orion

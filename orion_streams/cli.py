@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .config import DEV_JWT_SECRET, Settings
 
@@ -77,12 +78,9 @@ def _prepare(settings: Settings, *, seed: bool) -> None:
 
 
 def run_worker(settings: Settings, loglevel: str | None = None) -> None:
-    """Start one Faust worker in this process (blocks until it stops)."""
-    os.environ["ORION_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
-    os.environ["ORION_DATABASE_URL"] = settings.database_url
-    os.environ["ORION_SMTP_URL"] = settings.smtp_url
+    """Build a worker from `settings` and run it in this process (blocks until it stops)."""
     if loglevel:
-        os.environ["ORION_LOG_LEVEL"] = loglevel
+        settings = settings.with_changes(log_level=loglevel.lower())
     # Before the app exists: Faust takes the event loop when the app is built.
     if settings.event_loop == "uvloop":
         import mode.loop
@@ -92,29 +90,33 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
         # The projection's process counts its metrics (dead letters, database) where the
         # worker's /metrics reads them.
         _share_metrics(settings.state_dir / "metrics" / settings.worker_id)
-    from . import (
-        agents,  # noqa: F401  (registers the agents)
-        tracing,
-    )
-    from .app import app
-    from .web import apikeys, notifications, openapi, views, ws  # noqa: F401  (registers the views, /v1/ws and its feed)
+    from . import tracing
+    from .app import create_app
+    from .bootstrap import tune_gc
 
-    # A bad JWT configuration stops the worker now rather than failing every request.
-    views.verifier()
+    # A bad JWT configuration stops the worker here rather than failing every request.
+    app = create_app(settings).app
     tracing.configure("orion-worker", settings.worker_id)
     # Faust creates only the last level of its data directory.
     Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
-    level = (loglevel or settings.log_level).lower()
     # JSON logs are for machines: no banner on stdout between the lines.
     quiet = ["--quiet"] if settings.log_format == "json" else []
-    from .bootstrap import tune_gc
-
     tune_gc()
-    sys.argv = [
-        "orion", *quiet, "worker", "--loglevel", level,
+    _faust_main(app, [
+        *quiet, "worker", "--loglevel", settings.log_level,
         "--web-host", settings.web_host, "--web-port", str(settings.web_port),
-    ]
-    app.main()
+    ])
+
+
+def _faust_main(app: Any, args: list[str]) -> None:
+    """What `app.main()` does, with the command line given here instead of read from
+    sys.argv."""
+    from faust.cli.faust import cli
+
+    app.finalize()
+    app.worker_init()
+    app.worker_init_post_autodiscover()
+    cli.main(args=args, prog_name="orion", app=app)
 
 
 @contextlib.contextmanager
@@ -151,13 +153,7 @@ def _mailer_process(settings: Settings) -> Iterator[None]:
     """`orion mailer` beside the worker, stopped when the worker stops."""
     import subprocess
 
-    env = {
-        **os.environ,
-        "ORION_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "ORION_DATABASE_URL": settings.database_url,
-        "ORION_SMTP_URL": settings.smtp_url,
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "orion_streams.cli", "mailer"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "orion_streams.cli", "mailer"], env={**os.environ, **settings.to_env()})
     try:
         yield
     finally:
@@ -272,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("ORION_DATABASE_URL must be set for a projection")
         from .agents.projection import main as projection_main
 
-        projection_main()
+        projection_main(settings)
     elif args.command == "apikey":
         if not settings.database_url:
             parser.error("ORION_DATABASE_URL must be set")

@@ -149,6 +149,22 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise ValueError("; ".join(_problem(error) for error in exc.errors())) from None
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ORION_* variables, for a child process to read back with
+        `from_env` (None is left out: the default)."""
+        out = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = str(value)
+            out[f"{ENV_PREFIX}{name.upper()}"] = text
+        return out
+
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some settings changed (checked like the others)."""
         return type(self).model_validate({**self.model_dump(), **changes})

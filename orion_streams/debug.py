@@ -31,9 +31,7 @@ def dump_tasks() -> None:
     log.warning("asyncio tasks:\n%s", "\n".join(lines))
 
 
-def dump_consumer() -> None:
-    from .app import app
-
+def dump_consumer(app: Any) -> None:
     faust_consumer: Any = app.consumer
     try:
         consumer = internals.aiokafka_consumer(faust_consumer)
@@ -50,11 +48,12 @@ def dump_consumer() -> None:
         log.warning("could not inspect consumer: %r", exc)
 
 
-def install() -> None:
+def install(app: Any) -> None:
+    """SIGUSR1 logs the consumer's state and every asyncio task of `app`'s worker."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGUSR1, dump_all)
+    loop.add_signal_handler(signal.SIGUSR1, dump_all, app)
 
 
-def dump_all() -> None:
-    dump_consumer()
+def dump_all(app: Any) -> None:
+    dump_consumer(app)
     dump_tasks()

@@ -173,7 +173,12 @@ def multiprocess_dir() -> str | None:
 
 
 def register_collector(collector: Collector) -> None:
-    """A collector that reads this process's state when scraped."""
+    """A collector that reads this process's state when scraped; it replaces one of its
+    class registered before (an app built again in the same process)."""
+    for old in [c for c in _local if type(c) is type(collector)]:
+        _local.remove(old)
+        if multiprocess_dir() is None:
+            REGISTRY.unregister(old)
     _local.append(collector)
     if multiprocess_dir() is None:
         REGISTRY.register(collector)

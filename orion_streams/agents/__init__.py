@@ -1,5 +1,38 @@
 """Thin agent loops: decode, apply the domain, send, then write the table."""
 
-from . import lifecycle, notify, observability, payment, projection, reservation, saga, watchdog
+from __future__ import annotations
 
-__all__ = ["lifecycle", "notify", "observability", "payment", "projection", "reservation", "saga", "watchdog"]
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..app import Orion
+    from .payment import PaymentAgent
+    from .projection import ProjectionRunner
+    from .reservation import ReservationAgent
+    from .saga import SagaAgent
+    from .watchdog import Watchdog
+
+
+@dataclass(frozen=True)
+class Agents:
+    """A worker's agents and the services beside them, as `register` added them."""
+
+    saga: SagaAgent
+    reservation: ReservationAgent
+    payment: PaymentAgent
+    projection: ProjectionRunner
+    watchdog: Watchdog
+
+
+def register(orion: Orion) -> Agents:
+    """Add the worker's agents, timers and services to its app."""
+    from . import lifecycle, observability, payment, projection, reservation, saga, watchdog
+
+    agents = Agents(
+        saga=saga.register(orion), reservation=reservation.register(orion), payment=payment.register(orion),
+        projection=projection.register(orion), watchdog=watchdog.register(orion),
+    )
+    lifecycle.register(orion)
+    observability.register(orion, agents)
+    return agents

@@ -16,7 +16,6 @@ from aiokafka.errors import KafkaError
 
 from .. import logs, metrics, records, tracing
 from .. import topics as t
-from ..app import app, dead_letters_topic, settings
 from ..domain.retry import Backoff
 from ..domain.saga import Clock
 from ..partitioner import partition_for as partition_for  # the agents take it from here
@@ -102,16 +101,68 @@ def identity(event: Any) -> list[tuple[str, bytes]]:
     return make_headers(header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER))
 
 
-async def enqueue(sends: Iterable[tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]]) -> list[Any]:
-    """Hand messages to the producer, in order; returns the futures of their acks (each
-    resolves to where the message landed: RecordMetadata topic, partition, offset)."""
-    # Straight to the producer: Faust's Topic.send wraps each record in a pending message
-    # with sensors and callbacks, a fifth of the CPU of a send (bench/hotpath.py profiles).
-    producer = app.producer
-    return [
-        await producer.send(topic.get_topic_name(), key.encode(), records.encode(message), None, None, headers)
-        for topic, key, message, headers in sends
-    ]
+# A message to send: topic name, key, the message, headers.
+Send = tuple[str, str, Any, list[tuple[str, bytes]]]
+# Sends a dead letter (key, value, headers) and waits for the broker's acknowledgement.
+DeadLetterSend = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+
+
+class Bus:
+    """How the agents and views reach Kafka: the worker's producer (Faust's, which exists
+    once the app runs; `producer` is asked each time) and the topics' partition count."""
+
+    def __init__(self, producer: Callable[[], Any], partitions: int) -> None:
+        self._producer = producer
+        self.partitions = partitions
+
+    @property
+    def producer(self) -> Any:
+        return self._producer()
+
+    async def enqueue(self, sends: Iterable[Send]) -> list[Any]:
+        """Hand messages to the producer, in order; returns the futures of their acks (each
+        resolves to where the message landed: RecordMetadata topic, partition, offset)."""
+        # Straight to the producer: Faust's Topic.send wraps each record in a pending
+        # message with sensors and callbacks, a fifth of the CPU of a send (bench/hotpath.py).
+        producer = self.producer
+        return [
+            await producer.send(topic, key.encode(), records.encode(message), None, None, headers)
+            for topic, key, message, headers in sends
+        ]
+
+    async def send_raw(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
+                       partition: int | None = None) -> None:
+        """Send bytes as they are and wait for the broker."""
+        await (await self.producer.send(topic, key, value, partition, None, headers))
+
+    async def send_dead_letter(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        await self.send_raw(t.DEAD_LETTERS.name, key, value, headers)
+
+    async def dead_letter(self, event: Any, reason: str, *, kind: str) -> None:
+        """Park a message that cannot be processed (see `dead_letter`)."""
+        await dead_letter(event, reason, kind=kind, send=self.send_dead_letter)
+
+
+class Assignment:
+    """The partitions this worker owns, as Faust's assignor has them."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    def recovered(self) -> bool:
+        """The tables' recovery is complete (as of the last rebalance)."""
+        app: Any = self._app
+        return bool(app.tables.recovery.completed.is_set())
+
+    def settled(self) -> bool:
+        """No rebalance under way and the tables recovered: the assignment can be trusted."""
+        return not self._app.rebalancing and self.recovered()
+
+    def owned(self, topic: str) -> set[int] | None:
+        """The partitions of `topic` this worker owns, or None while it is not settled."""
+        if not self.settled():
+            return None
+        return {tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic}
 
 
 # What agents send goes out as batch records (records.encode_batch): the events they publish
@@ -168,7 +219,6 @@ def position(event: Any) -> Any:
     return [msg.offset, msg.index] if isinstance(msg, ItemWhere) else msg.offset
 
 
-Send = tuple[faust.TopicT, str, Any, list[tuple[str, bytes]]]
 # Told where a sent message landed (its RecordMetadata), once the broker has it.
 OnSent = Callable[[Any], None]
 
@@ -182,23 +232,24 @@ class Outbox:
     only after `flush`), the sends repeat, and every consumer dedupes them.
     """
 
-    def __init__(self, *tables: Any) -> None:
+    def __init__(self, bus: Bus, *tables: Any) -> None:
+        self.bus = bus
         self.sends: list[Send | None] = []
         self.on_sent: list[OnSent | None] = []
         self.tables = tables
         self._latest: dict[tuple[str, str], int] = {}
 
     def send(
-        self, topic: faust.TopicT, key: str, message: Any, headers: list[tuple[str, bytes]],
+        self, topic: str, key: str, message: Any, headers: list[tuple[str, bytes]],
         on_sent: OnSent | None = None,
     ) -> None:
         self.sends.append((topic, key, message, headers))
         self.on_sent.append(on_sent)
 
-    def send_latest(self, topic: faust.TopicT, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
+    def send_latest(self, topic: str, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
         """Send a state that supersedes the earlier ones of `key` (a stock level with its
         version): only the last of the batch goes out, in the place of the last."""
-        slot = (topic.get_topic_name(), key)
+        slot = (topic, key)
         earlier = self._latest.get(slot)
         if earlier is not None:
             self.sends[earlier] = None
@@ -220,19 +271,18 @@ class Outbox:
         # One batch record per topic and partition, its items in send order.
         batches: dict[tuple[str, int], list[tuple[str, bytes, list[tuple[str, bytes]], OnSent | None]]] = {}
         singles, single_callbacks = [], []
-        for (topic, key, message, headers), callback in kept:
-            name = topic.get_topic_name()
+        for (name, key, message, headers), callback in kept:
             if name in BATCHED_TOPICS:
-                slot = (name, partition_for(key, settings.partitions))
+                slot = (name, partition_for(key, self.bus.partitions))
                 batches.setdefault(slot, []).append((key, records.encode(message), headers, callback))
             else:
-                singles.append((topic, key, message, headers))
+                singles.append((name, key, message, headers))
                 single_callbacks.append(callback)
-        futures: list[Any] = await enqueue(singles)
+        futures: list[Any] = await self.bus.enqueue(singles)
         for single, callback in zip(futures, single_callbacks, strict=True):
             if callback is not None:
                 single.add_done_callback(_tell(callback))
-        producer = app.producer
+        producer = self.bus.producer
         # Published events before requests and answers; all acknowledged before the table
         # changes are written.
         for (name, partition), items in sorted(batches.items(), key=lambda kv: _SEND_ORDER[kv[0][0]]):
@@ -325,7 +375,7 @@ Housekeeping = Callable[[Outbox], Awaitable[None]]
 
 
 async def handle_in_batches(
-    stream: faust.StreamT[bytes], handle: Handler, *tables: Any, what: str,
+    stream: faust.StreamT[bytes], handle: Handler, bus: Bus, *tables: Any, what: str,
     housekeeping: Housekeeping | None = None, every: float = 1.0,
 ) -> None:
     """The loop of a table-writing agent: events in order, acknowledged only after the
@@ -338,7 +388,7 @@ async def handle_in_batches(
     is the agent itself (the single writer of its tables) that does it.
     """
     manual = stream.noack()  # type: ignore[attr-defined]
-    outbox = Outbox(*tables)
+    outbox = Outbox(bus, *tables)
     pending: list[faust.EventT[bytes]] = []
     handled = 0  # messages in `pending` (a batch record carries many)
     lock = asyncio.Lock()
@@ -427,7 +477,7 @@ async def handle_in_batches(
         except Exception:
             # A bug must not wedge the partition forever; the message is parked with why.
             log.exception("%s failed on %s", what, message.message.tp)
-            await dead_letter(message, f"internal error in the {what}", kind="internal_error")
+            await bus.dead_letter(message, f"internal error in the {what}", kind="internal_error")
 
     quiet = asyncio.ensure_future(flush_when_quiet())
     try:
@@ -439,7 +489,7 @@ async def handle_in_batches(
                     messages = unpack(event)
                 except records.BadRecord as exc:
                     messages = []
-                    await dead_letter(event, str(exc), kind="bad_record")
+                    await bus.dead_letter(event, str(exc), kind="bad_record")
                 for message in messages:
                     await one(message)
                 pending.append(event)
@@ -460,16 +510,12 @@ async def handle_in_batches(
             log.warning("%s: %d handled event(s) not acknowledged at stop: %r", what, len(pending), exc)
 
 
-# Sends a dead letter (key, value, headers) and waits for the broker's acknowledgement.
-DeadLetterSend = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
-
-
-async def dead_letter(event: Any, reason: str, *, kind: str, send: DeadLetterSend | None = None) -> None:
+async def dead_letter(event: Any, reason: str, *, kind: str, send: DeadLetterSend) -> None:
     """Park a message that cannot be processed, with why and where it came from.
 
     `kind` is a fixed class of the reason (bad_record, invalid_order, wrong_key, ...) for
-    metrics and alerts; `reason` is the words for people. `send` is for a process without
-    the Faust app's producer (the projection's own process)."""
+    metrics and alerts; `reason` is the words for people; `send` takes the dead letter to
+    Kafka (the worker's producer, or the projection process's own)."""
     msg = event.message
     if isinstance(event.value, bytes):
         raw = event.value
@@ -495,11 +541,7 @@ async def dead_letter(event: Any, reason: str, *, kind: str, send: DeadLetterSen
         "dead-lettered %s[%d]@%d (%s): %s", msg.topic, msg.partition, msg.offset, kind, reason,
         extra={"correlation_id": correlation, "reason_class": kind},
     )
-    if send is not None:
-        await send(key, value, headers)
-        return
-    fut = await dead_letters_topic.send(key=key, value=value, headers=headers)
-    await fut
+    await send(key, value, headers)
 
 
 def key_text(event: Any) -> str:

@@ -11,24 +11,29 @@ slow or failing mail server never holds up the stream, and mailers scale on thei
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import faust
 
 from .. import logs, tracing
-from ..app import runtime, settings
 from ..domain import events as e
 from ..domain import notifications as domain
 from .common import CORRELATION_HEADER, header
 
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..domain.catalog import Catalog
+
 log = logging.getLogger("orion.email")
 
 
-class Queued:
+class Emails:
     """The emails one batch of events asks for; the projection queues them in the
     transaction that writes the batch (agents/projection.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings, catalog: Callable[[], Catalog]) -> None:
+        self.settings, self.catalog = settings, catalog
         self.items: list[domain.Notification] = []
 
     def take(self) -> list[domain.Notification]:
@@ -43,27 +48,22 @@ class Queued:
                                 notification_id=note.id):
                     log.info("email %s queued", note.template)
 
+    def _name(self, sku: str) -> str | None:
+        product = self.catalog().get(sku)
+        return product.name if product is not None else None
 
-batch = Queued()
-
-
-def _name(sku: str) -> str | None:
-    product = runtime.catalog.get(sku)
-    return product.name if product is not None else None
-
-
-def collect(event: faust.EventT[bytes], message: Any) -> None:
-    """The email a decoded order-status or stock-levels record asks for, if any."""
-    match message:
-        case e.OrderStatusChanged():
-            note = domain.for_status_change(message, _name, header(event, CORRELATION_HEADER))
-        case e.LowStockDetected():
-            note = domain.for_low_stock(message, _name(message.sku), settings.alert_emails)
-        case _:
-            note = None
-    if note is not None:
-        if tracing.enabled():
-            with tracing.span("email agent", attributes={"orion.email.template": note.template}):
-                batch.items.append(note)
-        else:
-            batch.items.append(note)
+    def collect(self, event: faust.EventT[bytes], message: Any) -> None:
+        """The email a decoded order-status or stock-levels record asks for, if any."""
+        match message:
+            case e.OrderStatusChanged():
+                note = domain.for_status_change(message, self._name, header(event, CORRELATION_HEADER))
+            case e.LowStockDetected():
+                note = domain.for_low_stock(message, self._name(message.sku), self.settings.alert_emails)
+            case _:
+                note = None
+        if note is not None:
+            if tracing.enabled():
+                with tracing.span("email agent", attributes={"orion.email.template": note.template}):
+                    self.items.append(note)
+            else:
+                self.items.append(note)

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -31,13 +31,11 @@ from aiokafka.errors import KafkaError
 from .. import logs, metrics, records, tracing
 from .. import topics as t
 from ..adapters.postgres import AuditContext
-from ..app import app, runtime, settings
-from ..bootstrap import tune_gc
+from ..bootstrap import Runtime, tune_gc
 from ..domain import events as e
 from ..domain.retry import Backoff
 from ..faust_fixes import FETCH_MAX_WAIT_MS
 from ..partitioner import Murmur2Partitioner
-from . import notify
 from .common import (
     ACTOR_HEADER,
     CORRELATION_HEADER,
@@ -48,6 +46,11 @@ from .common import (
     unpack,
     until_done,
 )
+from .notify import Emails
+
+if TYPE_CHECKING:
+    from ..app import Orion
+    from ..config import Settings
 
 log = logging.getLogger("orion.projection")
 TOPICS = (t.ORDER_STATUS.name, t.ORDER_AUDIT.name, t.STOCK_LEVELS.name)
@@ -63,7 +66,7 @@ def pause_before_batch(began: float, full: bool, interval: float, now: float) ->
     return 0.0 if full else max(0.0, began + interval - now)
 
 
-def group_id() -> str:
+def group_id(settings: Settings) -> str:
     """The projection's consumer group: the app's id with -projection."""
     return f"{settings.app_id}-projection"
 
@@ -72,7 +75,8 @@ class Projection:
     """One batch of events bound for PostgreSQL. `written()` makes it one transaction, so
     the batch loop acknowledges the events only once they are in the database."""
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime, emails: Emails) -> None:
+        self.runtime, self.emails = runtime, emails
         self._reset()
 
     def _reset(self) -> None:
@@ -84,7 +88,7 @@ class Projection:
 
     async def written(self) -> None:
         """The batch and the emails it asks for, in one transaction."""
-        emails = notify.batch.take()
+        emails = self.emails.take()
         if self.statuses or self.audit or self.levels or self.adjustments or emails:
             with tracing.span(
                 "projection write",
@@ -98,17 +102,14 @@ class Projection:
                 if logs.per_order.allow():
                     with logs.bound(correlation_id=cid, order_id=change.order_id):
                         log.info("stored order status %s (version %d)", change.status.value, change.version)
-            notify.batch.logged(emails, added)
+            self.emails.logged(emails, added)
         self._reset()
 
     async def _write(self, emails: list[Any]) -> set[str]:
-        store = runtime.store
+        store = self.runtime.store
         async with store.engine.begin() as conn:
             await store.project_in(conn, self.statuses, self.audit, self.levels, self.adjustments)
-            return set(await runtime.notifications.enqueue_in(conn, emails))
-
-
-batch = Projection()
+            return set(await self.runtime.notifications.enqueue_in(conn, emails))
 
 
 @dataclass(slots=True)
@@ -130,85 +131,92 @@ class Received:
     message: _Where
 
 
-async def handle_event(event: Any, send: DeadLetterSend | None = None) -> None:
-    try:
-        message = records.decode(event.value)
-    except records.BadRecord as exc:
-        await dead_letter(event, str(exc), kind="bad_record", send=send)
-        return
-    match message:
-        case e.OrderStatusChanged():
-            correlation_id = header(event, CORRELATION_HEADER)
-            batch.statuses.append(message)
-            batch.correlation_ids.append(correlation_id)
-            if message.audit:
-                ctx = AuditContext(correlation_id, header(event, ACTOR_HEADER), header(event, ROLES_HEADER))
-                batch.audit.extend((entry, ctx) for entry in message.audit)
-        case e.AuditEntry():
-            ctx = AuditContext(
-                header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER)
-            )
-            batch.audit.append((message, ctx))
-        case e.StockLevelChanged():
-            batch.levels.append(message)
-        case e.StockAdjusted() | e.AdjustmentRejected():
-            batch.adjustments.append(message)
-        case e.LowStockDetected():
-            pass  # alerts are the emails' and the websocket's business
-        case _:
-            await dead_letter(event, f"{type(message).__name__} is not projected", kind="wrong_topic", send=send)
+class Projector:
+    """Reads consumed records into the batch; a record that cannot be projected is parked
+    (dead-lettered through `send`) with why."""
+
+    def __init__(self, batch: Projection, send: DeadLetterSend) -> None:
+        self.batch, self.send = batch, send
+
+    async def handle_event(self, event: Any) -> None:
+        try:
+            message = records.decode(event.value)
+        except records.BadRecord as exc:
+            await dead_letter(event, str(exc), kind="bad_record", send=self.send)
             return
-    notify.collect(event, message)
+        match message:
+            case e.OrderStatusChanged():
+                correlation_id = header(event, CORRELATION_HEADER)
+                self.batch.statuses.append(message)
+                self.batch.correlation_ids.append(correlation_id)
+                if message.audit:
+                    ctx = AuditContext(correlation_id, header(event, ACTOR_HEADER), header(event, ROLES_HEADER))
+                    self.batch.audit.extend((entry, ctx) for entry in message.audit)
+            case e.AuditEntry():
+                ctx = AuditContext(
+                    header(event, CORRELATION_HEADER), header(event, ACTOR_HEADER), header(event, ROLES_HEADER)
+                )
+                self.batch.audit.append((message, ctx))
+            case e.StockLevelChanged():
+                self.batch.levels.append(message)
+            case e.StockAdjusted() | e.AdjustmentRejected():
+                self.batch.adjustments.append(message)
+            case e.LowStockDetected():
+                pass  # alerts are the emails' and the websocket's business
+            case _:
+                await dead_letter(event, f"{type(message).__name__} is not projected", kind="wrong_topic", send=self.send)
+                return
+        self.batch.emails.collect(event, message)
 
 
-async def _handle(record: Any, send: DeadLetterSend | None) -> None:
-    """A consumed record: a batch record's items one by one, else the record itself."""
-    event: Any = Received(record.key, record.value, record.headers,
-                          _Where(record.topic, record.partition, record.offset, record.timestamp))
-    try:
-        messages = unpack(event)
-    except records.BadRecord as exc:
-        await dead_letter(event, str(exc), kind="bad_record", send=send)
-        return
-    for message in messages:
-        await _handle_one(message, send)
+    async def handle(self, record: Any) -> None:
+        """A consumed record: a batch record's items one by one, else the record itself."""
+        event: Any = Received(record.key, record.value, record.headers,
+                              _Where(record.topic, record.partition, record.offset, record.timestamp))
+        try:
+            messages = unpack(event)
+        except records.BadRecord as exc:
+            await dead_letter(event, str(exc), kind="bad_record", send=self.send)
+            return
+        for message in messages:
+            await self._handle_one(message)
 
 
-async def _handle_one(event: Any, send: DeadLetterSend | None) -> None:
-    where = event.message
-    try:
-        with logs.bound(correlation_id=header(event, CORRELATION_HEADER)):
-            if tracing.enabled():
-                with tracing.span("projection", "consumer", attributes={
-                    "messaging.system": "kafka", "messaging.destination.name": where.topic,
-                    "messaging.destination.partition.id": str(where.partition),
-                    "messaging.kafka.offset": where.offset,
-                }):
-                    await handle_event(event, send)
-            else:
-                await handle_event(event, send)
-    except Exception:
-        # A bug must not wedge the partition forever; the message is parked with why.
-        log.exception("projection failed on %s[%d]@%d", where.topic, where.partition, where.offset)
-        await dead_letter(event, "internal error in the projection", kind="internal_error", send=send)
+    async def _handle_one(self, event: Any) -> None:
+        where = event.message
+        try:
+            with logs.bound(correlation_id=header(event, CORRELATION_HEADER)):
+                if tracing.enabled():
+                    with tracing.span("projection", "consumer", attributes={
+                        "messaging.system": "kafka", "messaging.destination.name": where.topic,
+                        "messaging.destination.partition.id": str(where.partition),
+                        "messaging.kafka.offset": where.offset,
+                    }):
+                        await self.handle_event(event)
+                else:
+                    await self.handle_event(event)
+        except Exception:
+            # A bug must not wedge the partition forever; the message is parked with why.
+            log.exception("projection failed on %s[%d]@%d", where.topic, where.partition, where.offset)
+            await dead_letter(event, "internal error in the projection", kind="internal_error", send=self.send)
 
 
 class Consumer:
     """The projection's consumer loop; reconnects with backoff whatever goes wrong."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime, projector: Projector) -> None:
+        self.settings, self.runtime, self.projector = settings, runtime, projector
         self.consumer: AIOKafkaConsumer | None = None
         self.committed: dict[TopicPartition, int] = {}
-        # Dead letters go through the Faust app's producer, or this in a process of its own.
-        self.dead_letters: DeadLetterSend | None = None
 
     async def run(self) -> None:
-        await runtime.ready()
+        settings = self.settings
+        await self.runtime.ready()
         backoff = Backoff(0.5, 30.0)
         while True:
             consumer = AIOKafkaConsumer(
-                *TOPICS, bootstrap_servers=settings.kafka_bootstrap, group_id=group_id(),
-                client_id=f"{group_id()}-{settings.worker_id}", enable_auto_commit=False,
+                *TOPICS, bootstrap_servers=settings.kafka_bootstrap, group_id=group_id(settings),
+                client_id=f"{group_id(settings)}-{settings.worker_id}", enable_auto_commit=False,
                 auto_offset_reset="earliest", max_poll_records=BATCH_SIZE, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                 session_timeout_ms=int(settings.session_timeout * 1000),
                 heartbeat_interval_ms=max(100, int(settings.session_timeout * 100)),
@@ -232,7 +240,7 @@ class Consumer:
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         began, full = 0.0, False
         while True:
-            pause = pause_before_batch(began, full, settings.projection_interval, time.monotonic())
+            pause = pause_before_batch(began, full, self.settings.projection_interval, time.monotonic())
             if pause > 0:
                 await asyncio.sleep(pause)  # the next records gather in the fetcher meanwhile
             got = await consumer.getmany(timeout_ms=1000, max_records=BATCH_SIZE)
@@ -241,8 +249,8 @@ class Consumer:
             began, full = time.monotonic(), sum(len(rs) for rs in got.values()) >= BATCH_SIZE
             for records_of_tp in got.values():
                 for record in records_of_tp:
-                    await _handle(record, self.dead_letters)
-            await batch.written()
+                    await self.projector.handle(record)
+            await self.projector.batch.written()
             offsets = {tp: rs[-1].offset + 1 for tp, rs in got.items() if rs}
             try:
                 await consumer.commit(offsets)
@@ -264,8 +272,6 @@ class Consumer:
         return out
 
 
-consumer = Consumer()
-
 
 # -- the projection's own process (ORION_PROJECTION=process) ---------------------------------
 
@@ -279,7 +285,8 @@ class Child:
     stops, and the kernel kills it if the worker dies (no orphan keeps consuming). The child
     reports its lag once a second over a pipe; the worker's /metrics shows it as before."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.proc: asyncio.subprocess.Process | None = None
         self.reported: dict[TopicPartition, int] = {}
 
@@ -302,7 +309,7 @@ class Child:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "orion_streams.cli", "projection",
-                env={**os.environ, REPORT_FD_ENV: str(write_fd)}, pass_fds=(write_fd,),
+                env={**os.environ, **self.settings.to_env(), REPORT_FD_ENV: str(write_fd)}, pass_fds=(write_fd,),
                 stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
             )
         except BaseException:
@@ -367,40 +374,65 @@ def _die_with_parent() -> None:
         _PRCTL(1, signal.SIGKILL)
 
 
-child = Child()
+def consumer_for(settings: Settings, runtime: Runtime, dead_letters: DeadLetterSend) -> Consumer:
+    """A projection consumer writing through `runtime`, parking records with `dead_letters`."""
+    batch = Projection(runtime, Emails(settings, lambda: runtime.catalog))
+    return Consumer(settings, runtime, Projector(batch, dead_letters))
 
 
-def lag() -> dict[TopicPartition, int]:
-    """Records the projection has not written yet, per partition it owns in this worker."""
-    return child.reported if settings.projection == "process" else consumer.lag()
+class ProjectionRunner:
+    """This worker's projection, where ORION_PROJECTION says: on the worker's loop
+    (inline), in a child process (process) or nowhere (off)."""
+
+    def __init__(self, settings: Settings, consumer: Consumer) -> None:
+        self.settings, self.consumer = settings, consumer
+        self.child = Child(settings)
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records the projection has not written yet, per partition it owns in this worker."""
+        return self.child.reported if self.settings.projection == "process" else self.consumer.lag()
+
+    async def run(self) -> None:
+        if self.settings.projection == "inline":
+            await self.consumer.run()
+        elif self.settings.projection == "process":
+            await self.child.run()
 
 
-@app.service
 class ProjectionService(mode.Service):
-    """Runs this worker's projection where ORION_PROJECTION says; mode cancels it when the
-    worker stops."""
+    """Runs the projection; mode cancels it when the worker stops."""
+
+    def __init__(self, runner: ProjectionRunner, **kwargs: Any) -> None:
+        self.runner = runner
+        super().__init__(**kwargs)
 
     @mode.Service.task
     async def _consume(self) -> None:
-        if settings.projection == "inline":
-            await consumer.run()
-        elif settings.projection == "process":
-            await child.run()
+        await self.runner.run()
 
     async def on_stop(self) -> None:
-        await child.stop()
+        await self.runner.child.stop()
+
+
+def register(orion: Orion) -> ProjectionRunner:
+    """This worker's projection, started with the app's services (after table recovery)."""
+    runner = ProjectionRunner(orion.settings, consumer_for(orion.settings, orion.runtime, orion.bus.send_dead_letter))
+    orion.app.service(cast(Any, ProjectionService(runner, beacon=orion.app.beacon)))
+    return runner
 
 
 class _DeadLetters:
     """Dead letters of the projection's own process, through a producer of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.producer: AIOKafkaProducer | None = None
 
     async def __call__(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         if self.producer is None:
+            settings = self.settings
             producer = AIOKafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap, acks="all", client_id=f"{group_id()}-{settings.worker_id}",
+                bootstrap_servers=settings.kafka_bootstrap, acks="all", client_id=f"{group_id(settings)}-{settings.worker_id}",
                 partitioner=Murmur2Partitioner(),
             )
             await producer.start()
@@ -412,7 +444,7 @@ class _DeadLetters:
             await self.producer.stop()
 
 
-def main() -> None:
+def main(settings: Settings) -> None:
     """`orion projection`: the projection in this process until SIGTERM or SIGINT (the
     worker runs it so; run it yourself beside workers started with ORION_PROJECTION=off)."""
     logs.configure(settings.log_format, settings.log_level, settings.worker_id)
@@ -422,20 +454,21 @@ def main() -> None:
 
         uvloop.install()
     tune_gc()
-    asyncio.run(_serve())
+    asyncio.run(_serve(settings))
 
 
-async def _serve() -> None:
+async def _serve(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    dead_letters = _DeadLetters()
-    consumer.dead_letters = dead_letters
+    runtime = Runtime(settings)
+    dead_letters = _DeadLetters(settings)
+    consumer = consumer_for(settings, runtime, dead_letters)
     report_fd = int(os.environ[REPORT_FD_ENV]) if os.environ.get(REPORT_FD_ENV) else None
-    tasks = [asyncio.ensure_future(consumer.run()), asyncio.ensure_future(_refresh_catalog())]
+    tasks = [asyncio.ensure_future(consumer.run()), asyncio.ensure_future(_refresh_catalog(runtime))]
     if report_fd is not None:
-        tasks.append(asyncio.ensure_future(_report(report_fd, stop)))
+        tasks.append(asyncio.ensure_future(_report(report_fd, stop, consumer)))
     try:
         await stop.wait()
     finally:
@@ -448,7 +481,7 @@ async def _serve() -> None:
         await asyncio.to_thread(tracing.shutdown)
 
 
-async def _report(fd: int, stop: asyncio.Event) -> None:
+async def _report(fd: int, stop: asyncio.Event, consumer: Consumer) -> None:
     """Tell the worker this process's lag once a second; stop when the worker is gone."""
     while True:
         line = json.dumps({"lag": [[tp.topic, tp.partition, n] for tp, n in consumer.lag().items()]})
@@ -460,7 +493,7 @@ async def _report(fd: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)  # a report interval, not a wait for a condition
 
 
-async def _refresh_catalog() -> None:
+async def _refresh_catalog(runtime: Runtime) -> None:
     """Product names for the emails, refreshed as the worker refreshes its catalog."""
     while True:
         await asyncio.sleep(30.0)  # the refresh interval

@@ -12,24 +12,13 @@ import logging
 import time
 from collections.abc import Hashable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
 
 from .. import logs, metrics, records
 from .. import topics as t
-from ..app import (
-    app,
-    order_audit_topic,
-    order_status_topic,
-    orders_topic,
-    payment_requests_topic,
-    runtime,
-    saga_inputs,
-    settings,
-    stock_requests_topic,
-)
 from ..domain import commands as c
 from ..domain import events as e
 from ..domain import saga as domain
@@ -39,14 +28,14 @@ from ..domain.values import evolve
 from ..services.outstanding import OutstandingRequests
 from ..services.payment_timing import PaymentTiming
 from ..services.retirement import RetirementQueue
-from ..tables import sagas
 from .common import (
     ACTOR_HEADER,
     CORRELATION_HEADER,
     ROLES_HEADER,
     UNIDENTIFIED,
+    Assignment,
+    Bus,
     Outbox,
-    dead_letter,
     dropped_headers,
     handle_in_batches,
     header,
@@ -57,145 +46,30 @@ from .common import (
     until_done,
 )
 
+if TYPE_CHECKING:
+    from ..app import Orion
+    from ..bootstrap import Runtime
+    from ..config import Settings
+    from ..tables import DurableTable
+
 log = logging.getLogger("orion.saga")
 
-# Requests of this worker's orders still waiting for an answer, and finished orders to forget.
-waiting = OutstandingRequests(backoff=1.0, max_backoff=300.0)
-retiring = RetirementQueue(settings.order_retention)
-# Whether an order's payment is asked for alongside its reservations.
-timing = PaymentTiming()
-# The partitions whose orders `waiting` and `retiring` cover.
-_tracked: set[int] = set()
 
-
-def _route(message: domain.SagaOutput) -> tuple[faust.TopicT, str]:
+def _route(message: domain.SagaOutput) -> tuple[str, str]:
     match message:
         case c.ReserveLine() | c.ReleaseLine() | c.CommitLine():
-            return stock_requests_topic, message.sku
+            return t.STOCK_REQUESTS.name, message.sku
         case c.AuthorizePayment() | c.VoidPayment():
-            return payment_requests_topic, message.order_id
+            return t.PAYMENT_REQUESTS.name, message.order_id
         case e.OrderStatusChanged():
-            return order_status_topic, message.order_id
+            return t.ORDER_STATUS.name, message.order_id
         case e.AuditEntry():
-            return order_audit_topic, message.order_id
+            return t.ORDER_AUDIT.name, message.order_id
     raise TypeError(f"no route for {type(message).__name__}")
 
 
 def _request_key(request: domain.Request) -> Hashable:
     return (request.order_id, type(request).__name__, getattr(request, "sku", ""))
-
-
-def _send_request(outbox: Outbox, request: domain.Request, headers: list[tuple[str, bytes]]) -> None:
-    """Send a request and, once the broker has it, wait for its answer."""
-    key, order_id = _request_key(request), request.order_id
-    partition = partition_for(order_id, settings.partitions)
-
-    def sent(metadata: Any) -> None:
-        waiting.sent(key, order_id, (metadata.topic, metadata.partition), metadata.offset, partition, time.monotonic())
-
-    outbox.send(*_route(request), request, headers, on_sent=sent)
-
-
-@app.agent(saga_inputs, concurrency=1)
-async def order_saga(stream: faust.StreamT[bytes]) -> None:
-    """Place, reserve, pay, confirm, compensate: events in order, a batch at a time."""
-    await runtime.ready()
-    await handle_in_batches(stream, handle_event, sagas, what="order saga", housekeeping=housekeeping)
-
-
-async def handle_event(event: Any, outbox: Outbox) -> None:
-    order_id = key_text(event)
-    try:
-        message = records.decode(event.value, runtime.catalog)
-    except records.BadRecord as exc:
-        # A product added since the catalog was loaded is not a bad record: look again.
-        if not isinstance(exc, records.UnknownSku) or not await runtime.refresh_catalog_if_stale():
-            await dead_letter(event, str(exc), kind="bad_record")
-            return
-        try:
-            message = records.decode(event.value, runtime.catalog)
-        except records.BadRecord as again:
-            await dead_letter(event, str(again), kind="bad_record")
-            return
-    correlation_id = header(event, CORRELATION_HEADER)
-    actor = header(event, ACTOR_HEADER)
-    roles = header(event, ROLES_HEADER)
-    if getattr(message, "order_id", None) != order_id:
-        await dead_letter(event, "the message key must equal its order_id", kind="wrong_key")
-        return
-    expected = partition_for(order_id, settings.partitions)
-    if event.message.partition != expected:
-        # A producer used another partitioner (kcat's default is CRC32): move the message
-        # to where murmur2 puts the order, so the saga and the replies share a partition.
-        log.info("re-partitioning %s from %d to %d", order_id, event.message.partition, expected)
-        raw = event.value if isinstance(event.value, bytes) else orjson.dumps(event.value)
-        fut = await orders_topic.send(
-            key=order_id.encode(), value=raw, partition=expected,
-            headers=make_headers(correlation_id, actor, roles),
-        )
-        await fut
-        return
-
-    current = sagas.get(order_id)
-    now_ = now()
-    if isinstance(message, e.OrderPlaced):
-        if current is not None:
-            log.info("duplicate OrderPlaced for %s ignored", order_id)
-            return
-        if _old(event, message, now_.epoch) and await until_done(
-            lambda: runtime.store.order_started(order_id), f"looking up order {order_id}"
-        ):
-            # Older than half the retention: its saga may have been retired already.
-            log.info("OrderPlaced for %s repeats an order decided before; ignored", order_id)
-            return
-        pay_now = settings.pay_with_reservation and timing.pay_now(
-            ((line.sku, line.quantity) for line in message.lines), time.monotonic()
-        )
-        try:
-            saga, outputs = domain.start(message, runtime.catalog, now_, pay_now=pay_now)
-        except ValidationFailed as exc:
-            await dead_letter(event, f"invalid order: {exc}", kind="invalid_order")
-            return
-        correlation_id = correlation_id or message.event_id
-        if not actor:  # a producer that identified nobody is recorded as such
-            actor, roles = UNIDENTIFIED, None
-        if dropped := dropped_headers(event):
-            # Unsafe identity headers were replaced (the event id) or dropped: say so.
-            outputs = [
-                evolve(m, data={**m.data, "headers_dropped": dropped}) if isinstance(m, e.AuditEntry) and m.kind == "OrderPlaced"
-                else m for m in outputs
-            ]
-    else:
-        if isinstance(message, e.LineRejected):
-            timing.rejected(message.sku, message.available, time.monotonic())
-        elif isinstance(message, e.LineReserved):
-            timing.reserved(message.sku)
-        if current is None:
-            await _for_unknown_order(event, message, outbox)
-            return
-        state = current
-        saga, outputs = domain.handle(records.saga_from_value(state["saga"]), message, now_)
-        correlation_id = correlation_id or state.get("correlation_id")
-        if not actor:
-            actor, roles = state.get("actor"), state.get("actor_roles")
-    logs.bind(order_id=order_id, correlation_id=correlation_id)
-    if not outputs:
-        return
-    outputs = _audit_with_status(outputs)
-    headers = make_headers(correlation_id, actor, roles)
-    for m in outputs:
-        if isinstance(m, domain.Request):
-            _send_request(outbox, m, headers)
-        else:
-            outbox.send(*_route(m), m, headers)
-        if isinstance(m, e.OrderStatusChanged):
-            _observe(m, saga, now_)
-    sagas.put(event, order_id, {
-        "saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor, "actor_roles": roles,
-    })
-    waiting.keep_only(order_id, [_request_key(r) for r in domain.outstanding(saga)])
-    if domain.retirable(saga):
-        retiring.ended(order_id, now_.epoch)
 
 
 def _audit_with_status(outputs: list[domain.SagaOutput]) -> list[domain.SagaOutput]:
@@ -210,163 +84,293 @@ def _audit_with_status(outputs: list[domain.SagaOutput]) -> list[domain.SagaOutp
     return [change if m is last else m for m in outputs if not isinstance(m, e.AuditEntry)]
 
 
-def _old(event: Any, placed: e.OrderPlaced, now_epoch: float) -> bool:
-    """Whether an OrderPlaced may repeat an order whose saga was already retired."""
-    horizon = now_epoch - settings.order_retention / 2
-    stamp = event.message.timestamp
-    if stamp is not None and stamp < horizon:
-        return True
-    return bool(placed.placed_at) and _epoch(placed.placed_at) < horizon
-
-
-async def _for_unknown_order(event: Any, message: Any, outbox: Outbox) -> None:
-    """An answer for an order this worker holds no saga for: retired after the retention,
-    so a repeat, or one its OrderPlaced has not reached yet. Units held for a finished (or
-    never known) order go back; other answers change nothing."""
-    match message:
-        case e.LineReserved():
-            status = await until_done(lambda: runtime.store.order_status(message.order_id), "looking up an order")
-            if status is not None and not OrderStatus(status).is_terminal:
-                # In flight: after a takeover the dead worker's answer (order-events) can come
-                # before its OrderPlaced (orders). Giving the units back now would leave the
-                # order, once its saga starts and is answered "held", confirmed on nothing.
-                log.info("units of %s held for order %s, not seen yet (%s): kept", message.sku, message.order_id, status)
-                return
-            log.warning("units of %s held for finished order %s: giving them back", message.sku, message.order_id)
-            outbox.send(stock_requests_topic, message.sku, c.ReleaseLine(message.order_id, message.sku),
-                        make_headers(header(event, CORRELATION_HEADER), "service:orion-saga", "service"))
-        case (e.LineRejected() | e.LineReleased() | e.LineCommitted() | e.PaymentDeclined() | e.PaymentTimedOut()
-              | e.PaymentVoided() | e.PaymentVoidFailed()):
-            log.info("%s for finished order %s: nothing to do", type(message).__name__, message.order_id)
-        case _:
-            await dead_letter(event, f"no order {message.order_id} is known to the saga", kind="unknown_order")
-
-
 # Statuses counted in orion_orders_total, and those that decide an order.
 _COUNTED = frozenset({"CONFIRMED", "FULFILLED", "REJECTED", "PAYMENT_FAILED", "CANCELLED"})
 _DECISIONS = frozenset({"CONFIRMED", "REJECTED", "PAYMENT_FAILED"})
-
-
-def _observe(change: e.OrderStatusChanged, saga: domain.OrderSaga, now_: domain.Clock) -> None:
-    """Log and count a status change; the saga is the one place every order passes."""
-    status = change.status.value
-    if change.previous is None:
-        metrics.ORDERS_PLACED.inc()
-        logs.order_info(log, "order placed: %d line(s); reserving", len(saga.lines))
-    elif change.failure_reason:
-        logs.order_info(log, "order %s -> %s: %s", change.previous.value, status, change.failure_reason)
-    else:
-        logs.order_info(log, "order %s -> %s", change.previous.value, status)
-    if status in _COUNTED:
-        metrics.labelled(metrics.ORDERS, status).inc()
-    if status in _DECISIONS:
-        runtime.admission.decided(time.monotonic())
-        elapsed = max(0.0, now_.epoch - _epoch(saga.created_at))
-        metrics.labelled(metrics.ORDER_DECISION, status).observe(elapsed)
-        if status == "CONFIRMED":
-            metrics.ORDER_CONFIRMATION.observe(elapsed)
 
 
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-# -- housekeeping: adopting partitions, lost requests, retirement ----------------------------
+class SagaAgent:
+    """The saga's handler and housekeeping: the single writer of the `sagas` table.
+
+    Besides the table it keeps, for the orders of this worker's partitions, the requests
+    still waiting for an answer and the finished orders to forget (rebuilt from the table
+    when partitions are assigned)."""
+
+    def __init__(
+        self, settings: Settings, runtime: Runtime, sagas: DurableTable, bus: Bus, assignment: Assignment,
+    ) -> None:
+        self.settings, self.runtime, self.sagas, self.bus, self.assignment = settings, runtime, sagas, bus, assignment
+        # Requests of this worker's orders still waiting for an answer, and finished orders to forget.
+        self.waiting = OutstandingRequests(backoff=1.0, max_backoff=300.0)
+        self.retiring = RetirementQueue(settings.order_retention)
+        # Whether an order's payment is asked for alongside its reservations.
+        self.timing = PaymentTiming()
+        # The partitions whose orders `waiting` and `retiring` cover.
+        self._tracked: set[int] = set()
+
+    def _send_request(self, outbox: Outbox, request: domain.Request, headers: list[tuple[str, bytes]]) -> None:
+        """Send a request and, once the broker has it, wait for its answer."""
+        key, order_id = _request_key(request), request.order_id
+        partition = partition_for(order_id, self.settings.partitions)
+
+        def sent(metadata: Any) -> None:
+            self.waiting.sent(key, order_id, (metadata.topic, metadata.partition), metadata.offset, partition, time.monotonic())
+
+        outbox.send(*_route(request), request, headers, on_sent=sent)
 
 
-def _owned() -> set[int] | None:
-    """The orders partitions this worker owns, or None while a rebalance or table
-    recovery is under way (the table is not to be trusted then)."""
-    if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
-        return None
-    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == t.ORDERS.name}
+    async def handle_event(self, event: Any, outbox: Outbox) -> None:
+        order_id = key_text(event)
+        try:
+            message = records.decode(event.value, self.runtime.catalog)
+        except records.BadRecord as exc:
+            # A product added since the catalog was loaded is not a bad record: look again.
+            if not isinstance(exc, records.UnknownSku) or not await self.runtime.refresh_catalog_if_stale():
+                await self.bus.dead_letter(event, str(exc), kind="bad_record")
+                return
+            try:
+                message = records.decode(event.value, self.runtime.catalog)
+            except records.BadRecord as again:
+                await self.bus.dead_letter(event, str(again), kind="bad_record")
+                return
+        correlation_id = header(event, CORRELATION_HEADER)
+        actor = header(event, ACTOR_HEADER)
+        roles = header(event, ROLES_HEADER)
+        if getattr(message, "order_id", None) != order_id:
+            await self.bus.dead_letter(event, "the message key must equal its order_id", kind="wrong_key")
+            return
+        expected = partition_for(order_id, self.settings.partitions)
+        if event.message.partition != expected:
+            # A producer used another partitioner (kcat's default is CRC32): move the message
+            # to where murmur2 puts the order, so the saga and the replies share a partition.
+            log.info("re-partitioning %s from %d to %d", order_id, event.message.partition, expected)
+            raw = event.value if isinstance(event.value, bytes) else orjson.dumps(event.value)
+            await self.bus.send_raw(
+                t.ORDERS.name, order_id.encode(), raw, make_headers(correlation_id, actor, roles), partition=expected,
+            )
+            return
 
-
-async def housekeeping(outbox: Outbox) -> None:
-    """Once a second, in the agent's own turn: follow the assignment, ask again for what
-    was lost, forget what is finished. Costs in proportion to what moved or is due."""
-    global _tracked
-    owned = _owned()
-    if owned is None:
-        return
-    gone, gained = _tracked - owned, owned - _tracked
-    if gone:
-        waiting.forget_reply_partitions(gone)
-    if gained:
-        await _adopt(gained)
-    _tracked = owned
-    await _chase_lost(outbox)
-    _retire()
-
-
-async def _adopt(partitions: set[int]) -> None:
-    """Orders of newly assigned partitions: register what they wait for (each request lies
-    below its topic's current end offset) and when the finished ones may be forgotten.
-    One pass over the recovered table per assignment, like the recovery itself."""
-    request_tps = [(t.STOCK_REQUESTS.name, p) for p in range(settings.partitions)]
-    request_tps += [(t.PAYMENT_REQUESTS.name, p) for p in partitions]
-    ends = await runtime.end_offsets(request_tps)
-    clock = time.monotonic()
-    adopted = retired = 0
-    for order_id, state in list(sagas.items()):
-        partition = partition_for(order_id, settings.partitions)
-        if not state or partition not in partitions:
-            continue
-        saga = records.saga_from_value(state["saga"])
-        for request in domain.outstanding(saga):
-            topic, key = _route(request)
-            tp = (topic.get_topic_name(), partition_for(key, settings.partitions))
-            waiting.sent(_request_key(request), order_id, tp, ends.get(tp, 0) - 1, partition, clock)
-            adopted += 1
+        current = self.sagas.get(order_id)
+        now_ = now()
+        if isinstance(message, e.OrderPlaced):
+            if current is not None:
+                log.info("duplicate OrderPlaced for %s ignored", order_id)
+                return
+            if self._old(event, message, now_.epoch) and await until_done(
+                lambda: self.runtime.store.order_started(order_id), f"looking up order {order_id}"
+            ):
+                # Older than half the retention: its saga may have been retired already.
+                log.info("OrderPlaced for %s repeats an order decided before; ignored", order_id)
+                return
+            pay_now = self.settings.pay_with_reservation and self.timing.pay_now(
+                ((line.sku, line.quantity) for line in message.lines), time.monotonic()
+            )
+            try:
+                saga, outputs = domain.start(message, self.runtime.catalog, now_, pay_now=pay_now)
+            except ValidationFailed as exc:
+                await self.bus.dead_letter(event, f"invalid order: {exc}", kind="invalid_order")
+                return
+            correlation_id = correlation_id or message.event_id
+            if not actor:  # a producer that identified nobody is recorded as such
+                actor, roles = UNIDENTIFIED, None
+            if dropped := dropped_headers(event):
+                # Unsafe identity headers were replaced (the event id) or dropped: say so.
+                outputs = [
+                    evolve(m, data={**m.data, "headers_dropped": dropped}) if isinstance(m, e.AuditEntry) and m.kind == "OrderPlaced"
+                    else m for m in outputs
+                ]
+        else:
+            if isinstance(message, e.LineRejected):
+                self.timing.rejected(message.sku, message.available, time.monotonic())
+            elif isinstance(message, e.LineReserved):
+                self.timing.reserved(message.sku)
+            if current is None:
+                await self._for_unknown_order(event, message, outbox)
+                return
+            state = current
+            saga, outputs = domain.handle(records.saga_from_value(state["saga"]), message, now_)
+            correlation_id = correlation_id or state.get("correlation_id")
+            if not actor:
+                actor, roles = state.get("actor"), state.get("actor_roles")
+        logs.bind(order_id=order_id, correlation_id=correlation_id)
+        if not outputs:
+            return
+        outputs = _audit_with_status(outputs)
+        headers = make_headers(correlation_id, actor, roles)
+        for m in outputs:
+            if isinstance(m, domain.Request):
+                self._send_request(outbox, m, headers)
+            else:
+                outbox.send(*_route(m), m, headers)
+            if isinstance(m, e.OrderStatusChanged):
+                self._observe(m, saga, now_)
+        self.sagas.put(event, order_id, {
+            "saga": records.saga_to_value(saga), "correlation_id": correlation_id, "actor": actor, "actor_roles": roles,
+        })
+        self.waiting.keep_only(order_id, [_request_key(r) for r in domain.outstanding(saga)])
         if domain.retirable(saga):
-            retiring.ended(order_id, _epoch(saga.updated_at))
-            retired += 1
-    log.info("adopted partitions %s: %d request(s) awaited, %d finished order(s) to retire",
-             sorted(partitions), adopted, retired)
+            self.retiring.ended(order_id, now_.epoch)
 
 
-async def _chase_lost(outbox: Outbox) -> None:
-    """Ask again for requests that were consumed and whose answer the saga has read past."""
-    if not len(waiting):
-        return
-    replies = {(t.ORDER_EVENTS.name, p) for p in _tracked}
-    committed = await runtime.committed_offsets(waiting.request_partitions() | replies)
-    needs = waiting.consumed(committed)
-    if needs:
-        ends = await runtime.end_offsets([(t.ORDER_EVENTS.name, p) for p in needs])
-        waiting.mark({p: ends[(t.ORDER_EVENTS.name, p)] for p in needs if (t.ORDER_EVENTS.name, p) in ends})
-    read = {p: committed.get((t.ORDER_EVENTS.name, p), 0) for p in _tracked}
-    for key in waiting.lost(read, time.monotonic()):
-        order_id = waiting.order_of(key)
-        state = sagas.get(order_id) if order_id is not None else None
-        if order_id is None or state is None:
-            if order_id is not None:
-                waiting.forget_order(order_id)
-            continue
-        saga = records.saga_from_value(state["saga"])
-        wanted = {_request_key(r): r for r in domain.outstanding(saga)}
-        request = wanted.get(key)
-        if request is None:
-            waiting.keep_only(order_id, wanted)
-            continue
-        kind = type(request).__name__
-        with logs.bound(order_id=order_id, correlation_id=state.get("correlation_id")):
-            log.warning("%s of order %s was consumed and its answer never came: asking again", kind, order_id)
-        metrics.REQUESTS_RESENT.labels(kind).inc()
-        _send_request(outbox, request, make_headers(state.get("correlation_id"), "service:orion-saga", "service"))
+    def _old(self, event: Any, placed: e.OrderPlaced, now_epoch: float) -> bool:
+        """Whether an OrderPlaced may repeat an order whose saga was already retired."""
+        horizon = now_epoch - self.settings.order_retention / 2
+        stamp = event.message.timestamp
+        if stamp is not None and stamp < horizon:
+            return True
+        return bool(placed.placed_at) and _epoch(placed.placed_at) < horizon
 
 
-def _retire() -> None:
-    """Forget finished orders whose retention ran out (a tombstone on the changelog)."""
-    wall = time.time()
-    for order_id in retiring.due(wall):
-        partition = partition_for(order_id, settings.partitions)
-        state = sagas.get(order_id)
-        if state is None or partition not in _tracked:
-            continue
-        saga = records.saga_from_value(state["saga"])
-        if not domain.retirable(saga) or _epoch(saga.updated_at) + settings.order_retention > wall:
-            continue  # it moved again since; a later entry retires it
-        sagas.remove(order_id, partition)
-        waiting.forget_order(order_id)
-        metrics.STATE_RETIRED.labels("sagas").inc()
+    async def _for_unknown_order(self, event: Any, message: Any, outbox: Outbox) -> None:
+        """An answer for an order this worker holds no saga for: retired after the retention,
+        so a repeat, or one its OrderPlaced has not reached yet. Units held for a finished (or
+        never known) order go back; other answers change nothing."""
+        match message:
+            case e.LineReserved():
+                status = await until_done(lambda: self.runtime.store.order_status(message.order_id), "looking up an order")
+                if status is not None and not OrderStatus(status).is_terminal:
+                    # In flight: after a takeover the dead worker's answer (order-events) can come
+                    # before its OrderPlaced (orders). Giving the units back now would leave the
+                    # order, once its saga starts and is answered "held", confirmed on nothing.
+                    log.info("units of %s held for order %s, not seen yet (%s): kept", message.sku, message.order_id, status)
+                    return
+                log.warning("units of %s held for finished order %s: giving them back", message.sku, message.order_id)
+                outbox.send(t.STOCK_REQUESTS.name, message.sku, c.ReleaseLine(message.order_id, message.sku),
+                            make_headers(header(event, CORRELATION_HEADER), "service:orion-saga", "service"))
+            case (e.LineRejected() | e.LineReleased() | e.LineCommitted() | e.PaymentDeclined() | e.PaymentTimedOut()
+                  | e.PaymentVoided() | e.PaymentVoidFailed()):
+                log.info("%s for finished order %s: nothing to do", type(message).__name__, message.order_id)
+            case _:
+                await self.bus.dead_letter(event, f"no order {message.order_id} is known to the saga", kind="unknown_order")
+
+
+    def _observe(self, change: e.OrderStatusChanged, saga: domain.OrderSaga, now_: domain.Clock) -> None:
+        """Log and count a status change; the saga is the one place every order passes."""
+        status = change.status.value
+        if change.previous is None:
+            metrics.ORDERS_PLACED.inc()
+            logs.order_info(log, "order placed: %d line(s); reserving", len(saga.lines))
+        elif change.failure_reason:
+            logs.order_info(log, "order %s -> %s: %s", change.previous.value, status, change.failure_reason)
+        else:
+            logs.order_info(log, "order %s -> %s", change.previous.value, status)
+        if status in _COUNTED:
+            metrics.labelled(metrics.ORDERS, status).inc()
+        if status in _DECISIONS:
+            self.runtime.admission.decided(time.monotonic())
+            elapsed = max(0.0, now_.epoch - _epoch(saga.created_at))
+            metrics.labelled(metrics.ORDER_DECISION, status).observe(elapsed)
+            if status == "CONFIRMED":
+                metrics.ORDER_CONFIRMATION.observe(elapsed)
+
+
+    # -- housekeeping: adopting partitions, lost requests, retirement
+
+    async def housekeeping(self, outbox: Outbox) -> None:
+        """Once a second, in the agent's own turn: follow the assignment, ask again for what
+        was lost, forget what is finished. Costs in proportion to what moved or is due."""
+        owned = self.assignment.owned(t.ORDERS.name)
+        if owned is None:
+            return
+        gone, gained = self._tracked - owned, owned - self._tracked
+        if gone:
+            self.waiting.forget_reply_partitions(gone)
+        if gained:
+            await self._adopt(gained)
+        self._tracked = owned
+        await self._chase_lost(outbox)
+        self._retire()
+
+
+    async def _adopt(self, partitions: set[int]) -> None:
+        """Orders of newly assigned partitions: register what they wait for (each request lies
+        below its topic's current end offset) and when the finished ones may be forgotten.
+        One pass over the recovered table per assignment, like the recovery itself."""
+        request_tps = [(t.STOCK_REQUESTS.name, p) for p in range(self.settings.partitions)]
+        request_tps += [(t.PAYMENT_REQUESTS.name, p) for p in partitions]
+        ends = await self.runtime.end_offsets(request_tps)
+        clock = time.monotonic()
+        adopted = retired = 0
+        for order_id, state in list(self.sagas.items()):
+            partition = partition_for(order_id, self.settings.partitions)
+            if not state or partition not in partitions:
+                continue
+            saga = records.saga_from_value(state["saga"])
+            for request in domain.outstanding(saga):
+                topic, key = _route(request)
+                tp = (topic, partition_for(key, self.settings.partitions))
+                self.waiting.sent(_request_key(request), order_id, tp, ends.get(tp, 0) - 1, partition, clock)
+                adopted += 1
+            if domain.retirable(saga):
+                self.retiring.ended(order_id, _epoch(saga.updated_at))
+                retired += 1
+        log.info("adopted partitions %s: %d request(s) awaited, %d finished order(s) to retire",
+                 sorted(partitions), adopted, retired)
+
+
+    async def _chase_lost(self, outbox: Outbox) -> None:
+        """Ask again for requests that were consumed and whose answer the saga has read past."""
+        if not len(self.waiting):
+            return
+        replies = {(t.ORDER_EVENTS.name, p) for p in self._tracked}
+        committed = await self.runtime.committed_offsets(self.waiting.request_partitions() | replies)
+        needs = self.waiting.consumed(committed)
+        if needs:
+            ends = await self.runtime.end_offsets([(t.ORDER_EVENTS.name, p) for p in needs])
+            self.waiting.mark({p: ends[(t.ORDER_EVENTS.name, p)] for p in needs if (t.ORDER_EVENTS.name, p) in ends})
+        read = {p: committed.get((t.ORDER_EVENTS.name, p), 0) for p in self._tracked}
+        for key in self.waiting.lost(read, time.monotonic()):
+            order_id = self.waiting.order_of(key)
+            state = self.sagas.get(order_id) if order_id is not None else None
+            if order_id is None or state is None:
+                if order_id is not None:
+                    self.waiting.forget_order(order_id)
+                continue
+            saga = records.saga_from_value(state["saga"])
+            wanted = {_request_key(r): r for r in domain.outstanding(saga)}
+            request = wanted.get(key)
+            if request is None:
+                self.waiting.keep_only(order_id, wanted)
+                continue
+            kind = type(request).__name__
+            with logs.bound(order_id=order_id, correlation_id=state.get("correlation_id")):
+                log.warning("%s of order %s was consumed and its answer never came: asking again", kind, order_id)
+            metrics.REQUESTS_RESENT.labels(kind).inc()
+            self._send_request(outbox, request, make_headers(state.get("correlation_id"), "service:orion-saga", "service"))
+
+
+    def _retire(self) -> None:
+        """Forget finished orders whose retention ran out (a tombstone on the changelog)."""
+        wall = time.time()
+        for order_id in self.retiring.due(wall):
+            partition = partition_for(order_id, self.settings.partitions)
+            state = self.sagas.get(order_id)
+            if state is None or partition not in self._tracked:
+                continue
+            saga = records.saga_from_value(state["saga"])
+            if not domain.retirable(saga) or _epoch(saga.updated_at) + self.settings.order_retention > wall:
+                continue  # it moved again since; a later entry retires it
+            self.sagas.remove(order_id, partition)
+            self.waiting.forget_order(order_id)
+            metrics.STATE_RETIRED.labels("sagas").inc()
+
+
+def register(orion: Orion) -> SagaAgent:
+    """The saga agent, on `orders` and `order-events`."""
+    saga = SagaAgent(orion.settings, orion.runtime, orion.tables.sagas, orion.bus, orion.assignment)
+
+    async def order_saga(stream: faust.StreamT[bytes]) -> None:
+        """Place, reserve, pay, confirm, compensate: events in order, a batch at a time."""
+        await orion.runtime.ready()
+        await handle_in_batches(
+            stream, saga.handle_event, orion.bus, saga.sagas, what="order saga", housekeeping=saga.housekeeping,
+        )
+
+    orion.app.agent(
+        orion.source(t.ORDERS.name, t.ORDER_EVENTS.name), name="orion_streams.agents.saga.order_saga", concurrency=1,
+    )(order_saga)
+    return saga

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import faust_fixes, internals
 from .. import topics as t
-from ..app import app, settings
+
+if TYPE_CHECKING:
+    import faust
+
+    from ..app import Orion
+    from ..config import Settings
 
 log = logging.getLogger("orion.watchdog")
 
@@ -25,27 +30,11 @@ SOURCE_TOPICS = frozenset(spec.name for spec in t.ALL if spec is not t.DEAD_LETT
 # Longer than any legitimate wait on one event: a payment request is acknowledged in order,
 # after its answer, so one may hold its partition's commit for a provider's whole budget.
 STALL_AFTER = 15.0
-STALL_AFTER_PAYMENTS = max(STALL_AFTER, 2 * max(settings.payment_timeout, settings.payment_void_timeout))
 # A partition whose later events are done while the one at its committed offset is neither
 # done nor in hand lost that one: Faust's stream skips an event fetched in an earlier
 # generation (streams.py, "Skipping message ... generation_id"). The commit stands still at
 # it (faust_fixes), and it is fetched again as soon as the gap is seen twice.
 HEAD_GAP_AFTER = 1.5
-
-_progress: dict[object, tuple[tuple[int, int], float]] = {}
-_refetched: dict[object, float] = {}  # when each partition was last fetched again
-# Since when table recovery (a rebalance) has been unfinished, for the liveness check.
-_recovering_since: float | None = None
-
-
-def recovery_stalled_for(now: float) -> float | None:
-    """Seconds a rebalance's table recovery has been unfinished, if longer than
-    ORION_RECOVERY_STALL; None while the worker is making progress."""
-    if _recovering_since is None:
-        return None
-    waited = now - _recovering_since
-    return waited if waited > settings.recovery_stall else None
-
 
 def _skipped_head(consumer: Any, tp: Any) -> bool:
     """Later events of `tp` are acknowledged and the one at its next expected offset is not:
@@ -56,61 +45,89 @@ def _skipped_head(consumer: Any, tp: Any) -> bool:
     return acked is not None and len(acked) > 0 and expected is not None and min(acked) > expected
 
 
-@app.timer(interval=1.0)
-async def refetch_stalled_partitions() -> None:
-    global _recovering_since
-    consumer: Any = app.consumer  # Faust's consumer internals are not in its type stubs
-    if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
-        _progress.clear()
-        if _recovering_since is None:
-            _recovering_since = time.monotonic()
-        return
-    _recovering_since = None
-    try:
-        aio = internals.aiokafka_consumer(consumer)
-        tps = [tp for tp in consumer.assignment() if tp.topic in SOURCE_TOPICS]
-        ends = await consumer.highwaters(*tps)
-    except Exception:  # not started, between generations, or the broker is away
-        return
-    found = {tp: internals.fetch_position(aio, tp) for tp in tps}
-    positions = {tp: position for tp, position in found.items() if position is not None}
-    if len(positions) < len(found):
-        # The consumer is still positioning a partition after an assignment (looking up its
-        # committed offset, or resetting it): judge nothing until it has; a seek now would
-        # restart every fetch in the middle of the takeover.
-        return
-    now = time.monotonic()
-    for tp in tps:
-        committed = internals.committed_offsets(consumer).get(tp) or 0
-        position = positions[tp]
-        # Behind: records exist past the committed offset, fetched or not (a partition
-        # Faust stopped fetching keeps its position; one it dropped records of moves on).
-        if max(position, ends.get(tp, 0)) <= committed:
-            _progress.pop(tp, None)
-            continue
-        seen = _progress.get(tp)
-        if seen is None or seen[0] != (committed, position):
-            _progress[tp] = ((committed, position), now)
-            continue
-        # Fetched again lately: give that fetch time to arrive (each seek restarts the
-        # consumer's fetches, so seeking on every tick would starve every partition).
-        skipped = _skipped_head(consumer, tp) and now - _refetched.get(tp, -STALL_AFTER) >= STALL_AFTER
-        limit = HEAD_GAP_AFTER if skipped else (
-            STALL_AFTER_PAYMENTS if tp.topic == t.PAYMENT_REQUESTS.name else STALL_AFTER)
-        if now - seen[1] >= limit:
-            flow = consumer.flow_active, app.flow_control.is_active()
-            log.log(
-                logging.WARNING if skipped else logging.ERROR,
-                "partition %s[%d] stands at committed %d, fetched %d, end %d for %.0fs "
-                "(%s; consumer flow %s, flow control %s): re-fetching",
-                tp.topic, tp.partition, committed, position, ends.get(tp, -1), now - seen[1],
-                "the event at the committed offset was dropped, later ones are done" if skipped else "no progress",
-                *flow,
-            )
-            if not all(flow):
-                consumer.resume_flow()
-                app.flow_control.resume()
-            consumer.resume_partitions([tp])
-            await consumer.seek(tp, committed)
-            _progress.pop(tp, None)
-            _refetched[tp] = now
+class Watchdog:
+    """The re-fetching timer's memory: each partition's last progress and re-fetch, and
+    since when table recovery has been unfinished (for the liveness check)."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+        self._progress: dict[object, tuple[tuple[int, int], float]] = {}
+        self._refetched: dict[object, float] = {}  # when each partition was last fetched again
+        self._recovering_since: float | None = None
+        # A payment request may hold its partition's commit for a provider's whole budget.
+        self.stall_after_payments = max(STALL_AFTER, 2 * max(settings.payment_timeout, settings.payment_void_timeout))
+
+    def recovery_stalled_for(self, now: float) -> float | None:
+        """Seconds a rebalance's table recovery has been unfinished, if longer than
+        ORION_RECOVERY_STALL; None while the worker is making progress."""
+        if self._recovering_since is None:
+            return None
+        waited = now - self._recovering_since
+        return waited if waited > self.settings.recovery_stall else None
+
+    async def tick(self) -> None:
+        """Once a second: re-fetch each source partition that stands still behind its fetch
+        position (see the module's docstring)."""
+        app: Any = self.app
+        consumer: Any = app.consumer  # Faust's consumer internals are not in its type stubs
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            self._progress.clear()
+            if self._recovering_since is None:
+                self._recovering_since = time.monotonic()
+            return
+        self._recovering_since = None
+        try:
+            aio = internals.aiokafka_consumer(consumer)
+            tps = [tp for tp in consumer.assignment() if tp.topic in SOURCE_TOPICS]
+            ends = await consumer.highwaters(*tps)
+        except Exception:  # not started, between generations, or the broker is away
+            return
+        found = {tp: internals.fetch_position(aio, tp) for tp in tps}
+        positions = {tp: position for tp, position in found.items() if position is not None}
+        if len(positions) < len(found):
+            # The consumer is still positioning a partition after an assignment (looking up its
+            # committed offset, or resetting it): judge nothing until it has; a seek now would
+            # restart every fetch in the middle of the takeover.
+            return
+        now = time.monotonic()
+        for tp in tps:
+            committed = internals.committed_offsets(consumer).get(tp) or 0
+            position = positions[tp]
+            # Behind: records exist past the committed offset, fetched or not (a partition
+            # Faust stopped fetching keeps its position; one it dropped records of moves on).
+            if max(position, ends.get(tp, 0)) <= committed:
+                self._progress.pop(tp, None)
+                continue
+            seen = self._progress.get(tp)
+            if seen is None or seen[0] != (committed, position):
+                self._progress[tp] = ((committed, position), now)
+                continue
+            # Fetched again lately: give that fetch time to arrive (each seek restarts the
+            # consumer's fetches, so seeking on every tick would starve every partition).
+            skipped = _skipped_head(consumer, tp) and now - self._refetched.get(tp, -STALL_AFTER) >= STALL_AFTER
+            limit = HEAD_GAP_AFTER if skipped else (
+                self.stall_after_payments if tp.topic == t.PAYMENT_REQUESTS.name else STALL_AFTER)
+            if now - seen[1] >= limit:
+                flow = consumer.flow_active, app.flow_control.is_active()
+                log.log(
+                    logging.WARNING if skipped else logging.ERROR,
+                    "partition %s[%d] stands at committed %d, fetched %d, end %d for %.0fs "
+                    "(%s; consumer flow %s, flow control %s): re-fetching",
+                    tp.topic, tp.partition, committed, position, ends.get(tp, -1), now - seen[1],
+                    "the event at the committed offset was dropped, later ones are done" if skipped else "no progress",
+                    *flow,
+                )
+                if not all(flow):
+                    consumer.resume_flow()
+                    app.flow_control.resume()
+                consumer.resume_partitions([tp])
+                await consumer.seek(tp, committed)
+                self._progress.pop(tp, None)
+                self._refetched[tp] = now
+
+
+def register(orion: Orion) -> Watchdog:
+    """The watchdog's timer, once a second."""
+    watchdog = Watchdog(orion.app, orion.settings)
+    orion.app.timer(interval=1.0, name="orion_streams.agents.watchdog.refetch_stalled_partitions")(watchdog.tick)
+    return watchdog

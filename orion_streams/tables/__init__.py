@@ -10,11 +10,10 @@ and the agent awaits it before its event is acknowledged.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import faust
-
-from ..app import app, settings
 
 
 class DurableTable(faust.Table[str, Any]):
@@ -99,21 +98,33 @@ class DurableTable(faust.Table[str, Any]):
             await asyncio.gather(*futures)
 
 
-def _table(name: str, *, coalesce: bool = False) -> DurableTable:
-    table = DurableTable(
-        app, name=name, default=None, partitions=settings.partitions, key_type=str,
-        beacon=app.tables.beacon, coalesce=coalesce,
-    )
-    app.tables.add(table)
-    return table
+@dataclass(frozen=True)
+class Tables:
+    """A worker's tables.
+
+    `sagas`: saga state by order id, co-partitioned with `orders` and `order-events`.
+    `inventory`: stock by SKU (key "sku") and each order's hold on a SKU (key
+    "sku\x1forder"), written only by the reservation agent while it handles a
+    `stock-requests` event for that SKU. One table, so a SKU's stock row and the hold written
+    after it share one changelog partition and reach it in that order (agents/reservation.py).
+    """
+
+    sagas: DurableTable
+    inventory: DurableTable
 
 
-# Saga state by order id: co-partitioned with `orders` and `order-events`.
-sagas = _table("sagas", coalesce=True)
-# Stock by SKU (key "sku") and each order's hold on a SKU (key "sku\x1forder"), written only
-# by the reservation agent while it handles a `stock-requests` event for that SKU. One table,
-# so a SKU's stock row and the hold written after it share one changelog partition and
-# reach it in that order (see agents/reservation.py).
-inventory = _table("inventory")
+def create_tables(app: faust.App, partitions: int) -> Tables:
+    """The tables, added to `app`."""
 
-__all__ = ["DurableTable", "inventory", "sagas"]
+    def table(name: str, *, coalesce: bool = False) -> DurableTable:
+        made = DurableTable(
+            app, name=name, default=None, partitions=partitions, key_type=str,
+            beacon=app.tables.beacon, coalesce=coalesce,
+        )
+        app.tables.add(made)
+        return made
+
+    return Tables(sagas=table("sagas", coalesce=True), inventory=table("inventory"))
+
+
+__all__ = ["DurableTable", "Tables", "create_tables"]

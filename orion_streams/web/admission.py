@@ -10,14 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import metrics
 from .. import topics as t
-from ..app import app, runtime, settings
-from ..services.admission import Load
+from ..services.admission import Admission, Load
+
+if TYPE_CHECKING:
+    from ..app import Orion
+    from ..bootstrap import Runtime
 
 log = logging.getLogger("orion.admission")
 
@@ -26,11 +30,7 @@ log = logging.getLogger("orion.admission")
 QUEUE_SKIP = 10
 READ_EVERY = 0.5
 
-door = runtime.admission
-
-
-@app.timer(interval=READ_EVERY)
-async def read_load() -> None:
+async def read_load(runtime: Runtime, door: Admission, share: float) -> None:
     """Take a reading of the orders in flight; a failed reading leaves the last one to age."""
     try:
         in_flight, head = await (await runtime.ready()).store.orders_in_flight(QUEUE_SKIP)
@@ -38,23 +38,26 @@ async def read_load() -> None:
         log.debug("could not read the orders in flight: %s", exc)
         return
     delay = max(0.0, time.time() - head.timestamp()) if head is not None else 0.0
-    door.update(Load(in_flight, delay, time.monotonic(), share=_share()))
+    door.update(Load(in_flight, delay, time.monotonic(), share=share))
 
 
-def _share() -> float:
+def share_of(app: Any, partitions: int) -> float:
     """The share of the order partitions this worker's saga decides."""
     try:
         owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == t.ORDERS.name)
     except Exception:  # not assigned yet
         return 0.0
-    return owned / settings.partitions
+    return owned / partitions
 
 
 class AdmissionGauges(Collector):
     """The door as Prometheus sees it, read at scrape time."""
 
+    def __init__(self, door: Admission) -> None:
+        self.door = door
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        state = door.snapshot(time.monotonic())
+        state = self.door.snapshot(time.monotonic())
         yield GaugeMetricFamily("orion_admission_open", "1 while this worker accepts new orders", value=int(bool(state["open"])))
         in_flight = state["in_flight"]
         yield GaugeMetricFamily(
@@ -68,4 +71,12 @@ class AdmissionGauges(Collector):
         )
 
 
-metrics.register_collector(AdmissionGauges())
+def register(orion: Orion) -> None:
+    """The door's reading, every READ_EVERY seconds, and its gauges."""
+    runtime, app, door = orion.runtime, orion.app, orion.runtime.admission
+
+    async def take_reading() -> None:
+        await read_load(runtime, door, share_of(app, orion.settings.partitions))
+
+    app.timer(interval=READ_EVERY, name="orion_streams.web.admission.read_load")(take_reading)
+    metrics.register_collector(AdmissionGauges(door))

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from aiohttp import web
-from faust.web import View
 
 from ..adapters.apikeys import SCOPES
-from ..app import app, runtime
 from ..domain.errors import FieldError
 from .identity import allow
 from .problems import not_found, unprocessable
-from .views import json_response, principal_of, read_json
+from .views import ApiView, json_response, read_json
 
 
-@app.page("/v1/api-keys")
-class ApiKeysView(View):
+class ApiKeysView(ApiView):
     async def post(self, request: web.Request) -> web.Response:
         """201 with the key (shown this once) and its record: `{"name", "scopes": [...]}`."""
-        principal = await principal_of(request)
+        api = self.api
+        principal = await api.principal_of(request)
         allow(principal, "admin")
         body = await read_json(request)
         if not isinstance(body, dict):
@@ -33,31 +31,40 @@ class ApiKeysView(View):
         if errors:
             raise unprocessable(errors)
         assert isinstance(name, str) and isinstance(scopes, list)
-        await runtime.ready()
-        key, record = await runtime.api_keys.create(name.strip(), scopes, principal.actor)
+        await api.runtime.ready()
+        key, record = await api.runtime.api_keys.create(name.strip(), scopes, principal.actor)
         return json_response({**record, "key": key}, 201)
 
     async def get(self, request: web.Request) -> web.Response:
-        allow(await principal_of(request), "admin")
-        await runtime.ready()
-        return json_response({"items": await runtime.api_keys.list(), "next_cursor": None})
+        api = self.api
+        allow(await api.principal_of(request), "admin")
+        await api.runtime.ready()
+        return json_response({"items": await api.runtime.api_keys.list(), "next_cursor": None})
 
 
-@app.page("/v1/api-keys/{key_id}")
-class ApiKeyView(View):
+class ApiKeyView(ApiView):
     async def get(self, request: web.Request, key_id: str) -> web.Response:
-        allow(await principal_of(request), "admin")
-        await runtime.ready()
-        record = await runtime.api_keys.get(key_id)
+        api = self.api
+        allow(await api.principal_of(request), "admin")
+        await api.runtime.ready()
+        record = await api.runtime.api_keys.get(key_id)
         if record is None:
             raise not_found(f"no API key {key_id}")
         return json_response(record)
 
     async def delete(self, request: web.Request, key_id: str) -> web.Response:
         """Revoke: the key stops working at once on every worker (each request checks it)."""
-        allow(await principal_of(request), "admin")
-        await runtime.ready()
-        record = await runtime.api_keys.revoke(key_id)
+        api = self.api
+        allow(await api.principal_of(request), "admin")
+        await api.runtime.ready()
+        record = await api.runtime.api_keys.revoke(key_id)
         if record is None:
             raise not_found(f"no API key {key_id}")
         return json_response(record)
+
+
+# The views and their paths, as `web.register` adds them.
+ROUTES: tuple[tuple[str, type[ApiView]], ...] = (
+    ("/v1/api-keys", ApiKeysView),
+    ("/v1/api-keys/{key_id}", ApiKeyView),
+)

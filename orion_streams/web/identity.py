@@ -8,12 +8,15 @@ the scope gets 403, and a key on an endpoint that declares no scope gets 403 as 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..app import runtime
 from .auth import Principal, TokenVerifier
 from .problems import forbidden, unauthorized
+
+if TYPE_CHECKING:
+    from ..bootstrap import Runtime
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -30,7 +33,8 @@ class KeyPrincipal(Principal):
         return f"service:{self.key_name}/{self.subject}"
 
 
-async def authenticate(request: web.Request, verifier: TokenVerifier) -> Principal:
+async def authenticate(request: web.Request, verifier: TokenVerifier, runtime: Runtime) -> Principal:
+    """The caller: an API key checked against `runtime`'s key store, else a token."""
     key = request.headers.get(API_KEY_HEADER)
     if key is not None:
         await runtime.ready()

@@ -3,49 +3,55 @@
 from __future__ import annotations
 
 from aiohttp import web
-from faust.web import View
 
-from ..app import app, runtime
 from .identity import allow
 from .problems import conflict, not_found
-from .views import _visible_order, json_response, principal_of
+from .views import ApiView, json_response
 
 
-@app.page("/v1/orders/{order_id}/notifications")
-class OrderNotificationsView(View):
+class OrderNotificationsView(ApiView):
     async def get(self, request: web.Request, order_id: str) -> web.Response:
         """Every email queued for the order (owner or admin), oldest first."""
-        principal = await principal_of(request)
+        api = self.api
+        principal = await api.principal_of(request)
         allow(principal, scope="orders:read")
-        await runtime.ready()
-        await _visible_order(principal, order_id)
-        return json_response({"items": await runtime.notifications.for_order(order_id), "next_cursor": None})
+        await api.runtime.ready()
+        await api.visible_order(principal, order_id)
+        return json_response({"items": await api.runtime.notifications.for_order(order_id), "next_cursor": None})
 
 
-@app.page("/v1/notifications/{notification_id}")
-class NotificationView(View):
+class NotificationView(ApiView):
     async def get(self, request: web.Request, notification_id: str) -> web.Response:
         """One email's delivery record (admin)."""
-        allow(await principal_of(request), "admin")
-        await runtime.ready()
-        row = await runtime.notifications.get(notification_id)
+        api = self.api
+        allow(await api.principal_of(request), "admin")
+        await api.runtime.ready()
+        row = await api.runtime.notifications.get(notification_id)
         if row is None:
             raise not_found(f"no notification {notification_id}")
         return json_response(row)
 
 
-@app.page("/v1/notifications/{notification_id}/retry")
-class RetryNotificationView(View):
+class RetryNotificationView(ApiView):
     async def post(self, request: web.Request, notification_id: str) -> web.Response:
         """Queue a failed email again with a fresh count of attempts (admin; the mailers are
         woken by NOTIFY): 202, or 409
         when it is not failed (sent, or still being tried)."""
-        allow(await principal_of(request), "admin")
-        await runtime.ready()
-        row = await runtime.notifications.requeue(notification_id)
+        api = self.api
+        allow(await api.principal_of(request), "admin")
+        await api.runtime.ready()
+        row = await api.runtime.notifications.requeue(notification_id)
         if row is None:
-            current = await runtime.notifications.get(notification_id)
+            current = await api.runtime.notifications.get(notification_id)
             if current is None:
                 raise not_found(f"no notification {notification_id}")
             raise conflict(f"notification {notification_id} is {current['status']}; only failed ones can be retried")
         return json_response(row, 202)
+
+
+# The views and their paths, as `web.register` adds them.
+ROUTES: tuple[tuple[str, type[ApiView]], ...] = (
+    ("/v1/orders/{order_id}/notifications", OrderNotificationsView),
+    ("/v1/notifications/{notification_id}", NotificationView),
+    ("/v1/notifications/{notification_id}/retry", RetryNotificationView),
+)

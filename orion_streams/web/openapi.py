@@ -19,7 +19,6 @@ from aiohttp import web
 from faust.web import View
 
 from ..adapters.apikeys import SCOPES
-from ..app import app
 from ..domain.orders import MAX_LINES, MAX_QUANTITY, MAX_TOKEN_LENGTH, OrderStatus
 from ..domain.stock import ADJUSTMENT_REASONS
 from .middleware import CORRELATION_ID
@@ -732,10 +731,12 @@ def document() -> dict[str, Any]:
     return copy.deepcopy(DOCUMENT)
 
 
-@app.page(PATH)
 class OpenApiView(View):
     """Serves the document (the same bytes every time)."""
 
     async def get(self, request: web.Request) -> web.Response:
         """The OpenAPI document; no authentication."""
         return web.Response(body=_BODY, content_type=JSON)
+
+
+ROUTES: tuple[tuple[str, type[View]], ...] = ((PATH, OpenApiView),)

@@ -7,46 +7,96 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from faust.web import View
 
 from .. import metrics, records
 from ..adapters.postgres import InvalidCursor
-from ..agents import watchdog
-from ..agents.common import enqueue
-from ..app import app, orders_topic, runtime, settings, stock_requests_topic
 from ..domain.errors import FieldError
 from ..domain.orders import OrderStatus
 from ..records import storable
 from ..services import orders, ports
 from ..services.admission import Refusal
 from ..services.grouped import Grouped
-from .admission import door
 from .auth import Principal, TokenVerifier
 from .identity import allow, authenticate, sees_all_orders
 from .problems import ApiError, bad_request, not_found, unavailable, unprocessable
 from .ratelimit import TokenBuckets
 
+if TYPE_CHECKING:
+    from ..agents.common import Bus
+    from ..agents.watchdog import Watchdog
+    from ..bootstrap import Runtime
+    from ..config import Settings
+
 log = logging.getLogger("orion.web")
 MAX_WAIT = 30.0
-_verifier: TokenVerifier | None = None
-order_limits = TokenBuckets(settings.order_rate_per_minute / 60.0, settings.order_burst)
-service_order_limits = TokenBuckets(settings.service_order_rate_per_minute / 60.0, settings.service_order_burst)
-# Orders accepted at about the same time are pre-recorded in one statement (group commit).
-accepted: Grouped[ports.Accepted] = Grouped(lambda orders: runtime.store.record_accepted(orders))
 
 
-def verifier() -> TokenVerifier:
-    global _verifier
-    if _verifier is None:
-        _verifier = TokenVerifier(settings)
-    return _verifier
+class Api:
+    """What the HTTP API is given (settings, the shared resources, the worker's bus and
+    watchdog, whether its tables are recovered) and what it keeps: the token verifier, the
+    rate limits and the group commit of accepted orders."""
+
+    def __init__(
+        self, settings: Settings, runtime: Runtime, bus: Bus, watchdog: Watchdog, recovered: Callable[[], bool],
+    ) -> None:
+        self.settings, self.runtime, self.bus, self.watchdog, self.recovered = (
+            settings, runtime, bus, watchdog, recovered)
+        # A bad JWT configuration stops the worker as it is built, not at every request.
+        self.verifier = TokenVerifier(settings)
+        self.door = runtime.admission
+        self.order_limits = TokenBuckets(settings.order_rate_per_minute / 60.0, settings.order_burst)
+        self.service_order_limits = TokenBuckets(
+            settings.service_order_rate_per_minute / 60.0, settings.service_order_burst)
+        # Orders accepted at about the same time are pre-recorded in one statement (group commit).
+        self.accepted: Grouped[ports.Accepted] = Grouped(lambda orders: runtime.store.record_accepted(orders))
+
+    async def principal_of(self, request: web.Request) -> Principal:
+        return await authenticate(request, self.verifier, self.runtime)
+
+    def sender(self, request: web.Request, principal: Principal) -> orders.Send:
+        """How a use case sends its command: as this caller, with this request's correlation id,
+        waiting for the broker's acks=all (a 202 means the event is in Kafka)."""
+        headers = _headers(request, principal)
+
+        async def send(topic: str, key: str, message: Any) -> None:
+            try:
+                (fut,) = await self.bus.enqueue([(topic, key, message, headers)])
+                await asyncio.wait_for(fut, timeout=10)
+            except Exception as exc:  # timeout or broker error: the client may retry safely
+                raise unavailable(f"could not reach Kafka: {type(exc).__name__}") from exc
+
+        return send
+
+    async def visible_order(self, principal: Principal, order_id: str) -> dict[str, Any]:
+        """The order if the caller may see it; 404 otherwise, so ids of others never leak."""
+        order = await self.runtime.store.get_order(order_id)
+        if order is None or (not sees_all_orders(principal) and order["user_id"] != principal.subject):
+            raise not_found(f"no order {order_id}")
+        return order
+
+    async def wait_decided(self, order_id: str, seconds: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + seconds
+        delay = 0.01
+        while True:
+            order = await self.runtime.store.get_order(order_id)
+            # Hold out for the payment outcome; RESERVED still counts as decided at the deadline.
+            if order is not None and OrderStatus(order["status"]).is_settled:
+                return order
+            if time.monotonic() >= deadline:
+                return order
+            await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+            delay = min(delay * 1.5, 0.2)
 
 
-async def principal_of(request: web.Request) -> Principal:
-    return await authenticate(request, verifier())
+class ApiView(View):
+    """A view of the API; `web.register` gives each its `Api`."""
+
+    api: Api
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -75,28 +125,6 @@ def _headers(request: web.Request, principal: Principal) -> list[tuple[str, byte
     ]
 
 
-async def _send(topic: Any, key: str, message: Any, headers: list[tuple[str, bytes]]) -> None:
-    """Send and wait for the broker's acks=all: a 202 means the event is in Kafka."""
-    try:
-        (fut,) = await enqueue([(topic, key, message, headers)])
-        await asyncio.wait_for(fut, timeout=10)
-    except Exception as exc:  # timeout or broker error: the client may retry safely
-        raise unavailable(f"could not reach Kafka: {type(exc).__name__}") from exc
-
-
-_TOPICS = {topic.get_topic_name(): topic for topic in (orders_topic, stock_requests_topic)}
-
-
-def _sender(request: web.Request, principal: Principal) -> orders.Send:
-    """How a use case sends its command: as this caller, with this request's correlation id."""
-    headers = _headers(request, principal)
-
-    async def send(topic: str, key: str, message: Any) -> None:
-        await _send(_TOPICS[topic], key, message, headers)
-
-    return send
-
-
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -108,28 +136,6 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise unprocessable([FieldError(name, f"must be between {low} and {high}")])
     return value
-
-
-async def _visible_order(principal: Principal, order_id: str) -> dict[str, Any]:
-    """The order if the caller may see it; 404 otherwise, so ids of others never leak."""
-    order = await runtime.store.get_order(order_id)
-    if order is None or (not sees_all_orders(principal) and order["user_id"] != principal.subject):
-        raise not_found(f"no order {order_id}")
-    return order
-
-
-async def _wait_decided(order_id: str, seconds: float) -> dict[str, Any] | None:
-    deadline = time.monotonic() + seconds
-    delay = 0.01
-    while True:
-        order = await runtime.store.get_order(order_id)
-        # Hold out for the payment outcome; RESERVED still counts as decided at the deadline.
-        if order is not None and OrderStatus(order["status"]).is_settled:
-            return order
-        if time.monotonic() >= deadline:
-            return order
-        await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-        delay = min(delay * 1.5, 0.2)
 
 
 def _refused(refusal: Refusal) -> ApiError:
@@ -147,22 +153,22 @@ def _accepted(order_id: str) -> web.Response:
     )
 
 
-@app.page("/v1/orders")
-class OrdersView(View):
+class OrdersView(ApiView):
     async def post(self, request: web.Request) -> web.Response:
+        api = self.api
         key = request.headers.get("Idempotency-Key")
-        refusal = door.verdict(time.monotonic())
+        refusal = api.door.verdict(time.monotonic())
         if refusal is not None and key is None:
             # Before anything else, even the token check: refusing must cost next to nothing.
             raise _refused(refusal)
-        principal = await principal_of(request)
+        principal = await api.principal_of(request)
         allow(principal, "customer", "admin", scope="orders:write")
         service = "service" in principal.roles
-        retry_after = (service_order_limits if service else order_limits).take(principal.subject)
+        retry_after = (api.service_order_limits if service else api.order_limits).take(principal.subject)
         if retry_after > 0:
             rate, burst = (
-                (settings.service_order_rate_per_minute, settings.service_order_burst) if service
-                else (settings.order_rate_per_minute, settings.order_burst)
+                (api.settings.service_order_rate_per_minute, api.settings.service_order_burst) if service
+                else (api.settings.order_rate_per_minute, api.settings.order_burst)
             )
             raise ApiError(
                 429, "Too Many Requests", f"at most {rate:g} orders a minute (bursts of {burst})",
@@ -170,25 +176,26 @@ class OrdersView(View):
             )
         wait = self._wait_param(request)
         body = await read_json(request)
-        await runtime.ready()
+        await api.runtime.ready()
         try:
             placement = await orders.place(
-                body, principal.subject, key, refusal, runtime,
-                runtime.store.find_by_idempotency_key, _sender(request, principal),
+                body, principal.subject, key, refusal, api.runtime,
+                api.runtime.store.find_by_idempotency_key, api.sender(request, principal),
             )
         except orders.Busy as busy:
             raise _refused(busy.refusal) from busy
         if placement.accepted is not None:
-            door.admitted()
+            api.door.admitted()
             metrics.ORDERS_ACCEPTED.inc()
             try:
-                await accepted.submit(placement.accepted)
+                await api.accepted.submit(placement.accepted)
             except Exception:  # the event is in Kafka; the projection will write the order anyway
                 log.warning("could not pre-record order %s", placement.order_id, exc_info=True)
         return await self._reply(placement.order_id, wait)
 
     async def get(self, request: web.Request) -> web.Response:
-        principal = await principal_of(request)
+        api = self.api
+        principal = await api.principal_of(request)
         allow(principal, scope="orders:read")
         limit = _int_param(request, "limit", 20, 1, 100)
         status = request.query.get("status")
@@ -197,9 +204,9 @@ class OrdersView(View):
         user_id: str | None = principal.subject
         if sees_all_orders(principal):
             user_id = request.query.get("user_id")
-        await runtime.ready()
+        await api.runtime.ready()
         try:
-            items, cursor = await runtime.store.list_orders(
+            items, cursor = await api.runtime.store.list_orders(
                 user_id=user_id, status=status, limit=limit, cursor=request.query.get("cursor")
             )
         except InvalidCursor as exc:
@@ -220,142 +227,159 @@ class OrdersView(View):
 
     async def _reply(self, order_id: str, wait: float) -> web.Response:
         if wait > 0:
-            order = await _wait_decided(order_id, wait)
+            order = await self.api.wait_decided(order_id, wait)
             if order is not None and OrderStatus(order["status"]).is_decided:
                 return json_response(order, 200)
         return _accepted(order_id)
 
 
-@app.page("/v1/orders/{order_id}")
-class OrderView(View):
+class OrderView(ApiView):
     async def get(self, request: web.Request, order_id: str) -> web.Response:
-        principal = await principal_of(request)
+        api = self.api
+        principal = await api.principal_of(request)
         allow(principal, scope="orders:read")
-        await runtime.ready()
-        return json_response(await _visible_order(principal, order_id))
+        await api.runtime.ready()
+        return json_response(await api.visible_order(principal, order_id))
 
 
-@app.page("/v1/orders/{order_id}/events")
-class OrderEventsView(View):
+class OrderEventsView(ApiView):
     async def get(self, request: web.Request, order_id: str) -> web.Response:
-        principal = await principal_of(request)
+        api = self.api
+        principal = await api.principal_of(request)
         allow(principal, scope="orders:read")
-        await runtime.ready()
-        await _visible_order(principal, order_id)
-        return json_response({"items": await runtime.store.order_events(order_id), "next_cursor": None})
+        await api.runtime.ready()
+        await api.visible_order(principal, order_id)
+        return json_response({"items": await api.runtime.store.order_events(order_id), "next_cursor": None})
 
 
-@app.page("/v1/orders/{order_id}/cancel")
-class CancelView(View):
+class CancelView(ApiView):
     async def post(self, request: web.Request, order_id: str) -> web.Response:
-        principal = await principal_of(request)
+        api = self.api
+        principal = await api.principal_of(request)
         allow(principal, scope="orders:write")
-        await runtime.ready()
-        status = await orders.cancel(await _visible_order(principal, order_id), _sender(request, principal))
+        await api.runtime.ready()
+        status = await orders.cancel(await api.visible_order(principal, order_id), api.sender(request, principal))
         return json_response({"order_id": order_id, "status": status, "links": {"self": f"/v1/orders/{order_id}"}}, 202)
 
 
-@app.page("/v1/orders/{order_id}/fulfil")
-class FulfilView(View):
+class FulfilView(ApiView):
     async def post(self, request: web.Request, order_id: str) -> web.Response:
-        principal = await principal_of(request)
+        api = self.api
+        principal = await api.principal_of(request)
         allow(principal, "admin", "service", scope="orders:fulfil")
-        await runtime.ready()
-        await orders.fulfil(await _visible_order(principal, order_id), _sender(request, principal))
+        await api.runtime.ready()
+        await orders.fulfil(await api.visible_order(principal, order_id), api.sender(request, principal))
         return json_response({"order_id": order_id, "links": {"self": f"/v1/orders/{order_id}"}}, 202)
 
 
-@app.page("/v1/products")
-class ProductsView(View):
+class ProductsView(ApiView):
     async def get(self, request: web.Request) -> web.Response:
-        allow(await principal_of(request), scope="inventory:read")
-        await runtime.ready()
-        return json_response({"items": await runtime.store.list_products(), "next_cursor": None})
+        api = self.api
+        allow(await api.principal_of(request), scope="inventory:read")
+        await api.runtime.ready()
+        return json_response({"items": await api.runtime.store.list_products(), "next_cursor": None})
 
 
-@app.page("/v1/products/{sku}")
-class ProductView(View):
+class ProductView(ApiView):
     async def get(self, request: web.Request, sku: str) -> web.Response:
-        allow(await principal_of(request), scope="inventory:read")
-        await runtime.ready()
-        product = await runtime.store.get_product(sku)
+        api = self.api
+        allow(await api.principal_of(request), scope="inventory:read")
+        await api.runtime.ready()
+        product = await api.runtime.store.get_product(sku)
         if product is None:
             raise not_found(f"no product {sku}")
         return json_response(product)
 
 
-@app.page("/v1/inventory")
-class InventoryListView(View):
+class InventoryListView(ApiView):
     async def get(self, request: web.Request) -> web.Response:
-        allow(await principal_of(request), "admin", "service", scope="inventory:read")
+        api = self.api
+        allow(await api.principal_of(request), "admin", "service", scope="inventory:read")
         limit = _int_param(request, "limit", 50, 1, 500)
-        await runtime.ready()
+        await api.runtime.ready()
         try:
-            items, cursor = await runtime.store.list_stock(limit=limit, cursor=request.query.get("cursor"))
+            items, cursor = await api.runtime.store.list_stock(limit=limit, cursor=request.query.get("cursor"))
         except InvalidCursor as exc:
             raise unprocessable([FieldError("cursor", str(exc))]) from exc
         return json_response({"items": items, "next_cursor": cursor})
 
 
-@app.page("/v1/inventory/{sku}")
-class InventoryView(View):
+class InventoryView(ApiView):
     async def get(self, request: web.Request, sku: str) -> web.Response:
-        allow(await principal_of(request), scope="inventory:read")
-        await runtime.ready()
-        level = await runtime.store.get_stock(sku)
+        api = self.api
+        allow(await api.principal_of(request), scope="inventory:read")
+        await api.runtime.ready()
+        level = await api.runtime.store.get_stock(sku)
         if level is None:
             raise not_found(f"no stock record for {sku}")
         return json_response(level)
 
 
-@app.page("/v1/inventory/{sku}/adjustments")
-class AdjustmentsView(View):
+class AdjustmentsView(ApiView):
     async def post(self, request: web.Request, sku: str) -> web.Response:
-        principal = await principal_of(request)
+        api = self.api
+        principal = await api.principal_of(request)
         allow(principal, "admin", "service", scope="inventory:write")
         body = await read_json(request)
-        await runtime.ready()
-        result = await orders.adjust_stock(sku, body, runtime.catalog, runtime.store, _sender(request, principal))
+        await api.runtime.ready()
+        result = await orders.adjust_stock(sku, body, api.runtime.catalog, api.runtime.store, api.sender(request, principal))
         return json_response(result, 200 if result["status"] == "applied" else 202)
 
 
-@app.page("/health")
-class HealthView(View):
+class HealthView(ApiView):
     """Liveness: 503 when the worker is alive but stuck, so an orchestrator restarts it."""
 
     async def get(self, request: web.Request) -> web.Response:
-        stalled = watchdog.recovery_stalled_for(time.monotonic())
+        api = self.api
+        stalled = api.watchdog.recovery_stalled_for(time.monotonic())
         if stalled is not None:
             raise ApiError(503, "Service Unavailable", (
-                f"worker {settings.worker_id} is stuck: table recovery unfinished for {stalled:.0f} s "
+                f"worker {api.settings.worker_id} is stuck: table recovery unfinished for {stalled:.0f} s "
                 "(ORION_RECOVERY_STALL); restart it"
             ))
-        return json_response({"status": "ok", "worker": settings.worker_id})
+        return json_response({"status": "ok", "worker": api.settings.worker_id})
 
 
-@app.page("/ready")
-class ReadyView(View):
+class ReadyView(ApiView):
     async def get(self, request: web.Request) -> web.Response:
+        api = self.api
         missing = []
-        if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+        if not api.recovered():
             missing.append("table recovery")
         try:
-            await runtime.ready()
-            await asyncio.wait_for(runtime.store.ping(), timeout=2)
+            await api.runtime.ready()
+            await asyncio.wait_for(api.runtime.store.ping(), timeout=2)
         except Exception as exc:
             missing.append(f"postgresql ({type(exc).__name__})")
         try:
-            await asyncio.wait_for(runtime.kafka_ping(), timeout=3)
+            await asyncio.wait_for(api.runtime.kafka_ping(), timeout=3)
         except Exception as exc:
             missing.append(f"kafka ({type(exc).__name__})")
-        admission = door.snapshot(time.monotonic())
+        admission = api.door.snapshot(time.monotonic())
         if missing:
             return json_response({"status": "unavailable", "missing": missing, "admission": admission}, 503)
         return json_response({"status": "ready", "admission": admission})
 
 
-@app.page("/metrics")
-class MetricsView(View):
+class MetricsView(ApiView):
     async def get(self, request: web.Request) -> web.Response:
         body, content_type = metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+# The views and their paths, as `web.register` adds them.
+ROUTES: tuple[tuple[str, type[ApiView]], ...] = (
+    ("/v1/orders", OrdersView),
+    ("/v1/orders/{order_id}", OrderView),
+    ("/v1/orders/{order_id}/events", OrderEventsView),
+    ("/v1/orders/{order_id}/cancel", CancelView),
+    ("/v1/orders/{order_id}/fulfil", FulfilView),
+    ("/v1/products", ProductsView),
+    ("/v1/products/{sku}", ProductView),
+    ("/v1/inventory", InventoryListView),
+    ("/v1/inventory/{sku}", InventoryView),
+    ("/v1/inventory/{sku}/adjustments", AdjustmentsView),
+    ("/health", HealthView),
+    ("/ready", ReadyView),
+    ("/metrics", MetricsView),
+)

@@ -1,9 +1,8 @@
 """`GET /v1/ws`: live order and stock updates over a WebSocket (see API.md).
 
-Importing this module (the worker does, next to the views) registers the route on Faust's
-aiohttp application, before the web server starts and freezes the router, and registers
-`LiveUpdates`, the app service that runs this worker's `LiveFeed` (a group-less consumer of
-every partition of `order-status` and `stock-levels`). When the worker stops, the service
+`register` adds the route to Faust's aiohttp application, before the web server starts and
+freezes the router, and `LiveUpdates`, the app service that runs this worker's `LiveFeed`
+(a group-less consumer of every partition of `order-status` and `stock-levels`). When the worker stops, the service
 and aiohttp's `on_shutdown` close every socket with 1001.
 
 Authentication uses the API's JWTs, from `Authorization: Bearer` or the `token` query
@@ -19,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import mode
 from aiohttp import WSMsgType, web
@@ -36,11 +35,14 @@ from ..adapters.live import (
     is_open,
     order_snapshot_message,
 )
-from ..app import app, runtime, settings
-from .auth import Principal
+from .auth import Principal, TokenVerifier
 from .middleware import CORRELATION_ID
 from .problems import ApiError
-from .views import verifier
+
+if TYPE_CHECKING:
+    from ..app import Orion
+    from ..bootstrap import Runtime
+    from ..config import Settings
 
 log = logging.getLogger("orion.ws")
 
@@ -56,15 +58,6 @@ CLOSE_TIMEOUT = 5.0
 SYNC_LIMIT = 100
 SYNC_INTERVAL = 1.0
 MAX_CLIENT_MESSAGE = 64 * 1024
-
-hub = Hub(queue_size=settings.ws_queue_size, send_timeout=SEND_TIMEOUT, close_timeout=CLOSE_TIMEOUT)
-feed = LiveFeed(
-    settings.kafka_bootstrap,
-    Dispatcher(hub),
-    client_id=f"orion-live-{settings.worker_id}",
-    idle=lambda: hub.idle,
-)
-
 
 def _reason(text: str) -> bytes:
     """A close reason fits in 123 bytes of UTF-8."""
@@ -95,14 +88,14 @@ class AiohttpSocket:
             transport.abort()
 
 
-def _authenticate(request: web.Request) -> Principal:
+def _authenticate(request: web.Request, verifier: TokenVerifier) -> Principal:
     header = request.headers.get("Authorization")
     if header:
-        return verifier().authenticate(header)
+        return verifier.authenticate(header)
     token = request.query.get("token", "").strip()
     if not token:
-        return verifier().authenticate(None)  # raises: no credentials
-    return verifier().verify(token)
+        return verifier.authenticate(None)  # raises: no credentials
+    return verifier.verify(token)
 
 
 def _error(detail: str) -> dict[str, Any]:
@@ -112,9 +105,10 @@ def _error(detail: str) -> dict[str, Any]:
 class LiveSession:
     """What one connected client asked for: answers its messages on its own connection."""
 
-    def __init__(self, conn: Connection, principal: Principal) -> None:
+    def __init__(self, conn: Connection, principal: Principal, runtime: Runtime) -> None:
         self.conn = conn
         self.principal = principal
+        self.runtime = runtime
         self._last_sync = float("-inf")
 
     async def handle(self, text: str) -> None:
@@ -149,8 +143,8 @@ class LiveSession:
 
     async def _sync(self) -> None:
         try:
-            await runtime.ready()
-            items, _ = await runtime.store.list_orders(
+            await self.runtime.ready()
+            items, _ = await self.runtime.store.list_orders(
                 user_id=self.principal.subject, status=None, limit=SYNC_LIMIT, cursor=None
             )
         except Exception as exc:  # PostgreSQL away: the client may ask again
@@ -168,98 +162,113 @@ def _flag(value: str | None) -> bool:
     return value is not None and value.lower() in ("1", "true", "yes")
 
 
-async def websocket(request: web.Request) -> web.StreamResponse:
-    """The WebSocket endpoint: authenticate, register with the hub, answer client messages."""
-    ws = web.WebSocketResponse(
-        heartbeat=settings.ws_heartbeat or None,
-        timeout=CLOSE_HANDSHAKE,
-        max_msg_size=MAX_CLIENT_MESSAGE,
-    )
-    if not ws.can_prepare(request):
-        raise ApiError(
-            426,
-            "Upgrade Required",
-            f"GET {PATH} needs a WebSocket upgrade",
-            headers={"Upgrade": "websocket"},
-        )
-    principal: Principal | None = None
-    refusal = ""
-    try:
-        principal = _authenticate(request)
-    except ApiError as exc:
-        refusal = exc.detail
-    cid = request.get("correlation_id")
-    if cid:
-        ws.headers[CORRELATION_ID] = cid
-    await ws.prepare(request)
-    if principal is None:
-        with contextlib.suppress(Exception):
-            await ws.close(code=UNAUTHORIZED, message=_reason(refusal))
-        return ws
+class LiveEndpoint:
+    """`GET /v1/ws` of one worker: its hub of connections and the feed that fills it."""
 
-    if len(hub.connections(principal.subject)) >= settings.ws_max_per_user:
-        WS_REFUSED.labels("too_many").inc()
-        with contextlib.suppress(Exception):
-            await ws.close(
-                code=TOO_MANY, message=_reason(f"at most {settings.ws_max_per_user} connections per user")
+    def __init__(self, settings: Settings, runtime: Runtime, verifier: TokenVerifier) -> None:
+        self.settings, self.runtime, self.verifier = settings, runtime, verifier
+        self.hub = hub = Hub(queue_size=settings.ws_queue_size, send_timeout=SEND_TIMEOUT, close_timeout=CLOSE_TIMEOUT)
+        self.feed = LiveFeed(
+            settings.kafka_bootstrap,
+            Dispatcher(hub),
+            client_id=f"orion-live-{settings.worker_id}",
+            idle=lambda: hub.idle,
+        )
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        """The WebSocket endpoint: authenticate, register with the hub, answer client messages."""
+        ws = web.WebSocketResponse(
+            heartbeat=self.settings.ws_heartbeat or None,
+            timeout=CLOSE_HANDSHAKE,
+            max_msg_size=MAX_CLIENT_MESSAGE,
+        )
+        if not ws.can_prepare(request):
+            raise ApiError(
+                426,
+                "Upgrade Required",
+                f"GET {PATH} needs a WebSocket upgrade",
+                headers={"Upgrade": "websocket"},
             )
+        principal: Principal | None = None
+        refusal = ""
+        try:
+            principal = _authenticate(request, self.verifier)
+        except ApiError as exc:
+            refusal = exc.detail
+        cid = request.get("correlation_id")
+        if cid:
+            ws.headers[CORRELATION_ID] = cid
+        await ws.prepare(request)
+        if principal is None:
+            with contextlib.suppress(Exception):
+                await ws.close(code=UNAUTHORIZED, message=_reason(refusal))
+            return ws
+
+        if len(self.hub.connections(principal.subject)) >= self.settings.ws_max_per_user:
+            WS_REFUSED.labels("too_many").inc()
+            with contextlib.suppress(Exception):
+                await ws.close(
+                    code=TOO_MANY, message=_reason(f"at most {self.settings.ws_max_per_user} connections per user")
+                )
+            return ws
+
+        hello = hello_message(principal.subject, principal.roles, principal.expires_at)
+        conn = self.hub.connect(
+            principal.subject, AiohttpSocket(ws, request), admin=principal.is_admin, first=hello
+        )
+        expiry: asyncio.TimerHandle | None = None
+        if principal.expires_at is not None:
+            expiry = asyncio.get_running_loop().call_later(
+                max(principal.expires_at - time.time(), 0.0),
+                self.hub.drop,
+                conn,
+                "expired",
+                UNAUTHORIZED,
+                "token expired",
+            )
+        session = LiveSession(conn, principal, self.runtime)
+        dropped: str | None = None
+        try:
+            if _flag(request.query.get("sync")):
+                await session.sync()
+            while not conn.closed:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.TEXT:
+                    await session.handle(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    await conn.send(_error("send JSON as text messages"))
+                else:
+                    if msg.type is WSMsgType.ERROR:
+                        # No pong within half the heartbeat: a dead client, or a broken connection.
+                        dropped = "heartbeat" if isinstance(ws.exception(), TimeoutError) else "error"
+                    break  # CLOSE, CLOSING, CLOSED or ERROR
+        except Exception:  # never let an error escape a prepared WebSocket into the middleware
+            log.exception("WebSocket handler for %s failed", principal.subject)
+            dropped = dropped or "error"
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            await self.hub.disconnect(conn, dropped)
+            if not ws.closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(code=GOING_AWAY), CLOSE_TIMEOUT)
         return ws
 
-    hello = hello_message(principal.subject, principal.roles, principal.expires_at)
-    conn = hub.connect(
-        principal.subject, AiohttpSocket(ws, request), admin=principal.is_admin, first=hello
-    )
-    expiry: asyncio.TimerHandle | None = None
-    if principal.expires_at is not None:
-        expiry = asyncio.get_running_loop().call_later(
-            max(principal.expires_at - time.time(), 0.0),
-            hub.drop,
-            conn,
-            "expired",
-            UNAUTHORIZED,
-            "token expired",
-        )
-    session = LiveSession(conn, principal)
-    dropped: str | None = None
-    try:
-        if _flag(request.query.get("sync")):
-            await session.sync()
-        while not conn.closed:
-            msg = await ws.receive()
-            if msg.type is WSMsgType.TEXT:
-                await session.handle(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await conn.send(_error("send JSON as text messages"))
-            else:
-                if msg.type is WSMsgType.ERROR:
-                    # No pong within half the heartbeat: a dead client, or a broken connection.
-                    dropped = "heartbeat" if isinstance(ws.exception(), TimeoutError) else "error"
-                break  # CLOSE, CLOSING, CLOSED or ERROR
-    except Exception:  # never let an error escape a prepared WebSocket into the middleware
-        log.exception("WebSocket handler for %s failed", principal.subject)
-        dropped = dropped or "error"
-    finally:
-        if expiry is not None:
-            expiry.cancel()
-        await hub.disconnect(conn, dropped)
-        if not ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(code=GOING_AWAY), CLOSE_TIMEOUT)
-    return ws
+    async def close_sockets(self, _: web.Application) -> None:
+        await self.hub.close_all(GOING_AWAY, "server shutting down")
 
 
-async def _close_sockets(_: web.Application) -> None:
-    await hub.close_all(GOING_AWAY, "server shutting down")
-
-
-@app.service
 class LiveUpdates(mode.Service):
     """Runs this worker's live feed; closes every socket with 1001 when the worker stops."""
 
     _feed_task: asyncio.Task[None] | None = None
 
+    def __init__(self, endpoint: LiveEndpoint, **kwargs: Any) -> None:
+        self.endpoint = endpoint
+        super().__init__(**kwargs)
+
     async def on_start(self) -> None:
-        self._feed_task = asyncio.create_task(feed.run(), name="orion-live-feed")
+        self._feed_task = asyncio.create_task(self.endpoint.feed.run(), name="orion-live-feed")
 
     async def on_stop(self) -> None:
         task, self._feed_task = self._feed_task, None
@@ -267,11 +276,16 @@ class LiveUpdates(mode.Service):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10)
-        await hub.close_all(GOING_AWAY, "server shutting down")
+        await self.endpoint.hub.close_all(GOING_AWAY, "server shutting down")
 
 
-# Faust's aiohttp driver freezes the router when its server starts (after table recovery),
-# so the route and the shutdown hook go in now, at import, like the @app.page views.
-_web_app = cast(Any, app.web).web_app
-_web_app.router.add_get(PATH, websocket, allow_head=False)
-_web_app.on_shutdown.append(_close_sockets)
+def register(orion: Orion, verifier: TokenVerifier) -> LiveEndpoint:
+    """The route, its shutdown hook and the live feed's service. Faust's aiohttp driver
+    freezes the router when its server starts (after table recovery), so they go in now."""
+    endpoint = LiveEndpoint(orion.settings, orion.runtime, verifier)
+    app = orion.app
+    app.service(cast(Any, LiveUpdates(endpoint, beacon=app.beacon)))
+    web_app = cast(Any, app.web).web_app
+    web_app.router.add_get(PATH, endpoint.websocket, allow_head=False)
+    web_app.on_shutdown.append(endpoint.close_sockets)
+    return endpoint

@@ -11,12 +11,12 @@ import pytest
 
 from orion_streams import records
 from orion_streams.agents import common
-from orion_streams.app import order_events_topic, order_status_topic, settings, stock_requests_topic
 from orion_streams.domain import commands as c
 from orion_streams.domain import events as e
 from orion_streams.domain.orders import OrderStatus
 
 HEADERS = [("correlation-id", b"corr-1"), ("actor", b"user:\xc3\xa9lise")]
+PARTITIONS = 12
 
 
 def test_a_batch_record_carries_each_message_with_its_key_and_headers() -> None:
@@ -86,29 +86,20 @@ class FakeProducer:
         return future
 
 
-async def test_the_outbox_sends_requests_and_answers_as_one_batch_record_per_topic_and_partition(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_the_outbox_sends_requests_and_answers_as_one_batch_record_per_topic_and_partition() -> None:
     producer = FakeProducer()
-
-    class App:
-        pass
-
-    fake = App()
-    fake.producer = producer  # type: ignore[attr-defined]
-    monkeypatch.setattr(common, "app", fake)
     skus = [f"SKU-{i}" for i in range(40)]
     by_partition: dict[int, list[str]] = {}
     for sku in skus:
-        by_partition.setdefault(common.partition_for(sku, settings.partitions), []).append(sku)
+        by_partition.setdefault(common.partition_for(sku, PARTITIONS), []).append(sku)
     landed: list[tuple[str, Any]] = []
-    outbox = common.Outbox()
+    outbox = common.Outbox(common.Bus(lambda: producer, PARTITIONS))
     for sku in skus:
-        outbox.send(stock_requests_topic, sku, c.ReserveLine("o1", sku, 1), HEADERS,
+        outbox.send("stock-requests", sku, c.ReserveLine("o1", sku, 1), HEADERS,
                     on_sent=lambda md, sku=sku: landed.append((sku, md)))
-    outbox.send(order_events_topic, "o1", e.LineReserved("o1", "SKU-0", 1), [])
+    outbox.send("order-events", "o1", e.LineReserved("o1", "SKU-0", 1), [])
     status = e.OrderStatusChanged("o1", "u", "a@b.c", OrderStatus.PENDING, None, (), 0, "EUR", None, 1, "t", "t")
-    outbox.send(order_status_topic, "o1", status, [])
+    outbox.send("order-status", "o1", status, [])
     await outbox.flush()
 
     batches = [s for s in producer.sent if s[0] == "stock-requests"]
@@ -120,14 +111,14 @@ async def test_the_outbox_sends_requests_and_answers_as_one_batch_record_per_top
     assert [k for k, _, _ in records.decode_batch(events[2])] == ["o1"]
     # Published events travel in batch records too, on the key's partition.
     [published] = [s for s in producer.sent if s[0] == "order-status"]
-    assert published[1] is None and published[3] == common.partition_for("o1", settings.partitions)
+    assert published[1] is None and published[3] == common.partition_for("o1", PARTITIONS)
     assert [(k, records.decode(v)) for k, _, v in records.decode_batch(published[2])] == [("o1", status)]
     # Published events are handed to the producer before requests and answers (a stock level
     # before the answers that count on it).
     assert [s[0] for s in producer.sent][0] == "order-status"
     # Each request is told where its batch record landed.
     assert sorted(sku for sku, _ in landed) == sorted(skus)
-    assert all(md.partition == common.partition_for(sku, settings.partitions) for sku, md in landed)
+    assert all(md.partition == common.partition_for(sku, PARTITIONS) for sku, md in landed)
 
 
 def test_batch_records_are_cut_by_items_and_by_bytes() -> None:
@@ -142,19 +133,19 @@ def test_batch_records_are_cut_by_items_and_by_bytes() -> None:
     assert list(records.chunks(huge)) == [huge]  # one message too big for the bound goes alone
 
 
-async def test_the_projection_reads_each_item_of_a_batch_record_and_parks_a_bad_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_the_projection_reads_each_item_of_a_batch_record_and_parks_a_bad_one() -> None:
     from orion_streams.agents import projection
+    from orion_streams.agents.notify import Emails
+    from orion_streams.config import Settings
+    from orion_streams.domain.catalog import Catalog
 
     parked: list[tuple[Any, str]] = []
 
-    async def dead_letter(event: Any, reason: str, *, kind: str, send: Any = None) -> None:
-        parked.append((event, kind))
+    async def send(key: bytes | None, value: bytes, headers: Any) -> None:
+        parked.append((orjson.loads(value), dict(headers)["reason-class"].decode()))
 
-    monkeypatch.setattr(projection, "dead_letter", dead_letter)
-    monkeypatch.setattr(projection.notify, "collect", lambda event, message: None)
-    monkeypatch.setattr(projection, "batch", projection.Projection())
+    batch = projection.Projection(None, Emails(Settings(), Catalog))  # type: ignore[arg-type]  # no writes here
+    projector = projection.Projector(batch, send)
     status = e.OrderStatusChanged("o1", "u", "a@b.c", OrderStatus.PENDING, None, (), 0, "EUR", None, 1, "t", "t")
     level = e.StockLevelChanged("A", 10, 1, 2, 3, "t")
     value = records.encode_batch([("o1", records.encode(status), HEADERS), ("o2", b'{"type": "Nope"}', []),
@@ -170,11 +161,11 @@ async def test_the_projection_reads_each_item_of_a_batch_record_and_parks_a_bad_
         value: bytes
         headers: Any
 
-    await projection._handle(Record("order-status", 2, 7, None, None, value, [(records.BATCH_HEADER, b"1")]), None)
-    assert projection.batch.statuses == [status] and projection.batch.correlation_ids == ["corr-1"]
-    assert projection.batch.levels == [level]
+    await projector.handle(Record("order-status", 2, 7, None, None, value, [(records.BATCH_HEADER, b"1")]))
+    assert batch.statuses == [status] and batch.correlation_ids == ["corr-1"]
+    assert batch.levels == [level]
     [(bad, kind)] = parked
-    assert kind == "bad_record" and bad.key == b"o2" and (bad.message.offset, bad.message.index) == (7, 1)
+    assert kind == "bad_record" and bad["key"] == "o2" and (bad["offset"], bad["item"]) == (7, 1)
     # A batch record that cannot be read is parked whole.
-    await projection._handle(Record("order-status", 2, 8, None, None, b"{", [(records.BATCH_HEADER, b"1")]), None)
-    assert parked[-1][1] == "bad_record" and parked[-1][0].message.offset == 8
+    await projector.handle(Record("order-status", 2, 8, None, None, b"{", [(records.BATCH_HEADER, b"1")]))
+    assert parked[-1][1] == "bad_record" and parked[-1][0]["offset"] == 8

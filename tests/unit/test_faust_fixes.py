@@ -29,10 +29,13 @@ async def test_recovery_resumes_after_the_last_change_applied_never_below_the_lo
     assert consumer.seeks == [{empty: 0, applied: 42, compacted: 100}]
 
 
-def test_the_fixes_are_applied_once_the_app_is_loaded() -> None:
+def test_the_fixes_are_applied_once_an_app_is_built(tmp_path: Any) -> None:
     from faust.transport import consumer as faust_consumer
 
-    import orion_streams.app  # noqa: F401 - applies them
+    from orion_streams.app import create_app
+    from orion_streams.config import Settings
+
+    create_app(Settings(state_dir=tmp_path), routes=False)
 
     assert Recovery._seek_offsets is faust_fixes._seek_after_applied
     assert faust_consumer.Consumer._add_gap is faust_fixes._no_gap
@@ -43,11 +46,14 @@ def test_the_fixes_are_applied_once_the_app_is_loaded() -> None:
     assert AIOKafkaConsumerThread._commit is faust_fixes._commit
 
 
-async def test_the_workers_consumer_waits_at_most_a_tenth_of_a_second_for_a_fetch() -> None:
+async def test_the_workers_consumer_waits_at_most_a_tenth_of_a_second_for_a_fetch(tmp_path: Any) -> None:
     """Faust builds its consumer with fetch_max_wait_ms=1500; the worker's waits 100 ms."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    from orion_streams.app import app
+    from orion_streams.app import create_app
+    from orion_streams.config import Settings
+
+    app = create_app(Settings(state_dir=tmp_path), routes=False).app
 
     faust_fixes.apply()
     thread = AIOKafkaConsumerThread(app.consumer, loop=None)
@@ -89,21 +95,15 @@ async def test_a_commit_takes_the_assignment_once_and_commits_only_assigned_part
 
 
 def test_health_fails_once_recovery_has_stalled_past_the_limit() -> None:
-    from orion_streams.agents import watchdog
-    from orion_streams.app import settings
+    from orion_streams.agents.watchdog import Watchdog
+    from orion_streams.config import Settings
 
-    saved = watchdog._recovering_since
-    try:
-        watchdog._recovering_since = None
-        assert watchdog.recovery_stalled_for(1e9) is None
-        watchdog._recovering_since = 1000.0
-        assert watchdog.recovery_stalled_for(1000.0 + settings.recovery_stall - 1) is None
-        assert (
-            watchdog.recovery_stalled_for(1000.0 + settings.recovery_stall + 5)
-            == settings.recovery_stall + 5
-        )
-    finally:
-        watchdog._recovering_since = saved
+    settings = Settings()
+    watchdog = Watchdog(None, settings)  # type: ignore[arg-type]  # the app is not read here
+    assert watchdog.recovery_stalled_for(1e9) is None
+    watchdog._recovering_since = 1000.0
+    assert watchdog.recovery_stalled_for(1000.0 + settings.recovery_stall - 1) is None
+    assert watchdog.recovery_stalled_for(1000.0 + settings.recovery_stall + 5) == settings.recovery_stall + 5
 
 
 class FakeMessage:

@@ -14,7 +14,6 @@ from aiokafka.errors import KafkaTimeoutError
 
 from orion_streams import records
 from orion_streams.agents import common
-from orion_streams.app import order_status_topic
 from orion_streams.domain import events as e
 
 
@@ -96,13 +95,7 @@ async def until(condition: Any, what: str) -> None:
 @pytest.fixture
 async def agent(monkeypatch: pytest.MonkeyPatch) -> Any:
     producer = Producer()
-
-    class App:
-        pass
-
-    fake = App()
-    fake.producer = producer  # type: ignore[attr-defined]
-    monkeypatch.setattr(common, "app", fake)
+    bus = common.Bus(lambda: producer, 12)
     monkeypatch.setattr(common, "BATCH_SIZE", 1)  # a batch per event
     monkeypatch.setattr(common, "BATCH_WITHIN", 3600)  # no flush but the full batch's
     stream, table, handled = Stream(), Table(), []
@@ -111,13 +104,13 @@ async def agent(monkeypatch: pytest.MonkeyPatch) -> Any:
         offset = event.message.offset
         handled.append(offset)
         table.unsent.append(offset)
-        outbox.send(order_status_topic, f"o{offset}", e.LineReserved(f"o{offset}", "A", 1), [])
+        outbox.send("order-status", f"o{offset}", e.LineReserved(f"o{offset}", "A", 1), [])
 
     def feed(offset: int) -> None:
         value = records.encode(e.LineReserved(f"o{offset}", "A", 1))
         stream.queue.put_nowait(Event(f"o{offset}".encode(), value, [], Where("order-events", 0, offset)))
 
-    task = asyncio.ensure_future(common.handle_in_batches(stream, handle, table, what="test agent"))  # type: ignore[arg-type]
+    task = asyncio.ensure_future(common.handle_in_batches(stream, handle, bus, table, what="test agent"))  # type: ignore[arg-type]
     yield producer, stream, table, handled, feed, task
     task.cancel()
 

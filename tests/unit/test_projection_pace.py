@@ -11,6 +11,7 @@ import pytest
 
 from orion_streams.agents import projection
 from orion_streams.agents.projection import BATCH_SIZE, pause_before_batch
+from orion_streams.config import Settings
 
 
 def test_the_pause_keeps_transactions_an_interval_apart_unless_a_batch_was_full() -> None:
@@ -61,19 +62,18 @@ async def test_the_loop_waits_out_the_interval_after_a_small_batch_and_not_after
     clock = FakeClock()
     monkeypatch.setattr(projection, "time", clock)
     monkeypatch.setattr(projection, "asyncio", SimpleNamespace(sleep=clock.sleep))
-    monkeypatch.setattr(projection, "settings", projection.settings.with_changes(projection_interval=0.05))
+    settings = Settings().with_changes(projection_interval=0.05)
 
-    async def handle(record: Any, dead_letters: Any) -> None:
+    async def handle(record: Any) -> None:
         return None
 
     async def written() -> None:
         return None
 
-    monkeypatch.setattr(projection, "_handle", handle)
-    monkeypatch.setattr(projection, "batch", SimpleNamespace(written=written))
+    projector = SimpleNamespace(handle=handle, batch=SimpleNamespace(written=written))
     consumer = FakeConsumer(clock, [3, BATCH_SIZE, 2, 1], work=0.01)
     with pytest.raises(asyncio.CancelledError):
-        await projection.Consumer()._consume(consumer)  # type: ignore[arg-type]
+        await projection.Consumer(settings, None, projector)._consume(consumer)  # type: ignore[arg-type]
     # The first batch at once; after the 3 records (10 ms of work) wait 40 ms; after the
     # full batch none; after the 2 records and after the 1 wait again.
     assert clock.slept == [0.04, 0.04, 0.04]
