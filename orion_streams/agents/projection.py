@@ -168,7 +168,6 @@ class Projector:
                 return
         self.batch.emails.collect(event, message)
 
-
     async def handle(self, record: Any) -> None:
         """A consumed record: a batch record's items one by one, else the record itself."""
         event: Any = Received(record.key, record.value, record.headers,
@@ -180,7 +179,6 @@ class Projector:
             return
         for message in messages:
             await self._handle_one(message)
-
 
     async def _handle_one(self, event: Any) -> None:
         where = event.message

@@ -122,7 +122,6 @@ class SagaAgent:
 
         outbox.send(*_route(request), request, headers, on_sent=sent)
 
-
     async def handle_event(self, event: Any, outbox: Outbox) -> None:
         order_id = key_text(event)
         try:
@@ -215,7 +214,6 @@ class SagaAgent:
         if domain.retirable(saga):
             self.retiring.ended(order_id, now_.epoch)
 
-
     def _old(self, event: Any, placed: e.OrderPlaced, now_epoch: float) -> bool:
         """Whether an OrderPlaced may repeat an order whose saga was already retired."""
         horizon = now_epoch - self.settings.order_retention / 2
@@ -223,7 +221,6 @@ class SagaAgent:
         if stamp is not None and stamp < horizon:
             return True
         return bool(placed.placed_at) and _epoch(placed.placed_at) < horizon
-
 
     async def _for_unknown_order(self, event: Any, message: Any, outbox: Outbox) -> None:
         """An answer for an order this worker holds no saga for: retired after the retention,
@@ -247,7 +244,6 @@ class SagaAgent:
             case _:
                 await self.bus.dead_letter(event, f"no order {message.order_id} is known to the saga", kind="unknown_order")
 
-
     def _observe(self, change: e.OrderStatusChanged, saga: domain.OrderSaga, now_: domain.Clock) -> None:
         """Log and count a status change; the saga is the one place every order passes."""
         status = change.status.value
@@ -267,7 +263,6 @@ class SagaAgent:
             if status == "CONFIRMED":
                 metrics.ORDER_CONFIRMATION.observe(elapsed)
 
-
     # -- housekeeping: adopting partitions, lost requests, retirement
 
     async def housekeeping(self, outbox: Outbox) -> None:
@@ -284,7 +279,6 @@ class SagaAgent:
         self._tracked = owned
         await self._chase_lost(outbox)
         self._retire()
-
 
     async def _adopt(self, partitions: set[int]) -> None:
         """Orders of newly assigned partitions: register what they wait for (each request lies
@@ -310,7 +304,6 @@ class SagaAgent:
                 retired += 1
         log.info("adopted partitions %s: %d request(s) awaited, %d finished order(s) to retire",
                  sorted(partitions), adopted, retired)
-
 
     async def _chase_lost(self, outbox: Outbox) -> None:
         """Ask again for requests that were consumed and whose answer the saga has read past."""
@@ -341,7 +334,6 @@ class SagaAgent:
                 log.warning("%s of order %s was consumed and its answer never came: asking again", kind, order_id)
             metrics.REQUESTS_RESENT.labels(kind).inc()
             self._send_request(outbox, request, make_headers(state.get("correlation_id"), "service:orion-saga", "service"))
-
 
     def _retire(self) -> None:
         """Forget finished orders whose retention ran out (a tombstone on the changelog)."""
