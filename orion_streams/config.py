@@ -137,10 +137,6 @@ class Settings(BaseSettings):
     def _any_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @property
-    def jwt_secret_is_default(self) -> bool:
-        return self.jwt_secret == DEV_JWT_SECRET
-
     @classmethod
     def from_env(cls) -> Settings:
         """The settings of this process; a wrong value raises ValueError naming its variable."""

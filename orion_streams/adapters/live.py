@@ -128,7 +128,10 @@ class Connection:
         while True:
             kind, text = await self.queue.get()
             try:
-                await asyncio.wait_for(self.socket.send_str(text), self.hub.send_timeout)
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes just as
+                # the send completes, and the hub, stopping this writer, would wait for ever.
+                async with asyncio.timeout(self.hub.send_timeout):
+                    await self.socket.send_str(text)
             except TimeoutError:
                 self.hub.drop(self, "slow", TRY_AGAIN_LATER, "too slow: send timed out")
                 return

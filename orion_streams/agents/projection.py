@@ -241,6 +241,7 @@ class Consumer:
             pause = pause_before_batch(began, full, self.settings.projection_interval, time.monotonic())
             if pause > 0:
                 await asyncio.sleep(pause)  # the next records gather in the fetcher meanwhile
+            await self._learn_committed(consumer)
             got = await consumer.getmany(timeout_ms=1000, max_records=BATCH_SIZE)
             if not got:
                 continue
@@ -256,6 +257,20 @@ class Consumer:
                 log.info("projection commit not taken (%r); the partitions' next owner repeats it", exc)
                 continue
             self.committed.update(offsets)
+
+    async def _learn_committed(self, consumer: AIOKafkaConsumer) -> None:
+        """The group's committed offset of each partition assigned since the last look (one
+        request per partition and assignment), so a partition written before a restart or a
+        rebalance, and quiet since, counts no lag."""
+        assigned = consumer.assignment()
+        for tp in [tp for tp in self.committed if tp not in assigned]:
+            del self.committed[tp]
+        for tp in assigned - self.committed.keys():
+            try:
+                self.committed[tp] = await consumer.committed(tp) or 0
+            except KafkaError as exc:  # the coordinator is moving: ask again next round
+                log.debug("committed offset of %s unknown: %r", tp, exc)
+                return
 
     def lag(self) -> dict[TopicPartition, int]:
         """Records not yet written, per partition this worker's projection owns."""

@@ -18,6 +18,8 @@ from .problems import ApiError, from_domain, problem_response, unavailable
 log = logging.getLogger("orion.web")
 
 CORRELATION_ID = "X-Correlation-ID"
+# Where the request's correlation id is kept, for the views (a typed key: aiohttp warns of str keys).
+CORRELATION_KEY = web.RequestKey("correlation_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,7 +38,7 @@ def route_of(request: web.Request) -> str:
 async def correlation_and_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get(CORRELATION_ID, "")
     cid = incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
-    request["correlation_id"] = cid
+    request[CORRELATION_KEY] = cid
     log_token = logs.bind(correlation_id=cid)
     started = time.perf_counter()
     status = 500

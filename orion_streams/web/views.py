@@ -23,6 +23,7 @@ from ..services.admission import Refusal
 from ..services.grouped import Grouped
 from .auth import Principal, TokenVerifier
 from .identity import allow, authenticate, sees_all_orders
+from .middleware import CORRELATION_KEY
 from .problems import ApiError, bad_request, not_found, unavailable, unprocessable
 from .ratelimit import TokenBuckets
 
@@ -104,7 +105,8 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
-    if request.content_type not in ("application/json", ""):
+    # No Content-Type at all is read as JSON (aiohttp would call it application/octet-stream).
+    if "Content-Type" in request.headers and request.content_type != "application/json":
         raise ApiError(415, "Unsupported Media Type", "send application/json")
     raw = await request.read()
     try:
@@ -119,7 +121,7 @@ async def read_json(request: web.Request) -> Any:
 def _headers(request: web.Request, principal: Principal) -> list[tuple[str, bytes]]:
     """Every event from HTTP carries who asked (actor and roles) and the correlation id."""
     return [
-        ("correlation-id", request["correlation_id"].encode()),
+        ("correlation-id", request[CORRELATION_KEY].encode()),
         ("actor", principal.actor.encode()),
         ("actor-roles", ",".join(sorted(principal.roles)).encode()),
     ]

@@ -36,7 +36,7 @@ from ..adapters.live import (
     order_snapshot_message,
 )
 from .auth import Principal, TokenVerifier
-from .middleware import CORRELATION_ID
+from .middleware import CORRELATION_ID, CORRELATION_KEY
 from .problems import ApiError
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class LiveEndpoint:
             principal = _authenticate(request, self.verifier)
         except ApiError as exc:
             refusal = exc.detail
-        cid = request.get("correlation_id")
+        cid = request.get(CORRELATION_KEY)
         if cid:
             ws.headers[CORRELATION_ID] = cid
         await ws.prepare(request)

@@ -51,6 +51,9 @@ class FakeConsumer:
         self.offset += n
         return {("order-status", 0): got}
 
+    def assignment(self) -> set[Any]:
+        return set()
+
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.clock.now += self.work
         self.commits.append(offsets)

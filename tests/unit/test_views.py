@@ -41,7 +41,6 @@ from .web_fakes import (
 )
 
 # aiohttp 3.14 warns (once per process) that the middleware keys request storage by a string.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 ADMIN = bearer("root", "admin")
 SERVICE = bearer("svc", "service")
@@ -325,10 +324,6 @@ async def test_json_with_a_charset_is_json(world: World, client: Client) -> None
     assert response.status == 202
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "views.read_json accepts the content type '' (no Content-Type header) but aiohttp reports a "
-    "missing header as application/octet-stream, so a JSON body sent without Content-Type gets 415"
-))
 async def test_a_json_body_without_content_type_is_read_as_json(world: World, client: Client) -> None:
     response = await client.post(
         "/v1/orders", data=json.dumps(order_body()).encode(), headers=bearer(ALICE),

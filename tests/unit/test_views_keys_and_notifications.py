@@ -24,7 +24,6 @@ from .web_fakes import (
 )
 
 # aiohttp 3.14 warns (once per process) that the middleware keys request storage by a string.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 ADMIN = bearer("root", "admin")
 

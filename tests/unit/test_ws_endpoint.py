@@ -24,7 +24,6 @@ from orion_streams.web.ws import PATH, TOO_MANY, LiveEndpoint
 from .web_fakes import ALICE, BOB, SETTINGS, FakeRuntime, bearer, order_row, problem, serve_ws
 
 # aiohttp 3.14 warns (once per process) that the middleware keys request storage by a string.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 DEADLINE = 5.0
 UNAUTHORIZED, GOING_AWAY = 4401, 1001
@@ -200,19 +199,10 @@ async def test_a_refused_token_gets_the_upgrade_then_close_4401_with_the_reason(
 
 
 # Python 3.11's asyncio.wait_for returns the result of an awaitable that finished when its
-# task was cancelled, and the cancellation is lost (fixed in 3.12, where wait_for is built on
-# asyncio.timeout). Connection._write sends through wait_for, so a writer cancelled just as a
-# send finishes goes on to wait for its next message, and Hub._stop_writer (`await writer`,
-# no timeout) never returns: Hub._close never closes the socket, and the endpoint's
-# `hub.disconnect` in its `finally` hangs too.
-SWALLOWED_CANCEL = (
-    "adapters/live.py: Hub._stop_writer cancels the writer and awaits it without a timeout, but on "
-    "Python 3.11 asyncio.wait_for in Connection._write swallows a cancel that arrives as a send "
-    "completes; the writer then blocks on queue.get() for ever, so the close (4401 here) is never sent"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=SWALLOWED_CANCEL)
+# task was cancelled, and the cancellation is lost. Connection._write sent through wait_for, so
+# a writer cancelled just as a send finished went on waiting for its next message, and
+# Hub._stop_writer never returned: the close (4401 here) was never sent. It sends under
+# asyncio.timeout now; these two tests failed before.
 async def test_a_token_that_expires_while_connected_closes_the_socket_with_4401() -> None:
     # Expired a moment ago but within the verifier's leeway: let in, then closed at once
     # (the expiry fires while the hello is being written).
@@ -238,7 +228,6 @@ class InstantSocket:
         self.closed.set()
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=SWALLOWED_CANCEL)
 async def test_the_hub_closes_a_socket_dropped_just_as_a_send_finished() -> None:
     """The root cause of the test above, without HTTP: the drop comes right after the send
     of the hello completed, before the writer task resumed."""
