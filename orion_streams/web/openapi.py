@@ -18,12 +18,11 @@ from typing import Any
 from aiohttp import web
 from faust.web import View
 
-from ..adapters.apikeys import SCOPES
 from ..app import app
 from ..domain.orders import MAX_LINES, MAX_QUANTITY, MAX_TOKEN_LENGTH, OrderStatus
 from ..domain.stock import ADJUSTMENT_REASONS
+from ..schemas import MAX_WAIT, SCOPES
 from .middleware import CORRELATION_ID
-from .views import MAX_WAIT
 
 PATH = "/openapi.json"
 VERSION = "1.0.0"

@@ -20,6 +20,7 @@ from ..app import app, orders_topic, runtime, settings, stock_requests_topic
 from ..domain.errors import FieldError
 from ..domain.orders import OrderStatus
 from ..records import storable
+from ..schemas import OrderListQuery, PlaceOrderQuery, StockListQuery, parse
 from ..services import orders, ports
 from ..services.admission import Refusal
 from ..services.grouped import Grouped
@@ -30,7 +31,6 @@ from .problems import ApiError, bad_request, not_found, unavailable, unprocessab
 from .ratelimit import TokenBuckets
 
 log = logging.getLogger("orion.web")
-MAX_WAIT = 30.0
 _verifier: TokenVerifier | None = None
 order_limits = TokenBuckets(settings.order_rate_per_minute / 60.0, settings.order_burst)
 service_order_limits = TokenBuckets(settings.service_order_rate_per_minute / 60.0, settings.service_order_burst)
@@ -97,19 +97,6 @@ def _sender(request: web.Request, principal: Principal) -> orders.Send:
     return send
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise unprocessable([FieldError(name, "must be a whole number")]) from exc
-    if not low <= value <= high:
-        raise unprocessable([FieldError(name, f"must be between {low} and {high}")])
-    return value
-
-
 async def _visible_order(principal: Principal, order_id: str) -> dict[str, Any]:
     """The order if the caller may see it; 404 otherwise, so ids of others never leak."""
     order = await runtime.store.get_order(order_id)
@@ -168,7 +155,7 @@ class OrdersView(View):
                 429, "Too Many Requests", f"at most {rate:g} orders a minute (bursts of {burst})",
                 headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
             )
-        wait = self._wait_param(request)
+        wait = parse(PlaceOrderQuery, request.query).wait
         body = await read_json(request)
         await runtime.ready()
         try:
@@ -190,33 +177,18 @@ class OrdersView(View):
     async def get(self, request: web.Request) -> web.Response:
         principal = await principal_of(request)
         allow(principal, scope="orders:read")
-        limit = _int_param(request, "limit", 20, 1, 100)
-        status = request.query.get("status")
-        if status is not None and status not in OrderStatus.__members__:
-            raise unprocessable([FieldError("status", f"one of {', '.join(OrderStatus)}")])
+        query = parse(OrderListQuery, request.query)
         user_id: str | None = principal.subject
         if sees_all_orders(principal):
-            user_id = request.query.get("user_id")
+            user_id = query.user_id
         await runtime.ready()
         try:
             items, cursor = await runtime.store.list_orders(
-                user_id=user_id, status=status, limit=limit, cursor=request.query.get("cursor")
+                user_id=user_id, status=query.status, limit=query.limit, cursor=query.cursor
             )
         except InvalidCursor as exc:
             raise unprocessable([FieldError("cursor", str(exc))]) from exc
         return json_response({"items": items, "next_cursor": cursor})
-
-    def _wait_param(self, request: web.Request) -> float:
-        raw = request.query.get("wait")
-        if raw is None:
-            return 0.0
-        try:
-            value = float(raw)
-        except ValueError as exc:
-            raise unprocessable([FieldError("wait", "must be a number of seconds")]) from exc
-        if not 0 <= value <= MAX_WAIT:
-            raise unprocessable([FieldError("wait", f"must be between 0 and {MAX_WAIT:g}")])
-        return value
 
     async def _reply(self, order_id: str, wait: float) -> web.Response:
         if wait > 0:
@@ -288,10 +260,10 @@ class ProductView(View):
 class InventoryListView(View):
     async def get(self, request: web.Request) -> web.Response:
         allow(await principal_of(request), "admin", "service", scope="inventory:read")
-        limit = _int_param(request, "limit", 50, 1, 500)
+        query = parse(StockListQuery, request.query)
         await runtime.ready()
         try:
-            items, cursor = await runtime.store.list_stock(limit=limit, cursor=request.query.get("cursor"))
+            items, cursor = await runtime.store.list_stock(limit=query.limit, cursor=query.cursor)
         except InvalidCursor as exc:
             raise unprocessable([FieldError("cursor", str(exc))]) from exc
         return json_response({"items": items, "next_cursor": cursor})

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from orion_streams.adapters.apikeys import SCOPES
+from orion_streams.schemas import SCOPES
 from orion_streams.web import apikeys, notifications, openapi, views, ws  # noqa: F401  (registers every route)
 
 from .harness import Services, Worker, wait_until
