@@ -15,15 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError, core_schema
 
-from .domain import orders
+from .domain import errors, orders
 from .domain.catalog import Catalog
-from .domain.errors import FieldError, ValidationFailed
+from .domain.errors import ValidationFailed
 from .domain.orders import MAX_LINES, MAX_QUANTITY, MAX_TOKEN_LENGTH, OrderStatus
 from .domain.stock import ADJUSTMENT_REASONS
 
@@ -104,16 +105,16 @@ def parse(model: type[M], data: object) -> M:
         raise ValidationFailed(field_errors(model, exc)) from None
 
 
-def field_errors(model: type[BaseModel], error: ValidationError) -> list[FieldError]:
+def field_errors(model: type[BaseModel], error: ValidationError) -> list[errors.FieldError]:
     """pydantic's errors as the API's: one per field and message, in pydantic's order."""
-    found: dict[tuple[str, str], FieldError] = {}
+    found: dict[tuple[str, str], errors.FieldError] = {}
     for detail in error.errors(include_url=False, include_context=False, include_input=False):
         field_error = _field_error(model, detail["loc"], detail["type"], detail["msg"])
         found.setdefault((field_error.field, field_error.message), field_error)
     return list(found.values())
 
 
-def _field_error(model: type[BaseModel], loc: tuple[int | str, ...], kind: str, msg: str) -> FieldError:
+def _field_error(model: type[BaseModel], loc: tuple[int | str, ...], kind: str, msg: str) -> errors.FieldError:
     path, says = "", None
     inner: type[BaseModel] | None = model  # the model of the object at `path`, if any
     parts = list(loc)
@@ -121,7 +122,7 @@ def _field_error(model: type[BaseModel], loc: tuple[int | str, ...], kind: str, 
         name = str(parts.pop(0))
         info = inner.model_fields.get(name)
         if info is None:  # a field the object does not have
-            return FieldError(_join(path, name), getattr(inner, "unknown", msg) if kind == "extra_forbidden" else msg)
+            return errors.FieldError(_join(path, name), getattr(inner, "unknown", msg) if kind == "extra_forbidden" else msg)
         path, says, inner = _join(path, name), next((m for m in info.metadata if isinstance(m, Says)), None), None
         item, many = _model_in(info.annotation)
         if item is not None and not many:
@@ -129,8 +130,8 @@ def _field_error(model: type[BaseModel], loc: tuple[int | str, ...], kind: str, 
         elif item is not None and parts and isinstance(parts[0], int):
             path, says, inner = f"{path}[{parts.pop(0)}]", None, item
     if says is not None:
-        return FieldError(path or "body", says.of(kind))
-    return FieldError(path or "body", getattr(inner, "not_object", msg))
+        return errors.FieldError(path or "body", says.of(kind))
+    return errors.FieldError(path or "body", getattr(inner, "not_object", msg))
 
 
 def _join(path: str, name: str) -> str:
@@ -184,16 +185,16 @@ def parse_order_request(body: object, catalog: Catalog) -> orders.OrderRequest:
     try:
         order = OrderRequest.model_validate(body)
     except ValidationError as exc:
-        errors = field_errors(OrderRequest, exc)
-        return orders.check_order(_well_formed_lines(body, errors), "", "", catalog, errors)
+        found = field_errors(OrderRequest, exc)
+        return orders.check_order(_well_formed_lines(body, found), "", "", catalog, found)
     lines = [(line.sku, line.quantity) for line in order.lines]
     return orders.check_order(lines, order.payment.token, order.email, catalog)
 
 
-def _well_formed_lines(body: object, errors: Sequence[FieldError]) -> list[tuple[str | None, int | None]]:
+def _well_formed_lines(body: object, found: Sequence[errors.FieldError]) -> list[tuple[str | None, int | None]]:
     """(sku, quantity) of each line of a refused order, None where the model refused it: the
     catalog checks the SKUs all the same."""
-    bad = {e.field for e in errors}
+    bad = {e.field for e in found}
     if "body" in bad or "lines" in bad or not isinstance(body, Mapping):
         return []
     out: list[tuple[str | None, int | None]] = []
@@ -243,3 +244,207 @@ class ApiKeyRequest(Body):
         "1 to 100 characters, stored without surrounding whitespace")),
         Says("must be a string of 1 to 100 characters")]
     scopes: Annotated[list[Scope], Field(min_length=1), Says(f"a non-empty list of: {', '.join(sorted(SCOPES))}")]
+
+
+# --- Responses (the views build them as dicts; these describe them) ------------------------
+
+
+class FieldError(Body):
+    field: str
+    message: str
+
+
+class Problem(Body):
+    """RFC 9457 problem details; `errors` is empty except on 422."""
+
+    type: Annotated[str, Field(pattern="^https://orion\\.dev/problems/[a-z0-9-]+$", json_schema_extra={"format": "uri"})]
+    title: str
+    status: Annotated[int, Field(ge=400, le=599)]
+    detail: str
+    errors: Annotated[list[FieldError], Field(max_length=0)]
+
+
+class ValidationProblem(Body):
+    """A 422: every invalid field with why (empty when an Idempotency-Key was reused with a
+    different request)."""
+
+    type: Literal["https://orion.dev/problems/unprocessable-content"]
+    title: Literal["Unprocessable Content"]
+    status: Literal[422]
+    detail: str
+    errors: list[FieldError]
+
+
+class OrderLine(Body):
+    sku: str
+    quantity: Annotated[int, Field(ge=1)]
+    unit_price: Annotated[int, Field(description="Minor units of the order's currency")]
+    line_total: int
+
+
+class Order(Body):
+    order_id: str
+    user_id: str
+    status: OrderStatus
+    lines: list[OrderLine]
+    total: Annotated[int, Field(description="Minor units")]
+    currency: Annotated[str, Field(max_length=3)]
+    created_at: datetime
+    updated_at: datetime
+    failure_reason: str | None
+
+
+class OrderPage(Body):
+    items: list[Order]
+    next_cursor: str | None
+
+
+class Links(Body):
+    self: Annotated[str, Field(pattern="^/v1/orders/")]
+
+
+class OrderAccepted(Body):
+    order_id: str
+    status: Literal["PENDING"]
+    links: Links
+
+
+class CancelAccepted(Body):
+    order_id: str
+    status: Literal["CANCELLING", "CANCELLED"]
+    links: Links
+
+
+class FulfilAccepted(Body):
+    order_id: str
+    links: Links
+
+
+class OrderEvent(Body):
+    seq: Annotated[int, Field(ge=1)]
+    type: Annotated[str, Field(description="The event's type, e.g. OrderPlaced, LineReserved, PaymentAuthorized")]
+    at: datetime
+    data: dict[str, Any]
+    correlation_id: str | None
+    actor: str | None
+    actor_roles: Annotated[list[str], Field(description="Roles of the actor, when known")]
+
+
+class OrderEventList(Body):
+    items: list[OrderEvent]
+    next_cursor: None
+
+
+class Product(Body):
+    sku: str
+    name: str
+    unit_price: int
+    currency: Annotated[str, Field(max_length=3)]
+    active: bool
+    category: Annotated[str, Field(description="The SKU class metrics group reservations by")]
+
+
+class ProductList(Body):
+    items: list[Product]
+    next_cursor: None
+
+
+class StockLevel(Body):
+    sku: str
+    on_hand: int
+    reserved: int
+    available: Annotated[int, Field(description="on_hand - reserved")]
+    low_stock_threshold: int
+    low_stock: Annotated[bool, Field(description="available <= low_stock_threshold")]
+
+
+class StockPage(Body):
+    items: list[StockLevel]
+    next_cursor: str | None
+
+
+class AdjustmentApplied(Body):
+    adjustment_id: str
+    status: Literal["applied"]
+    level: StockLevel | None
+
+
+class AdjustmentPending(Body):
+    adjustment_id: str
+    status: Literal["pending"]
+
+
+class Notification(Body):
+    id: str
+    order_id: str | None
+    sku: str | None
+    template: str
+    recipient: Annotated[str, Field(description="Comma-separated addresses")]
+    subject: str | None
+    status: Literal["queued", "sent", "failed"]
+    attempts: Annotated[int, Field(ge=0)]
+    last_error: str | None
+    server: str | None
+    message_id: str | None
+    correlation_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: Annotated[datetime | None, Field(description="Set while queued")]
+    sent_at: datetime | None
+
+
+class NotificationList(Body):
+    items: list[Notification]
+    next_cursor: None
+
+
+class ApiKey(Body):
+    id: str
+    name: str
+    prefix: Annotated[str, Field(description="The key's first characters, to recognise it")]
+    scopes: list[Scope]
+    created_by: Annotated[str, Field(description="The admin who created it (actor)")]
+    created_at: datetime
+    last_used_at: Annotated[datetime | None, Field(description="Updated at most once a minute")]
+    revoked_at: datetime | None
+    active: Annotated[bool, Field(description="Not revoked")]
+
+
+class ApiKeyCreated(ApiKey):
+    key: Annotated[str, Field(pattern="^orion_", description="The key itself: shown only now")]
+
+
+class ApiKeyList(Body):
+    items: list[ApiKey]
+    next_cursor: None
+
+
+class Health(Body):
+    status: Literal["ok"]
+    worker: str
+
+
+class Admission(Body):
+    """Admission control: orders in flight over the decision rate (the wait a new order faces)
+    against ORION_MAX_DECISION_DELAY, and orders in flight against ORION_MAX_IN_FLIGHT."""
+
+    open: Annotated[bool, Field(description="Whether POST /v1/orders takes new orders now")]
+    reason: str | None
+    in_flight: int | None
+    decisions_per_second: float | None
+    queue_delay_seconds: float | None
+    reading_age_seconds: float | None
+    stale: Annotated[bool, Field(description="No fresh reading of the load: the door stays open")]
+    max_decision_delay_seconds: float
+    max_in_flight: int
+
+
+class Ready(Body):
+    status: Literal["ready"]
+    admission: Admission
+
+
+class NotReady(Body):
+    status: Literal["unavailable"]
+    missing: Annotated[list[str], Field(min_length=1)]
+    admission: Admission
