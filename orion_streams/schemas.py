@@ -32,8 +32,10 @@ from .domain.stock import ADJUSTMENT_REASONS
 # ECMA-262 and Python regexes.
 WHITESPACE = "\\t-\\r\\x1c- \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
 EMAIL_PATTERN = f"^[^@{WHITESPACE}]{{1,64}}@[^@{WHITESPACE}]+\\.[^@{WHITESPACE}]{{2,}}$"
-# 1 to 100 characters once surrounding whitespace is stripped (an API key's name is stored stripped).
-NAME_PATTERN = f"^[{WHITESPACE}]*[^{WHITESPACE}](?:[\\s\\S]{{0,98}}[^{WHITESPACE}])?[{WHITESPACE}]*$"
+# An API key's name: 1 to MAX_NAME characters once surrounding whitespace is stripped (it is
+# stored stripped).
+MAX_NAME = 100
+NAME_PATTERN = f"^[{WHITESPACE}]*[^{WHITESPACE}](?:[\\s\\S]{{0,{MAX_NAME - 2}}}[^{WHITESPACE}])?[{WHITESPACE}]*$"
 MAX_ADJUSTMENT = 1_000_000
 MAX_WAIT = 30.0
 MAX_IDEMPOTENCY_KEY = 200
@@ -241,8 +243,8 @@ class AdjustmentRequest(Body):
 
 class ApiKeyRequest(Body):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description=(
-        "1 to 100 characters, stored without surrounding whitespace")),
-        Says("must be a string of 1 to 100 characters")]
+        f"1 to {MAX_NAME} characters, stored without surrounding whitespace")),
+        Says(f"must be a string of 1 to {MAX_NAME} characters")]
     scopes: Annotated[list[Scope], Field(min_length=1), Says(f"a non-empty list of: {', '.join(sorted(SCOPES))}")]
 
 

@@ -115,6 +115,15 @@ def test_a_limit_moves_the_document_and_the_check_together(
     assert list(refused(lambda: parse(s, beyond))) == [field]
 
 
+def test_the_api_key_name_limit_moves_the_pattern_and_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = rebuilt(monkeypatch, MAX_NAME=5)
+    pattern = component(openapi.build(), "ApiKeyRequest", "name")["pattern"]
+    for name in (" abcde\t", "abcdef", "a   f"):
+        body = {"name": name, "scopes": ["orders:read"]}
+        accepted = refused(lambda body=body: s.parse(s.ApiKeyRequest, body)) == {}
+        assert accepted is (re.search(pattern, name) is not None) is (len(name.strip()) <= 5), name
+
+
 # Bodies judged by the document's schema (JSON Schema, as clients and schemathesis read it) and
 # by the model: both accept or both refuse. (JSON Schema counts 1.0 as an integer; the models
 # do not, as the document's descriptions say.)
