@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -31,18 +32,9 @@ PROBLEM_JSON = "application/problem+json"
 REF = "#/components/schemas/{model}"
 
 # Titles of the problems Orion raises (problems.py, views.py, ws.py); a 413 comes from aiohttp
-# with the reason phrase of the Python it runs on, so its title is left open.
-TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    409: "Conflict",
-    415: "Unsupported Media Type",
-    426: "Upgrade Required",
-    429: "Too Many Requests",
-    503: "Service Unavailable",
-}
+# with the reason phrase of the Python it runs on, so its title is left open (and 422 has its
+# own schema).
+TITLES = {status: HTTPStatus(status).phrase for status in (400, 401, 403, 404, 409, 415, 426, 429, 503)}
 
 
 def ref(kind: str, name: str) -> dict[str, str]:
