@@ -21,9 +21,10 @@ from .domain import commands as c
 from .domain import events as e
 from .domain.catalog import Catalog
 from .domain.errors import UNKNOWN_SKU, ValidationFailed
-from .domain.orders import OrderStatus, parse_order_request
+from .domain.orders import OrderStatus
 from .domain.saga import LineState, OrderSaga, SagaLine, VoidState
 from .domain.stock import Hold, HoldState, StockLevel
+from .schemas import parse_order_request
 
 # --- Headers -------------------------------------------------------------------------------
 # Producers' headers travel into logs, the audit trail, WebSocket messages and email headers:

@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..schemas import SCOPES
 from . import schema as s
 from .postgres import iso
 
-SCOPES = frozenset({"orders:read", "orders:write", "orders:fulfil", "inventory:read", "inventory:write"})
 KEY_PREFIX = "orion_"
 # last_used_at is written at most this often per key, so busy keys cause no row contention.
 TOUCH_EVERY = timedelta(seconds=60)

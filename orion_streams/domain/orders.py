@@ -1,12 +1,11 @@
-"""Orders: validated lines, the status state machine and order requests from any source."""
+"""Orders: validated lines, the status state machine and the catalog's checks of order requests
+from any source."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from .catalog import Catalog
 from .errors import UNKNOWN_SKU, FieldError, ValidationFailed
@@ -14,10 +13,6 @@ from .errors import UNKNOWN_SKU, FieldError, ValidationFailed
 MAX_LINES = 50
 MAX_QUANTITY = 1000
 MAX_TOKEN_LENGTH = 200
-_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}")
-_ALLOWED_ORDER_FIELDS = frozenset({"lines", "payment", "email"})
-_ALLOWED_LINE_FIELDS = frozenset({"sku", "quantity"})
-_ALLOWED_PAYMENT_FIELDS = frozenset({"token"})
 
 
 class OrderStatus(StrEnum):
@@ -89,87 +84,36 @@ class OrderRequest:
     email: str
 
 
-def parse_order_request(body: object, catalog: Catalog) -> OrderRequest:
-    """Validate an order body (HTTP or event) against the catalog.
+def check_order(
+    lines: Sequence[tuple[str | None, int | None]], payment_token: str, email: str,
+    catalog: Catalog, errors: Sequence[FieldError] = (),
+) -> OrderRequest:
+    """An order request (HTTP or event) checked against the catalog, its lines merged by SKU.
 
-    Raises ValidationFailed listing every problem; returns lines with duplicate SKUs merged.
-    Fields the caller may not set (price, status, owner, totals) are refused, not ignored,
-    so a client that believes it sets them learns otherwise.
+    `lines` are (sku, quantity) as asked for, already well-formed (`schemas.OrderRequest`
+    checks the shape of a request from any source), with None for a part refused there;
+    `errors` are the problems found there. Each SKU must be known and for sale, and its
+    merged quantity at most MAX_QUANTITY. Raises ValidationFailed listing every problem.
     """
-    errors: list[FieldError] = []
-    if not isinstance(body, Mapping):
-        raise ValidationFailed([FieldError("body", "must be a JSON object")])
-    for key in sorted(set(body) - _ALLOWED_ORDER_FIELDS):
-        errors.append(FieldError(str(key), "is not accepted; prices, status and owner are set by Orion"))
-
+    found = list(errors)
     merged: dict[str, int] = {}
-    raw_lines = body.get("lines")
-    if not isinstance(raw_lines, list) or not raw_lines:
-        errors.append(FieldError("lines", "must be a non-empty list"))
-        raw_lines = []
-    elif len(raw_lines) > MAX_LINES:
-        errors.append(FieldError("lines", f"at most {MAX_LINES} lines per order"))
-        raw_lines = []
-    for i, line in enumerate(raw_lines):
-        errors.extend(_check_line(i, line, catalog, merged))
-    for sku, qty in merged.items():
-        if qty > MAX_QUANTITY:
-            errors.append(
-                FieldError("lines", f"{sku}: total quantity {qty} exceeds {MAX_QUANTITY}")
-            )
-
-    token = ""
-    payment = body.get("payment")
-    if not isinstance(payment, Mapping):
-        errors.append(FieldError("payment", "must be an object with a token"))
-    else:
-        for key in sorted(set(payment) - _ALLOWED_PAYMENT_FIELDS):
-            errors.append(FieldError(f"payment.{key}", "is not accepted"))
-        raw_token = payment.get("token")
-        if not isinstance(raw_token, str) or not raw_token.strip():
-            errors.append(FieldError("payment.token", "is required"))
-        elif len(raw_token) > MAX_TOKEN_LENGTH:
-            errors.append(FieldError("payment.token", f"at most {MAX_TOKEN_LENGTH} characters"))
-        else:
-            token = raw_token
-
-    email = body.get("email")
-    if not isinstance(email, str) or len(email) > 254 or not _EMAIL.fullmatch(email):
-        errors.append(FieldError("email", "must be a valid email address"))
-        email = ""
-
-    if errors:
-        raise ValidationFailed(errors)
-    lines = tuple(RequestedLine(sku, qty) for sku, qty in merged.items())
-    return OrderRequest(lines=lines, payment_token=token, email=email)
-
-
-def _check_line(
-    i: int, line: Any, catalog: Catalog, merged: dict[str, int]
-) -> list[FieldError]:
-    where = f"lines[{i}]"
-    if not isinstance(line, Mapping):
-        return [FieldError(where, "must be an object with sku and quantity")]
-    errors = [
-        FieldError(f"{where}.{key}", "is not accepted; prices are set by Orion")
-        for key in sorted(set(line) - _ALLOWED_LINE_FIELDS)
-    ]
-    sku, qty = line.get("sku"), line.get("quantity")
-    if not isinstance(sku, str) or not sku:
-        errors.append(FieldError(f"{where}.sku", "is required"))
-    else:
+    for i, (sku, qty) in enumerate(lines):
+        if sku is None:
+            continue
         product = catalog.get(sku)
         if product is None:
-            errors.append(FieldError(f"{where}.sku", f"unknown SKU {sku!r}", UNKNOWN_SKU))
+            found.append(FieldError(f"lines[{i}].sku", f"unknown SKU {sku!r}", UNKNOWN_SKU))
         elif not product.active:
-            errors.append(FieldError(f"{where}.sku", f"{sku} is not for sale"))
-    if not isinstance(qty, int) or isinstance(qty, bool):
-        errors.append(FieldError(f"{where}.quantity", "must be a whole number"))
-    elif not 1 <= qty <= MAX_QUANTITY:
-        errors.append(FieldError(f"{where}.quantity", f"must be between 1 and {MAX_QUANTITY}"))
-    elif not errors and isinstance(sku, str):
-        merged[sku] = merged.get(sku, 0) + qty
-    return errors
+            found.append(FieldError(f"lines[{i}].sku", f"{sku} is not for sale"))
+        elif qty is not None:
+            merged[sku] = merged.get(sku, 0) + qty
+    for sku, qty in merged.items():
+        if qty > MAX_QUANTITY:
+            found.append(FieldError("lines", f"{sku}: total quantity {qty} exceeds {MAX_QUANTITY}"))
+    if found:
+        raise ValidationFailed(found)
+    requested = tuple(RequestedLine(sku, qty) for sku, qty in merged.items())
+    return OrderRequest(lines=requested, payment_token=payment_token, email=email)
 
 
 def priced_lines(

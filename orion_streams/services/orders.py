@@ -36,10 +36,9 @@ from ..domain.orders import (
     OrderRequest,
     OrderStatus,
     order_currency,
-    parse_order_request,
     priced_lines,
 )
-from ..domain.stock import ADJUSTMENT_REASONS
+from ..schemas import MAX_IDEMPOTENCY_KEY, AdjustmentRequest, parse, parse_order_request
 from .admission import Refusal
 from .ports import Accepted
 
@@ -49,10 +48,6 @@ _NAMESPACE = uuid.UUID("5b8f6f2e-7d8c-4f61-9a43-0c8d3c1f2a10")
 
 # Sends a command to a topic (by name) under a key and returns once the broker has it.
 Send = Callable[[str, str, Any], Awaitable[None]]
-# Adjustment reasons people may give (the seed is Orion's own).
-PEOPLE_REASONS = ("restock", "correction", "damage", "return")
-assert set(PEOPLE_REASONS) == ADJUSTMENT_REASONS - {"seed"}
-MAX_DELTA = 1_000_000
 
 
 class Busy(DomainError):
@@ -96,8 +91,8 @@ async def place(
     order = await _checked(body, products)
     lines = priced_lines(order.lines, products.catalog)
     currency = order_currency(order.lines, products.catalog)
-    if key is not None and (not 1 <= len(key) <= 200 or not records.storable(key)):
-        raise ValidationFailed([FieldError("Idempotency-Key", "must be 1 to 200 characters of UTF-8")])
+    if key is not None and (not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not records.storable(key)):
+        raise ValidationFailed([FieldError("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters of UTF-8")])
     digest = _request_hash(order)
     if key:
         existing = await find(subject, key)
@@ -183,23 +178,8 @@ async def fulfil(order: Mapping[str, Any], send: Send) -> None:
 def adjustment_request(body: Any) -> tuple[int, str, int | None]:
     """(delta, reason, low-stock threshold) of an adjustment request; ValidationFailed with
     every problem otherwise."""
-    if not isinstance(body, dict):
-        raise ValidationFailed([FieldError("body", "must be a JSON object")])
-    errors = []
-    delta, reason, threshold = body.get("delta"), body.get("reason"), body.get("low_stock_threshold")
-    if not isinstance(delta, int) or isinstance(delta, bool) or delta == 0 or abs(delta) > MAX_DELTA:
-        errors.append(FieldError("delta", f"must be a non-zero whole number up to {MAX_DELTA}"))
-    if reason not in PEOPLE_REASONS:
-        errors.append(FieldError("reason", f"one of {', '.join(PEOPLE_REASONS)}"))
-    if threshold is not None and (
-        not isinstance(threshold, int) or isinstance(threshold, bool) or not 0 <= threshold <= MAX_DELTA
-    ):
-        errors.append(FieldError("low_stock_threshold", f"must be a whole number from 0 to {MAX_DELTA}"))
-    errors.extend(FieldError(k, "is not accepted") for k in sorted(set(body) - {"delta", "reason", "low_stock_threshold"}))
-    if errors:
-        raise ValidationFailed(errors)
-    assert isinstance(delta, int) and isinstance(reason, str)
-    return delta, reason, threshold
+    request = parse(AdjustmentRequest, body)
+    return request.delta, request.reason, request.low_stock_threshold
 
 
 async def adjust_stock(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..adapters.apikeys import SCOPES
-from ..domain.errors import FieldError
+from ..schemas import ApiKeyRequest, parse
 from .identity import allow
-from .problems import not_found, unprocessable
+from .problems import not_found
 from .views import ApiView, json_response, read_json
 
 
@@ -17,22 +16,9 @@ class ApiKeysView(ApiView):
         api = self.api
         principal = await api.principal_of(request)
         allow(principal, "admin")
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise unprocessable([FieldError("body", "must be a JSON object")])
-        errors = []
-        name, scopes = body.get("name"), body.get("scopes")
-        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
-            errors.append(FieldError("name", "must be a string of 1 to 100 characters"))
-        if (not isinstance(scopes, list) or not scopes
-                or not all(isinstance(x, str) and x in SCOPES for x in scopes)):
-            errors.append(FieldError("scopes", f"a non-empty list of: {', '.join(sorted(SCOPES))}"))
-        errors.extend(FieldError(k, "is not accepted") for k in sorted(set(body) - {"name", "scopes"}))
-        if errors:
-            raise unprocessable(errors)
-        assert isinstance(name, str) and isinstance(scopes, list)
+        body = parse(ApiKeyRequest, await read_json(request))
         await api.runtime.ready()
-        key, record = await api.runtime.api_keys.create(name.strip(), scopes, principal.actor)
+        key, record = await api.runtime.api_keys.create(body.name.strip(), body.scopes, principal.actor)
         return json_response({**record, "key": key}, 201)
 
     async def get(self, request: web.Request) -> web.Response:

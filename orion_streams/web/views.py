@@ -18,6 +18,7 @@ from ..adapters.postgres import InvalidCursor
 from ..domain.errors import FieldError
 from ..domain.orders import OrderStatus
 from ..records import storable
+from ..schemas import OrderListQuery, PlaceOrderQuery, StockListQuery, parse
 from ..services import orders, ports
 from ..services.admission import Refusal
 from ..services.grouped import Grouped
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 log = logging.getLogger("orion.web")
-MAX_WAIT = 30.0
 
 
 class Api:
@@ -127,17 +127,6 @@ def _headers(request: web.Request, principal: Principal) -> list[tuple[str, byte
     ]
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise unprocessable([FieldError(name, "must be a whole number")]) from exc
-    if not low <= value <= high:
-        raise unprocessable([FieldError(name, f"must be between {low} and {high}")])
-    return value
 
 
 def _refused(refusal: Refusal) -> ApiError:
@@ -176,7 +165,7 @@ class OrdersView(ApiView):
                 429, "Too Many Requests", f"at most {rate:g} orders a minute (bursts of {burst})",
                 headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
             )
-        wait = self._wait_param(request)
+        wait = parse(PlaceOrderQuery, request.query).wait
         body = await read_json(request)
         await api.runtime.ready()
         try:
@@ -199,33 +188,18 @@ class OrdersView(ApiView):
         api = self.api
         principal = await api.principal_of(request)
         allow(principal, scope="orders:read")
-        limit = _int_param(request, "limit", 20, 1, 100)
-        status = request.query.get("status")
-        if status is not None and status not in OrderStatus.__members__:
-            raise unprocessable([FieldError("status", f"one of {', '.join(OrderStatus)}")])
+        query = parse(OrderListQuery, request.query)
         user_id: str | None = principal.subject
         if sees_all_orders(principal):
-            user_id = request.query.get("user_id")
+            user_id = query.user_id
         await api.runtime.ready()
         try:
             items, cursor = await api.runtime.store.list_orders(
-                user_id=user_id, status=status, limit=limit, cursor=request.query.get("cursor")
+                user_id=user_id, status=query.status, limit=query.limit, cursor=query.cursor
             )
         except InvalidCursor as exc:
             raise unprocessable([FieldError("cursor", str(exc))]) from exc
         return json_response({"items": items, "next_cursor": cursor})
-
-    def _wait_param(self, request: web.Request) -> float:
-        raw = request.query.get("wait")
-        if raw is None:
-            return 0.0
-        try:
-            value = float(raw)
-        except ValueError as exc:
-            raise unprocessable([FieldError("wait", "must be a number of seconds")]) from exc
-        if not 0 <= value <= MAX_WAIT:
-            raise unprocessable([FieldError("wait", f"must be between 0 and {MAX_WAIT:g}")])
-        return value
 
     async def _reply(self, order_id: str, wait: float) -> web.Response:
         if wait > 0:
@@ -297,10 +271,10 @@ class InventoryListView(ApiView):
     async def get(self, request: web.Request) -> web.Response:
         api = self.api
         allow(await api.principal_of(request), "admin", "service", scope="inventory:read")
-        limit = _int_param(request, "limit", 50, 1, 500)
+        query = parse(StockListQuery, request.query)
         await api.runtime.ready()
         try:
-            items, cursor = await api.runtime.store.list_stock(limit=limit, cursor=request.query.get("cursor"))
+            items, cursor = await api.runtime.store.list_stock(limit=query.limit, cursor=query.cursor)
         except InvalidCursor as exc:
             raise unprocessable([FieldError("cursor", str(exc))]) from exc
         return json_response({"items": items, "next_cursor": cursor})

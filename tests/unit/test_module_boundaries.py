@@ -13,7 +13,7 @@ import pytest
 HEAVY = ("faust", "orion_streams.app", "orion_streams.agents", "orion_streams.web", "orion_streams.tables")
 
 
-@pytest.mark.parametrize("module", ["orion_streams.mailer", "orion_streams.domain.saga", "orion_streams.records",
+@pytest.mark.parametrize("module", ["orion_streams.mailer", "orion_streams.domain.saga", "orion_streams.records", "orion_streams.schemas",
                                     "orion_streams.services.stock_commands", "orion_streams.config"])
 def test_module_loads_nothing_of_the_worker(module: str) -> None:
     script = f"import sys, {module}; print('\\n'.join(sorted(m for m in sys.modules if m.startswith({HEAVY!r}))))"

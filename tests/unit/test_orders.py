@@ -13,9 +13,9 @@ from orion_streams.domain.orders import (
     RequestedLine,
     can_transition,
     order_currency,
-    parse_order_request,
     priced_lines,
 )
+from orion_streams.schemas import parse_order_request
 
 S = OrderStatus
 CATALOG = Catalog(
