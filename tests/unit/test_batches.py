@@ -15,6 +15,8 @@ from orion_streams.domain import commands as c
 from orion_streams.domain import events as e
 from orion_streams.domain.orders import OrderStatus
 
+from .fakes import Event, Where
+
 HEADERS = [("correlation-id", b"corr-1"), ("actor", b"user:\xc3\xa9lise")]
 PARTITIONS = 12
 
@@ -42,22 +44,6 @@ def test_an_item_that_is_not_a_message_is_refused_like_a_record() -> None:
     [(_, _, value)] = records.decode_batch(b'{"type":"Batch","items":[{"key":"A","headers":[],"value":{"type":"X\\u0000"}}]}')
     with pytest.raises(records.BadRecord, match="U\\+0000"):
         records.decode(value)
-
-
-@dataclass
-class Where:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float | None = None
-
-
-@dataclass
-class Event:
-    key: bytes | None
-    value: bytes
-    headers: Any
-    message: Where
 
 
 def test_unpack_gives_a_single_record_as_itself_and_a_batch_as_items_with_their_positions() -> None:

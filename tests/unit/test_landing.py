@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,25 +15,7 @@ from orion_streams import records
 from orion_streams.agents import common
 from orion_streams.domain import events as e
 
-
-@dataclass
-class Where:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float | None = None
-
-    @property
-    def tp(self) -> tuple[str, int]:
-        return (self.topic, self.partition)
-
-
-@dataclass
-class Event:
-    key: bytes | None
-    value: bytes
-    headers: Any
-    message: Where
+from .fakes import Event, Where
 
 
 class Stream:
