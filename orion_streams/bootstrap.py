@@ -1,4 +1,6 @@
-"""The one place that picks adapters: the worker's long-lived resources and their lifecycle."""
+"""The adapters a worker (and the projection's process) uses, as long-lived resources with
+their lifecycle: `Runtime`, built by `app.create_app`. The mailer, a process of its own,
+picks its adapters in `mailer.run_mailer`."""
 
 from __future__ import annotations
 
