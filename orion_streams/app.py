@@ -5,8 +5,8 @@ at import; every agent and view module has a `register` that takes what it needs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import faust
 from faust.sensors.monitor import Monitor
@@ -18,9 +18,6 @@ from .config import Settings
 from .partitioner import Murmur2Partitioner
 from .tables import Tables, create_tables
 from .web.middleware import correlation_and_problems
-
-if TYPE_CHECKING:
-    from .agents import Agents
 
 
 class LeanMonitor(Monitor):
@@ -91,7 +88,7 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Orion:
     """A worker, as `create_app` built it: what agents and views are given."""
 
@@ -101,8 +98,6 @@ class Orion:
     tables: Tables
     bus: Bus
     assignment: Assignment
-    # Set by create_app once the agents are registered (the views read the watchdog).
-    agents: Agents | None = field(default=None)
 
     def source(self, *names: str) -> faust.TopicT:
         """A topic an agent consumes, read as raw bytes (records.py decodes them)."""
@@ -126,9 +121,9 @@ def create_app(settings: Settings, *, routes: bool = True) -> Orion:
     )
     from . import agents
 
-    orion.agents = agents.register(orion)
+    registered = agents.register(orion)
     if routes:
         from . import web
 
-        web.register(orion, orion.agents)
+        web.register(orion, registered)
     return orion

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -33,6 +34,15 @@ CATALOG = Catalog([
 ])
 # What a customer's request carries: a correlation id, who asked, and with which roles.
 HEADERS = [("correlation-id", b"corr-1"), ("actor", b"user:alice"), ("actor-roles", b"customer")]
+
+
+async def until(condition: Callable[[], bool], what: str, deadline: float = 5.0) -> None:
+    """Wait for a condition that running tasks make true, within a deadline."""
+    give_up = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)  # poll interval under a deadline
 
 
 # -- consumed records ---------------------------------------------------------------------

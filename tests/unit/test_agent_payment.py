@@ -5,8 +5,6 @@ provider, no Faust app."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +18,7 @@ from orion_streams.domain import events as e
 from orion_streams.partitioner import partition_for
 from orion_streams.services.ports import PaymentError, PaymentResult, VoidOutcome
 
-from .fakes import HEADERS, PARTITIONS, Event, FakeBus, Where, event
+from .fakes import HEADERS, PARTITIONS, Event, FakeBus, Where, event, until
 
 REQUESTS, EVENTS = t.PAYMENT_REQUESTS.name, t.ORDER_EVENTS.name
 
@@ -172,15 +170,6 @@ class Stream:
 
     async def ack(self, record: Event) -> None:
         self.acked.append(record.message.offset)
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for a condition the agent's tasks make true, within a deadline."""
-    deadline = time.monotonic() + 5
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)  # poll interval under a deadline
 
 
 def batch_record(offset: int, *messages: Any) -> Event:

@@ -5,7 +5,6 @@ table changes, then the events acknowledged; the agent goes on with the next bat
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from orion_streams import records
 from orion_streams.agents import common
 from orion_streams.domain import events as e
 
-from .fakes import Event, Where
+from .fakes import Event, Where, until
 
 
 class Stream:
@@ -61,16 +60,6 @@ class Table:
 
     async def write(self, changes: list[int]) -> None:
         self.written.extend(changes)
-
-
-async def until(condition: Any, what: str) -> None:
-    """Wait for a condition the agent's tasks make true, within a deadline."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await asyncio.sleep(0.001)  # poll interval under a deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

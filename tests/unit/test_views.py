@@ -40,8 +40,6 @@ from .web_fakes import (
     stock_row,
 )
 
-# aiohttp 3.14 warns (once per process) that the middleware keys request storage by a string.
-
 ADMIN = bearer("root", "admin")
 SERVICE = bearer("svc", "service")
 

@@ -23,8 +23,6 @@ from .web_fakes import (
     serve,
 )
 
-# aiohttp 3.14 warns (once per process) that the middleware keys request storage by a string.
-
 ADMIN = bearer("root", "admin")
 
 

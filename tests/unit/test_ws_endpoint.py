@@ -23,8 +23,6 @@ from orion_streams.web.ws import PATH, TOO_MANY, LiveEndpoint
 
 from .web_fakes import ALICE, BOB, SETTINGS, FakeRuntime, bearer, order_row, problem, serve_ws
 
-# aiohttp 3.14 warns (once per process) that the middleware keys request storage by a string.
-
 DEADLINE = 5.0
 UNAUTHORIZED, GOING_AWAY = 4401, 1001
 
