@@ -47,3 +47,17 @@ async def cluster_metadata(aio: Any) -> Any:
     """The whole cluster's metadata (aiokafka's public topics() gives names only): a
     consumer without a subscription learns about partitions only when it asks."""
     return await aio._client.fetch_all_metadata()
+
+
+def recovery_reading(app: Any) -> dict[Any, tuple[int, int]]:
+    """Each active changelog partition table recovery is reading: the offset of the last change
+    it applied (-1: none yet) and of the last change there is. Empty when no recovery runs."""
+    recovery = app.tables.recovery
+    if not recovery.in_recovery:
+        return {}
+    applied, last = recovery.active_offsets, recovery.active_highwaters
+    return {
+        tp: (-1 if applied.get(tp) is None else applied[tp], last[tp])
+        for tp in recovery.active_tps
+        if last.get(tp) is not None
+    }

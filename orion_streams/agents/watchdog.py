@@ -1,12 +1,19 @@
-"""Re-fetches source partitions that Faust fetched but never handed to an agent.
+"""Re-fetches partitions that Faust fetched but never handed on.
 
 After a rebalance (a worker died or joined), faust-streaming can advance the fetch
 position of a partition while dropping the fetched records (a stale generation, or flow
-suspended mid-delivery; see faust-streaming issues 166 and 629). The partition then looks
-consumed but its committed offset stands still and its orders wait forever. This timer
+suspended mid-delivery; see faust-streaming issues 166 and 629). A source partition then
+looks consumed but its committed offset stands still and its orders wait forever. This timer
 notices a partition whose committed offset lags its fetch position without moving, and
 seeks it back to the committed offset. Handlers are idempotent, so events that were in
 fact still in flight and come again change nothing.
+
+Table recovery can lose records the same way: a changelog partition that a worker read as a
+standby and now owns is read again from its start, and when those records are dropped on
+their way to the recovery, it waits for them forever ("No event received for active tp")
+and the worker never serves again. While recovery reads, the timer fetches again, from the
+change after the last one applied, each active changelog partition that has changes left
+and applied none for RECOVERY_REFETCH_AFTER; recovery skips what it has already applied.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ STALL_AFTER = 15.0
 # generation (streams.py, "Skipping message ... generation_id"). The commit stands still at
 # it (faust_fixes), and it is fetched again as soon as the gap is seen twice.
 HEAD_GAP_AFTER = 1.5
+# Recovery applies thousands of changes a second here; one that has applied none of a
+# partition's remaining changes for this long while the consumer flows has lost them.
+RECOVERY_REFETCH_AFTER = 5.0
 
 def _skipped_head(consumer: Any, tp: Any) -> bool:
     """Later events of `tp` are acknowledged and the one at its next expected offset is not:
@@ -53,6 +63,7 @@ class Watchdog:
         self.app, self.settings = app, settings
         self._progress: dict[object, tuple[tuple[int, int], float]] = {}
         self._refetched: dict[object, float] = {}  # when each partition was last fetched again
+        self._recovery: dict[object, tuple[int, float]] = {}  # last change applied, since when
         self._recovering_since: float | None = None
         # A payment request may hold its partition's commit for a provider's whole budget.
         self.stall_after_payments = max(STALL_AFTER, 2 * max(settings.payment_timeout, settings.payment_void_timeout))
@@ -74,8 +85,10 @@ class Watchdog:
             self._progress.clear()
             if self._recovering_since is None:
                 self._recovering_since = time.monotonic()
+            await self._refetch_stalled_recovery(app, consumer)
             return
         self._recovering_since = None
+        self._recovery.clear()
         try:
             aio = internals.aiokafka_consumer(consumer)
             tps = [tp for tp in consumer.assignment() if tp.topic in SOURCE_TOPICS]
@@ -124,6 +137,34 @@ class Watchdog:
                 await consumer.seek(tp, committed)
                 self._progress.pop(tp, None)
                 self._refetched[tp] = now
+
+    async def _refetch_stalled_recovery(self, app: Any, consumer: Any) -> None:
+        """Fetch again each active changelog partition whose recovery stands still (see the
+        module's docstring)."""
+        reading = internals.recovery_reading(app)
+        paused = internals.paused_partitions(consumer)
+        # Recovery reads a partition once it has resumed it and the flow (before that it is
+        # still looking up where to start).
+        reading = {tp: at for tp, at in reading.items() if tp not in paused} if consumer.flow_active else {}
+        now = time.monotonic()
+        for tp in [tp for tp in self._recovery if tp not in reading]:
+            del self._recovery[tp]
+        for tp, (applied, last) in reading.items():
+            seen = self._recovery.get(tp)
+            if applied >= last or seen is None or seen[0] != applied:
+                self._recovery[tp] = (applied, now)
+                continue
+            if now - seen[1] >= RECOVERY_REFETCH_AFTER:
+                log.warning(
+                    "table recovery of %s[%d] applied nothing for %.0fs with changes %d..%d left: "
+                    "fetching them again",
+                    tp.topic, tp.partition, now - seen[1], applied + 1, last,
+                )
+                self._recovery[tp] = (applied, now)
+                try:
+                    await consumer.seek_wait({tp: applied + 1})
+                except Exception as exc:  # reassigned meanwhile, or the broker is away: next tick
+                    log.warning("could not fetch %s[%d] again: %r", tp.topic, tp.partition, exc)
 
 
 def register(orion: Orion) -> Watchdog:

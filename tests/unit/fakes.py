@@ -357,6 +357,7 @@ class FakeConsumer:
         self._acked: dict[Any, list[int]] = {}
         self.flow_active = True
         self.seeks: list[tuple[Any, int]] = []
+        self._paused_partitions: set[Any] = set()
         self.resumed: list[Any] = []
         self.flow_resumed = 0
         self.broken: Exception | None = None  # raised by assignment(): not started
@@ -386,6 +387,9 @@ class FakeConsumer:
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp, offset))
+
+    async def seek_wait(self, offsets: dict[Any, int]) -> None:
+        self.seeks.extend(offsets.items())
 
 
 class FakeFlowControl:
@@ -428,6 +432,10 @@ class FakeApp:
         self.consumer = FakeConsumer()
         self.rebalancing = False
         self.recovered = FakeFlag(True)
-        self.tables = SimpleNamespace(recovery=SimpleNamespace(completed=self.recovered))
+        # Table recovery: whether it runs, and per active changelog partition the last change
+        # applied and the last one there is (Faust's Recovery keeps both by partition).
+        self.recovery = SimpleNamespace(
+            completed=self.recovered, in_recovery=False, active_tps=set(), active_offsets={}, active_highwaters={})
+        self.tables = SimpleNamespace(recovery=self.recovery)
         self.flow_control = FakeFlowControl()
         self.assignor = FakeAssignor()

@@ -11,13 +11,20 @@ from faust.types import TP
 
 from orion_streams import topics as t
 from orion_streams.agents import watchdog as watchdog_module
-from orion_streams.agents.watchdog import HEAD_GAP_AFTER, STALL_AFTER, Watchdog
+from orion_streams.agents.watchdog import (
+    HEAD_GAP_AFTER,
+    RECOVERY_REFETCH_AFTER,
+    STALL_AFTER,
+    Watchdog,
+)
 from orion_streams.config import Settings
 
 from .fakes import FakeApp, FakeClock
 
 ORDERS = TP(t.ORDERS.name, 3)
 PAYMENTS = TP(t.PAYMENT_REQUESTS.name, 3)
+SAGAS = TP("orion-sagas-changelog", 1)
+STOCK = TP("orion-inventory-changelog", 1)
 
 
 def setup(monkeypatch: pytest.MonkeyPatch, **changes: Any) -> tuple[Watchdog, FakeApp, FakeClock]:
@@ -209,3 +216,110 @@ async def test_a_rebalance_counts_as_recovery_for_the_liveness_check(monkeypatch
     app.rebalancing = True
     await dog.tick()
     assert dog.recovery_stalled_for(clock.mono + 11) == 11
+
+
+# -- table recovery that lost the records it waits for ----------------------------------------
+
+
+def recovering(app: Any, **partitions: tuple[TP, int | None, int]) -> None:
+    """Recovery is reading: per active changelog partition the last change applied (None:
+    none yet) and the last one there is."""
+    app.recovered.value = False
+    app.rebalancing = True
+    app.recovery.in_recovery = True
+    for tp, applied, last in partitions.values():
+        app.recovery.active_tps.add(tp)
+        app.recovery.active_offsets[tp] = applied
+        app.recovery.active_highwaters[tp] = last
+
+
+async def test_a_changelog_partition_whose_recovery_applies_nothing_is_fetched_again_after_the_last_change_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dog, app, clock = setup(monkeypatch)
+    recovering(app, sagas=(SAGAS, None, 85), stock=(STOCK, 40, 67))
+    await dog.tick()  # first seen
+    await tick_at(dog, clock, RECOVERY_REFETCH_AFTER - 1)
+    assert app.consumer.seeks == []  # not long enough
+    await tick_at(dog, clock, 1)
+    # From the start for a partition with nothing applied, after the last change otherwise.
+    assert sorted(app.consumer.seeks) == sorted([(SAGAS, 0), (STOCK, 41)])
+    await tick_at(dog, clock, 1)
+    assert len(app.consumer.seeks) == 2  # the next judgement starts afresh
+    await tick_at(dog, clock, RECOVERY_REFETCH_AFTER - 1)
+    assert len(app.consumer.seeks) == 4
+
+
+async def test_a_recovery_applying_changes_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    dog, app, clock = setup(monkeypatch)
+    recovering(app, sagas=(SAGAS, 10, 5_000))
+    await dog.tick()
+    for applied in range(11, 11 + 3 * int(RECOVERY_REFETCH_AFTER)):
+        app.recovery.active_offsets[SAGAS] = applied  # slow, but moving
+        await tick_at(dog, clock, 1)
+    assert app.consumer.seeks == []
+
+
+async def test_a_recovered_partition_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    dog, app, clock = setup(monkeypatch)
+    recovering(app, sagas=(SAGAS, 85, 85), stock=(STOCK, 67, 67))  # waiting on the others
+    for _ in range(3):
+        await tick_at(dog, clock, RECOVERY_REFETCH_AFTER)
+    assert app.consumer.seeks == []
+
+
+@pytest.mark.parametrize("state", ["paused", "flow stopped", "not recovering"])
+async def test_recovery_is_judged_only_while_it_reads(monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    """Before recovery has found where to start it keeps its partitions paused and the flow
+    stopped; a partition is judged only while recovery reads it."""
+    dog, app, clock = setup(monkeypatch)
+    recovering(app, sagas=(SAGAS, None, 85))
+    if state == "paused":
+        app.consumer._paused_partitions.add(SAGAS)
+    elif state == "flow stopped":
+        app.consumer.flow_active = False
+    else:
+        app.recovery.in_recovery = False
+    for _ in range(3):
+        await tick_at(dog, clock, RECOVERY_REFETCH_AFTER)
+    assert app.consumer.seeks == []
+    # Once it reads, the wait starts then, not at the first tick.
+    app.consumer._paused_partitions.clear()
+    app.consumer.flow_active = True
+    app.recovery.in_recovery = True
+    await tick_at(dog, clock, 1)
+    await tick_at(dog, clock, RECOVERY_REFETCH_AFTER - 1)
+    assert app.consumer.seeks == []
+    await tick_at(dog, clock, 1)
+    assert app.consumer.seeks == [(SAGAS, 0)]
+
+
+async def test_recovery_judgement_starts_afresh_after_the_tables_recovered(monkeypatch: pytest.MonkeyPatch) -> None:
+    dog, app, clock = setup(monkeypatch)
+    recovering(app, sagas=(SAGAS, 3, 85))
+    await dog.tick()
+    await tick_at(dog, clock, RECOVERY_REFETCH_AFTER - 1)
+    app.recovered.value, app.rebalancing, app.recovery.in_recovery = True, False, False  # it caught up
+    await tick_at(dog, clock, 1)
+    recovering(app, sagas=(SAGAS, 3, 90))  # the next rebalance, same partition, same offset
+    await tick_at(dog, clock, 1)
+    await tick_at(dog, clock, RECOVERY_REFETCH_AFTER - 1)
+    assert app.consumer.seeks == []
+    await tick_at(dog, clock, 1)
+    assert app.consumer.seeks == [(SAGAS, 4)]
+
+
+async def test_a_failed_refetch_is_tried_again_on_a_later_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    dog, app, clock = setup(monkeypatch)
+    recovering(app, sagas=(SAGAS, 3, 85))
+    calls: list[dict[Any, int]] = []
+
+    async def failing(offsets: dict[Any, int]) -> None:
+        calls.append(offsets)
+        raise RuntimeError("partition not assigned")
+
+    app.consumer.seek_wait = failing  # type: ignore[method-assign]
+    await dog.tick()
+    await tick_at(dog, clock, RECOVERY_REFETCH_AFTER)
+    await tick_at(dog, clock, RECOVERY_REFETCH_AFTER)
+    assert calls == [{SAGAS: 4}, {SAGAS: 4}]

@@ -44,6 +44,7 @@ def test_the_fixes_are_applied_once_an_app_is_built(tmp_path: Any) -> None:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     assert AIOKafkaConsumerThread._commit is faust_fixes._commit
+    assert AIOKafkaConsumerThread._fetch_records is faust_fixes._fetch_records
 
 
 async def test_the_workers_consumer_waits_at_most_a_tenth_of_a_second_for_a_fetch(tmp_path: Any) -> None:
@@ -161,3 +162,106 @@ def test_a_partition_never_committed_starts_where_reading_began() -> None:
         faust_fixes._start.clear()
     assert Offsets(None, [7, 8]).new_offset() == 9  # nothing known: as 0.15.3
     assert Offsets(5, [3, 4, 5]).new_offset() == 6  # acks below the commit are dropped
+
+
+# -- a fetch that outlives a rebalance (6) ------------------------------------------------------
+
+
+class _Records:
+    """aiokafka's PartitionRecords: records from an offset on."""
+
+    def __init__(self, first: int, count: int) -> None:
+        self.offsets = iter(range(first, first + count))
+        self.next_fetch_offset = first
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> int:
+        offset = next(self.offsets)
+        self.next_fetch_offset = offset + 1
+        return offset
+
+
+class _Fetcher:
+    """aiokafka's Fetcher as its own fetched_records reads it (that method is the real one):
+    records fetched per partition, fetch positions, and the waiters it wakes on new records."""
+
+    def __init__(self, positions: dict[Any, int]) -> None:
+        import asyncio
+        from contextlib import nullcontext
+        from types import SimpleNamespace
+
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._records: dict[Any, Any] = {}
+        self._fetch_waiters: set[Any] = set()
+        self._wait_consume_future = None
+        self.states = {tp: SimpleNamespace(paused=False, position=at) for tp, at in positions.items()}
+        self.assignment = SimpleNamespace(active=True, state_value=self.states.__getitem__)
+        for state in self.states.values():
+            state.consumed_to = lambda position, state=state: setattr(state, "position", position)
+        self._subscriptions = SimpleNamespace(
+            reassignment_in_progress=False, is_assigned=lambda tp: True, fetch_context=nullcontext)
+
+    def fetched(self, tp: Any, count: int) -> None:
+        """A fetch response arrived for `tp`: `count` records from its position."""
+        from aiokafka.consumer.fetcher import FetchResult
+
+        self._records[tp] = FetchResult(
+            tp, assignment=self.assignment, partition_records=_Records(self.states[tp].position, count), backoff=0)
+        for waiter in list(self._fetch_waiters):
+            waiter.set_result(None)
+
+    from aiokafka.consumer.fetcher import Fetcher
+
+    fetched_records = Fetcher.fetched_records
+    _notify = Fetcher._notify
+    _create_fetch_waiter = Fetcher._create_fetch_waiter
+
+
+def _thread(fetcher: _Fetcher) -> tuple[Any, Any]:
+    from types import SimpleNamespace
+
+    aio = SimpleNamespace(_fetcher=fetcher, _closed=False)
+    return SimpleNamespace(consumer=SimpleNamespace(flow_active=True)), aio
+
+
+async def test_aiokafka_reads_an_empty_set_of_partitions_as_every_partition() -> None:
+    """The assumption behind 6: what 0.15.3 passes, once a rebalance has paused every
+    partition, drains them all."""
+    changelog = TP("t-changelog", 0)
+    fetcher = _Fetcher({changelog: 0})
+    fetcher.fetched(changelog, 64)
+    drained = await fetcher.fetched_records(set(), timeout=0)
+    assert len(drained[changelog]) == 64 and fetcher.states[changelog].position == 64
+
+
+async def test_a_fetch_waiting_through_a_rebalance_drains_no_partition_the_rebalance_paused() -> None:
+    import asyncio
+
+    orders, changelog = TP("orders", 0), TP("t-changelog", 0)
+    fetcher = _Fetcher({orders: 10, changelog: 0})
+    thread, aio = _thread(fetcher)
+    active = {orders}  # Faust's own set, changed while the fetch waits
+    waiting = asyncio.ensure_future(faust_fixes._fetch_records(thread, aio, active, timeout=0.5))
+    await asyncio.sleep(0)
+    active.clear()  # the rebalance pauses every partition
+    fetcher.fetched(changelog, 64)  # recovery rewound the changelog; its records arrive
+    assert await waiting == {}
+    assert fetcher.states[changelog].position == 0  # still there for recovery to read
+    active.add(changelog)  # recovery resumes it
+    drained = await faust_fixes._fetch_records(thread, aio, active, timeout=0)
+    assert [r for r in drained[changelog]] == list(range(64))
+
+
+async def test_a_fetch_returns_only_the_active_partitions_records() -> None:
+    orders, changelog = TP("orders", 0), TP("t-changelog", 0)
+    fetcher = _Fetcher({orders: 10, changelog: 0})
+    thread, aio = _thread(fetcher)
+    fetcher.fetched(orders, 2)
+    fetcher.fetched(changelog, 3)
+    drained = await faust_fixes._fetch_records(thread, aio, {orders}, timeout=0)
+    assert drained == {orders: [10, 11]} and fetcher.states[changelog].position == 0
+    thread.consumer.flow_active = False
+    assert await faust_fixes._fetch_records(thread, aio, {changelog}, timeout=0) == {}  # flow stopped: nothing
