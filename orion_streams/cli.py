@@ -178,7 +178,7 @@ def _banner(settings: Settings) -> None:
     warn = (
         "\n!!! ORION_JWT_SECRET is not set: tokens are signed with a DEVELOPMENT secret."
         "\n!!! Never expose this worker; set ORION_JWT_SECRET for anything real.\n"
-        if settings.jwt_secret == DEV_JWT_SECRET
+        if settings.jwt_secret.get_secret_value() == DEV_JWT_SECRET
         else ""
     )
     print(

@@ -8,11 +8,18 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEV_JWT_SECRET = "orion-development-secret-do-not-use-in-production"
 ENV_PREFIX = "ORION_"
+# Settings that may be read from a file instead (ORION_<NAME>_FILE), as container platforms
+# mount secrets: the file's content, without a final newline, is the value.
+FROM_FILES = (
+    "jwt_secret", "jwt_public_key", "kafka_sasl_password", "kafka_ssl_key_password",
+    "database_url", "database_password", "smtp_url", "smtp_fallback_url", "smtp_password",
+)
 
 
 LogFormat = Literal["json", "console"]
@@ -29,8 +36,35 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # How every Kafka client of Orion's connects (the worker, its admin clients, the live
+    # feed, the projection, the mailer, the CLI and the benchmarks): PLAINTEXT, SSL,
+    # SASL_PLAINTEXT or SASL_SSL; with SASL, a mechanism and its credentials.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    # OAUTHBEARER: the token is read from this file, or printed by this command, each time
+    # the client needs one (so a sidecar or the command can refresh it).
+    kafka_oauth_token_file: Path | None = None
+    kafka_oauth_token_command: str | None = None
+    # TLS (SSL and SASL_SSL): the CA bundle to trust (the system's when unset), a client
+    # certificate and key for mutual TLS, and whether the broker's name is checked.
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     database_url: str = ""
-    jwt_secret: str = DEV_JWT_SECRET
+    # PostgreSQL's password when it is not in ORION_DATABASE_URL (ORION_DATABASE_PASSWORD_FILE
+    # for a mounted secret), and TLS with libpq's sslmode meanings: disable, prefer, require
+    # (encrypted, any certificate), verify-ca (signed by ORION_DATABASE_SSLROOTCERT) or
+    # verify-full (and issued to the host connected to); a client certificate and key.
+    database_password: SecretStr | None = None
+    database_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
     jwt_algorithm: str = "HS256"
     jwt_public_key: str | None = None
     jwt_issuer: str | None = None
@@ -41,6 +75,12 @@ class Settings(BaseSettings):
     jwt_leeway: float = 5.0
     smtp_url: str = "smtp://127.0.0.1:1025"
     smtp_fallback_url: str | None = None
+    # The SMTP password when it is not in the URL (ORION_SMTP_PASSWORD_FILE for a mounted
+    # secret); the CA bundle that STARTTLS and implicit TLS trust (the system's when unset);
+    # whether AUTH may be sent over a connection that is not encrypted (never by default).
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: Path | None = None
+    smtp_allow_plain_auth: bool = False
     mail_from: str = "orders@orion.local"
     # Who gets low-stock alerts (comma-separated in ORION_ALERT_EMAILS).
     alert_emails: Annotated[tuple[str, ...], NoDecode] = ("ops@orion.local",)
@@ -120,6 +160,17 @@ class Settings(BaseSettings):
     # orchestrator restarts the worker (faust-streaming can stall in recovery).
     recovery_stall: float = 300.0
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FromFiles(settings_cls)
+
     @field_validator("alert_emails", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -152,7 +203,9 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is None:
                 continue
-            if isinstance(value, bool):
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, bool):
                 text = "true" if value else "false"
             elif isinstance(value, tuple):
                 text = ",".join(value)
@@ -164,6 +217,33 @@ class Settings(BaseSettings):
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some settings changed (checked like the others)."""
         return type(self).model_validate({**self.model_dump(), **changes})
+
+
+class _FromFiles(PydanticBaseSettingsSource):
+    """ORION_<NAME>_FILE for each setting in FROM_FILES: the value is the file's content.
+    Setting both the variable and its _FILE, or naming a file that cannot be read, is an
+    error that names the variable (and never shows the content)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # every value comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        import os
+
+        values: dict[str, Any] = {}
+        for name in FROM_FILES:
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            path = os.environ.get(f"{variable}_FILE")
+            if not path:
+                continue
+            if os.environ.get(variable):
+                raise ValueError(f"{variable} and {variable}_FILE are both set: set one")
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ValueError(f"{variable}_FILE: cannot read {path}: {exc.strerror}") from None
+            values[name] = text[:-1] if text.endswith("\n") else text
+        return values
 
 
 def _problem(error: Any) -> str:

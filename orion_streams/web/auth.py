@@ -221,7 +221,7 @@ class TokenVerifier:
                     f"ORION_JWT_PUBLIC_KEY / ORION_JWT_JWKS_FILE are set but ORION_JWT_ALGORITHM "
                     f"is {self.algorithm}; set the algorithm to the one the keys are for"
                 )
-            secret = settings.jwt_secret.encode()
+            secret = settings.jwt_secret.get_secret_value().encode()
             if len(secret) < _HMAC_MIN_BYTES[self.algorithm]:
                 raise ValueError(
                     f"ORION_JWT_SECRET must be at least {_HMAC_MIN_BYTES[self.algorithm]} bytes "
@@ -417,7 +417,7 @@ def issue_token(
             raise ValueError(
                 f"{algorithm} tokens need private_key; only HS* tokens are signed with the secret"
             )
-        private_key = settings.jwt_secret
+        private_key = settings.jwt_secret.get_secret_value()
     now = int(time.time())
     claims: dict[str, object] = {
         "sub": subject,

@@ -77,7 +77,7 @@ async def test_oversized_body_is_413(api: Api, services: Services) -> None:
 def _forged(services: Services, **claims: Any) -> str:
     base = {"sub": "mallory", "roles": ["customer"], "exp": int(time.time()) + 600}
     base.update(claims)
-    return jwt.encode({k: v for k, v in base.items() if v is not None}, services.settings.jwt_secret, algorithm="HS256")
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, services.settings.jwt_secret.get_secret_value(), algorithm="HS256")
 
 
 async def test_bad_tokens_are_401(api: Api, services: Services) -> None:

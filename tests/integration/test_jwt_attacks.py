@@ -158,12 +158,12 @@ HS_ATTACKS: dict[str, tuple[Forge, str]] = {
 async def test_forged_token_is_401_and_writes_nothing(api: Api, services: Services, attack: str) -> None:
     subject = f"jwt-{attack.replace(' ', '-')}"
     forge, detail = HS_ATTACKS[attack]
-    token = forge(services.settings.jwt_secret.encode(), subject)
+    token = forge(services.settings.jwt_secret.get_secret_value().encode(), subject)
     await _assert_refused(api, services, token, detail, subject)
 
 
 async def test_non_string_subject_is_401_and_writes_nothing(api: Api, services: Services) -> None:
-    token = jwt.encode(_claims("x", sub=4242), services.settings.jwt_secret, algorithm="HS256")
+    token = jwt.encode(_claims("x", sub=4242), services.settings.jwt_secret.get_secret_value(), algorithm="HS256")
     await _assert_refused(api, services, token,
                           "token 'sub' must be a non-empty string of at most 200 characters", "4242")
 
@@ -280,7 +280,7 @@ async def test_rs256_worker_refuses_forged_tokens_and_writes_nothing(
     rs_api: Api, rs_services: Services, identity: RsaIdentity
 ) -> None:
     subject = "jwt-rs-forged"
-    attacks = _rs_attacks(identity, rs_services.settings.jwt_secret.encode(), subject)
+    attacks = _rs_attacks(identity, rs_services.settings.jwt_secret.get_secret_value().encode(), subject)
     for name, (token, detail) in attacks.items():
         try:
             await _assert_refused(rs_api, rs_services, token, detail, subject)
