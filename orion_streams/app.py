@@ -12,6 +12,7 @@ import faust
 from faust.sensors.monitor import Monitor
 
 from . import faust_fixes, inline_consumer, logs
+from .adapters import kafka_auth
 from .agents.common import Assignment, Bus
 from .bootstrap import Runtime
 from .config import Settings
@@ -59,6 +60,7 @@ def faust_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=kafka_auth.faust_credentials(settings),
         store="memory://",
         monitor=LeanMonitor(),
         datadir=str(settings.state_dir / "workers" / settings.worker_id),

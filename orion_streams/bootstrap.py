@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from .adapters import kafka_auth
 from .adapters.apikeys import ApiKeyStore
 from .adapters.notification_store import NotificationStore
 from .adapters.payments import HttpPaymentGateway, SandboxPaymentGateway
@@ -130,7 +131,8 @@ class Runtime:
     async def _admin_client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=2000
+                bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=2000,
+                **kafka_auth.client_options(self.settings),
             )
             await admin.start()
             self._admin = admin
@@ -160,7 +162,7 @@ class Runtime:
         if self._offsets is None:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-                request_timeout_ms=5000,
+                request_timeout_ms=5000, **kafka_auth.client_options(self.settings),
             )
             await consumer.start()
             self._offsets = consumer

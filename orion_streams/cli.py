@@ -28,6 +28,7 @@ def _migrate(database_url: str) -> None:
 
 
 async def _seed(settings: Settings) -> None:
+    from .adapters import kafka_auth
     from .adapters.kafka_admin import publish_seed_stock
     from .adapters.postgres import SqlAlchemyStore
     from .domain.catalog import DEMO_PRODUCTS, DEMO_STOCK
@@ -37,7 +38,7 @@ async def _seed(settings: Settings) -> None:
         await store.upsert_products(DEMO_PRODUCTS)
     finally:
         await store.close()
-    await publish_seed_stock(settings.kafka_bootstrap, list(DEMO_STOCK))
+    await publish_seed_stock(settings.kafka_bootstrap, list(DEMO_STOCK), kafka_auth.client_options(settings))
 
 
 async def _apikey(settings: Settings, args: argparse.Namespace) -> str:
@@ -67,10 +68,13 @@ async def _apikey(settings: Settings, args: argparse.Namespace) -> str:
 
 
 def _prepare(settings: Settings, *, seed: bool) -> None:
+    from .adapters import kafka_auth
     from .adapters.kafka_admin import ensure_topics
 
     _migrate(settings.database_url)
-    created = asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.partitions))
+    check_kafka(settings)
+    created = asyncio.run(ensure_topics(
+        settings.kafka_bootstrap, settings.partitions, options=kafka_auth.client_options(settings)))
     if created:
         print(f"created topics: {', '.join(created)}", flush=True)
     if seed:
@@ -94,6 +98,7 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     from .app import create_app
     from .bootstrap import tune_gc
 
+    check_kafka(settings)
     # A bad JWT configuration stops the worker here rather than failing every request.
     app = create_app(settings).app
     tracing.configure("orion-worker", settings.worker_id)
@@ -106,6 +111,21 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
         *quiet, "worker", "--loglevel", settings.log_level,
         "--web-host", settings.web_host, "--web-port", str(settings.web_port),
     ])
+
+
+def check_kafka(settings: Settings) -> None:
+    """Stop with one line naming the setting when Kafka's TLS or SASL settings cannot work
+    (a wrong CA, a refused password, a protocol the listener does not speak), instead of a
+    worker that retries forever. Its own event loop: the caller's is Faust's."""
+    from .adapters import kafka_auth
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(kafka_auth.check_connection(settings))
+    except kafka_auth.KafkaSecurityError as exc:
+        raise SystemExit(f"orion: {exc}") from None
+    finally:
+        loop.close()
 
 
 def _faust_main(app: Any, args: list[str]) -> None:
@@ -235,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
+        from .adapters import kafka_auth
+
+        kafka_auth.client_options(settings)  # a Kafka security setting that cannot work
     except ValueError as exc:  # a setting out of its range: say which, no traceback
         parser.exit(2, f"orion: {exc}\n")
 
@@ -278,9 +301,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("ORION_DATABASE_URL must be set to migrate")
         _migrate(settings.database_url)
     elif args.command == "topics":
+        from .adapters import kafka_auth
         from .adapters.kafka_admin import ensure_topics
 
-        print(asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.partitions)))
+        check_kafka(settings)
+        print(asyncio.run(ensure_topics(
+            settings.kafka_bootstrap, settings.partitions, options=kafka_auth.client_options(settings))))
     elif args.command == "seed":
         asyncio.run(_seed(settings))
     elif args.command == "token":

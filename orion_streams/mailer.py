@@ -17,7 +17,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import make_url
 
 from . import logs, metrics, records, topics, tracing
+from .adapters import kafka_auth
 from .adapters.email import EmailRenderer, SmtpSender, SmtpServer
 from .adapters.notification_store import CHANNEL, Claimed, NotificationStore
 from .adapters.postgres import SqlAlchemyStore
@@ -90,13 +91,14 @@ async def listen(
 class KafkaDeadLetters:
     """Publishes emails given up on to `dead-letters`; the producer starts on first use."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: str, options: Mapping[str, Any] | None = None) -> None:
+        self.bootstrap, self.options = bootstrap, dict(options or {})
         self._producer: AIOKafkaProducer | None = None
 
     async def __call__(self, message: Claimed, reason: str) -> None:
         if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", request_timeout_ms=10_000)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, acks="all", request_timeout_ms=10_000, **self.options)
             await producer.start()
             self._producer = producer
         key, value, headers = dead_letter_record(message, reason, records.utc_iso(time.time(), "milliseconds"))
@@ -128,8 +130,12 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
     """Send queued emails until `stop` is set."""
     if not settings.database_url:
         raise SystemExit("ORION_DATABASE_URL must be set for the mailer")
+    try:  # a Kafka security setting that cannot work stops the mailer now, naming it
+        await kafka_auth.check_connection(settings)
+    except kafka_auth.KafkaSecurityError as exc:
+        raise SystemExit(f"orion mailer: {exc}") from None
     store = SqlAlchemyStore(settings.database_url, pool_size=4, slow_query_ms=settings.db_slow_query_ms)
-    dead_letters = KafkaDeadLetters(settings.kafka_bootstrap)
+    dead_letters = KafkaDeadLetters(settings.kafka_bootstrap, kafka_auth.client_options(settings))
     dispatcher = dispatcher_for(settings, NotificationStore(store.engine), dead_letters)
     log.info(
         "mailer sending through %s%s", SmtpServer.from_url(settings.smtp_url).label,

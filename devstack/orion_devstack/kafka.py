@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ._common import (
     DevServiceError,
@@ -20,6 +25,7 @@ from ._common import (
     read_pid,
     run_coro,
 )
+from .certs import Certs
 from .ports import LOOPBACK, free_port, port_open
 
 log = logging.getLogger("orion.devstack.kafka")
@@ -31,6 +37,7 @@ LOG4J2_CONFIG = _HERE / "kafka_log4j2.yaml"
 _COMPLETE_MARKER = ".complete"
 _MAIN_JAR = f"kafka_2.13-{KAFKA_VERSION}.jar"
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+MECHANISM = "SCRAM-SHA-512"
 
 
 # --------------------------------------------------------------------------- fetching
@@ -129,11 +136,72 @@ def _java() -> str:
     return java
 
 
-async def _probe_metadata(bootstrap: str) -> bool:
+@dataclass(frozen=True)
+class SecureKafka:
+    """A broker that accepts clients only over SASL_SSL with SCRAM-SHA-512: its certificate
+    is `certs`' server certificate, and `users` (name: password) may log in. The broker
+    talks to itself over the same listener as `broker_user`."""
+
+    certs: Certs
+    users: Mapping[str, str]
+    broker_user: str = "broker"
+    broker_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+
+    def client_settings(self, user: str) -> dict[str, str]:
+        """The ORION_* variables a client of `user` needs (the password inline: tests and
+        the local stack; production reads it from ORION_KAFKA_SASL_PASSWORD_FILE)."""
+        return {
+            "ORION_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "ORION_KAFKA_SASL_MECHANISM": MECHANISM,
+            "ORION_KAFKA_SASL_USERNAME": user,
+            "ORION_KAFKA_SASL_PASSWORD": self.users[user],
+            "ORION_KAFKA_SSL_CAFILE": str(self.certs.ca),
+        }
+
+    def client_options(self, user: str) -> dict[str, Any]:
+        """aiokafka's keyword arguments for a client of `user`."""
+        context = ssl.create_default_context(cafile=str(self.certs.ca))
+        return {
+            "security_protocol": "SASL_SSL", "ssl_context": context, "sasl_mechanism": MECHANISM,
+            "sasl_plain_username": user, "sasl_plain_password": self.users[user],
+        }
+
+    def properties(self, port: int, cport: int) -> dict[str, str]:
+        jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required '
+                f'username="{self.broker_user}" password="{self.broker_password}";')
+        return {
+            "listeners": f"SASL_SSL://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport}",
+            "advertised.listeners": f"SASL_SSL://{LOOPBACK}:{port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": MECHANISM,
+            f"listener.name.sasl_ssl.{MECHANISM.lower()}.sasl.jaas.config": jaas,
+            # PEM files: the key and its certificate chain in one, the CA in the other.
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.certs.server_chain),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.certs.ca),
+            "ssl.endpoint.identification.algorithm": "https",
+            # A client certificate is optional, and checked when one is shown (mutual TLS).
+            "listener.name.sasl_ssl.ssl.client.auth": "requested",  # (unprefixed, SASL_SSL ignores it)
+        }
+
+    def scram_arguments(self) -> list[str]:
+        """StorageTool's --add-scram for every user, the broker's own included: a KRaft
+        cluster learns its SCRAM credentials when its storage is formatted."""
+        users = {**self.users, self.broker_user: self.broker_password}
+        out = []
+        for name, password in users.items():
+            out += ["--add-scram", f"{MECHANISM}=[name={name},password={password}]"]
+        return out
+
+
+async def _probe_metadata(bootstrap: str, options: Mapping[str, Any] | None = None) -> bool:
     """True once the broker answers Metadata and lists itself as a live broker."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, **(options or {}))
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -163,8 +231,10 @@ class KafkaBroker(ManagedProcess):
         reuse: bool = False,
         stop_at_exit: bool | None = None,
         cache_dir: Path | None = None,
+        secure: SecureKafka | None = None,
     ) -> None:
         super().__init__(state_dir, port, reuse=reuse, stop_at_exit=stop_at_exit)
+        self.secure = secure
         self.controller_port = controller_port
         self.partitions_default = partitions_default
         self.cache_dir = cache_dir
@@ -260,6 +330,8 @@ class KafkaBroker(ManagedProcess):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
         }
+        if self.secure is not None:
+            props.update(self.secure.properties(self.port, cport))
         text = "".join(f"{key}={value}\n" for key, value in props.items())
         self.props_path.write_text("# generated by orion_devstack.kafka\n" + text)
 
@@ -296,7 +368,8 @@ class KafkaBroker(ManagedProcess):
         if not _CLUSTER_ID.match(cluster_id):
             raise DevServiceError(f"unexpected output from StorageTool random-uuid: {lines!r}")
         # No --standalone: the quorum is static (controller.quorum.voters).
-        self._run_tool(libs, "format", "-t", cluster_id, "-c", str(self.props_path))
+        scram = self.secure.scram_arguments() if self.secure is not None else []
+        self._run_tool(libs, "format", "-t", cluster_id, "-c", str(self.props_path), *scram)
         log.info(
             "formatted Kafka storage in %s (cluster id %s)", self.state_dir / "data", cluster_id
         )
@@ -310,7 +383,8 @@ class KafkaBroker(ManagedProcess):
 
     def _probe(self) -> bool:
         try:
-            return run_coro(lambda: _probe_metadata(self.bootstrap), timeout=10)
+            options = self.secure.client_options(next(iter(self.secure.users))) if self.secure is not None else None
+            return run_coro(lambda: _probe_metadata(self.bootstrap, options), timeout=10)
         except Exception as exc:  # any failure just means "not ready yet"
             log.debug("Kafka not ready yet: %r", exc)
             return False

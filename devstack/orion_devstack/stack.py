@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,12 +16,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orion_streams.config import Settings
 from orion_streams.domain.catalog import DEMO_PRODUCTS, Product
 from orion_streams.web.auth import issue_token
 
-from .kafka import KafkaBroker
+from .certs import make_certs
+from .kafka import KafkaBroker, SecureKafka
 from .ports import free_port
 from .postgres import LocalPostgres
 
@@ -48,13 +51,17 @@ class Services:
     # The stack's own database server and broker, for tests that take them away and back.
     postgres: LocalPostgres | None = field(default=None, repr=False)
     broker: KafkaBroker | None = field(default=None, repr=False)
+    # ORION_* variables every process of the stack gets beside these (how to reach a secure
+    # broker: protocol, SASL user, CA).
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     settings: Settings = field(init=False)
 
     def __post_init__(self) -> None:
-        self.settings = Settings(
-            kafka_bootstrap=self.bootstrap, database_url=self.database_url,
-            partitions=self.partitions, app_id=self.app_id,
-        )
+        secure: dict[str, Any] = {name[len("ORION_"):].lower(): value for name, value in self.env.items()}
+        self.settings = Settings.model_validate({
+            "kafka_bootstrap": self.bootstrap, "database_url": self.database_url,
+            "partitions": self.partitions, "app_id": self.app_id, **secure,
+        })
 
     def token(self, subject: str, roles: tuple[str, ...] = ("customer",), ttl: float = 3600) -> str:
         return issue_token(self.settings, subject, roles, ttl=ttl)
@@ -67,10 +74,18 @@ def running_services(
     partitions: int = 4,
     payment_timeout: float = 2.0,
     products: Iterable[Product] = (),
+    secure_kafka: bool = False,
 ) -> Iterator[Services]:
     """A fresh Kafka broker and PostgreSQL server on free ports, migrated, topics created,
-    catalog loaded; both stopped on exit whatever happens."""
-    broker = KafkaBroker(root / "kafka", port=free_port())
+    catalog loaded; both stopped on exit whatever happens. `secure_kafka`: the broker
+    accepts only SASL_SSL (SCRAM-SHA-512, a CA made for the stack), and every process of
+    the stack is told how to reach it."""
+    secure = None
+    env: dict[str, str] = {}
+    if secure_kafka:
+        secure = SecureKafka(make_certs(root / "certs"), {"orion": secrets.token_urlsafe(16)})
+        env = secure.client_settings("orion")
+    broker = KafkaBroker(root / "kafka", port=free_port(), secure=secure)
     pg = LocalPostgres(root / "postgres", port=free_port())
     broker.start()
     try:
@@ -81,7 +96,8 @@ def running_services(
             from orion_streams.cli import _migrate
 
             _migrate(pg.url)
-            asyncio.run(ensure_topics(broker.bootstrap, partitions))
+            options = secure.client_options("orion") if secure is not None else None
+            asyncio.run(ensure_topics(broker.bootstrap, partitions, options=options))
 
             async def seed() -> None:
                 store = SqlAlchemyStore(pg.url, pool_size=1)
@@ -94,6 +110,7 @@ def running_services(
             app_id = f"orion-{uuid.uuid4().hex[:8]}"
             yield Services(
                 broker.bootstrap, pg.url, root, app_id, partitions, payment_timeout, postgres=pg, broker=broker,
+                env=env,
             )
         finally:
             pg.stop()
@@ -120,6 +137,7 @@ class OrionProcess:
             "ORION_DATABASE_URL": services.database_url,
             "ORION_STATE_DIR": str(self.dir),
             "ORION_LOG_LEVEL": "info",
+            **services.env,
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -21,11 +23,11 @@ class TopicMismatch(RuntimeError):
     """A topic exists with another partition count than Orion needs."""
 
 
-async def _admin(bootstrap: str, timeout: float) -> AIOKafkaAdminClient:
+async def _admin(bootstrap: str, timeout: float, options: Mapping[str, Any]) -> AIOKafkaAdminClient:
     deadline = asyncio.get_running_loop().time() + timeout
     delay = 0.2
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **options)
         try:
             await admin.start()
             return admin
@@ -37,9 +39,12 @@ async def _admin(bootstrap: str, timeout: float) -> AIOKafkaAdminClient:
             delay = min(delay * 2, 2.0)
 
 
-async def ensure_topics(bootstrap: str, partitions: int, *, timeout: float = 60) -> list[str]:
-    """Create every missing source topic with `partitions`; refuse existing ones that differ."""
-    admin = await _admin(bootstrap, timeout)
+async def ensure_topics(
+    bootstrap: str, partitions: int, *, timeout: float = 60, options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Create every missing source topic with `partitions`; refuse existing ones that differ.
+    `options`: how to connect (kafka_auth.client_options)."""
+    admin = await _admin(bootstrap, timeout, options or {})
     try:
         existing = set(await admin.list_topics())
         # One count for all: the saga table must match `orders` and `order-events`.
@@ -66,10 +71,10 @@ async def ensure_topics(bootstrap: str, partitions: int, *, timeout: float = 60)
         await admin.close()
 
 
-async def publish_seed_stock(bootstrap: str, stock: list[DemoStock]) -> None:
+async def publish_seed_stock(bootstrap: str, stock: list[DemoStock], options: Mapping[str, Any] | None = None) -> None:
     """Ask the reservation agents to stock the demo catalog; the fixed adjustment ids
     make a second seed change nothing."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **(options or {}))
     await producer.start()
     try:
         for item in stock:

@@ -420,7 +420,9 @@ class LiveFeed:
         consumer_factory: ConsumerFactory = AIOKafkaConsumer,
         idle: Callable[[], bool] = lambda: False,
         lookback: float = 2.0,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
+        self.options = dict(options or {})  # how to connect (kafka_auth.client_options)
         self.idle = idle
         self.lookback = lookback
         self.bootstrap = bootstrap
@@ -445,6 +447,7 @@ class LiveFeed:
                 enable_auto_commit=False,
                 auto_offset_reset="latest",
                 client_id=self.client_id,
+                **self.options,
             )
             try:
                 await consumer.start()

@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 
 from .. import logs, metrics, records, tracing
 from .. import topics as t
+from ..adapters import kafka_auth
 from ..adapters.postgres import AuditContext
 from ..bootstrap import Runtime, tune_gc
 from ..domain import events as e
@@ -218,6 +219,7 @@ class Consumer:
                 auto_offset_reset="earliest", max_poll_records=BATCH_SIZE, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                 session_timeout_ms=int(settings.session_timeout * 1000),
                 heartbeat_interval_ms=max(100, int(settings.session_timeout * 100)),
+                **kafka_auth.client_options(settings),
             )
             try:
                 await consumer.start()
@@ -446,7 +448,7 @@ class _DeadLetters:
             settings = self.settings
             producer = AIOKafkaProducer(
                 bootstrap_servers=settings.kafka_bootstrap, acks="all", client_id=f"{group_id(settings)}-{settings.worker_id}",
-                partitioner=Murmur2Partitioner(),
+                partitioner=Murmur2Partitioner(), **kafka_auth.client_options(settings),
             )
             await producer.start()
             self.producer = producer

@@ -24,6 +24,7 @@ import mode
 from aiohttp import WSMsgType, web
 
 from .. import metrics
+from ..adapters import kafka_auth
 from ..adapters.live import (
     GOING_AWAY,
     UNAUTHORIZED,
@@ -173,6 +174,7 @@ class LiveEndpoint:
             Dispatcher(hub),
             client_id=f"orion-live-{settings.worker_id}",
             idle=lambda: hub.idle,
+            options=kafka_auth.client_options(settings),
         )
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:

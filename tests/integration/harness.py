@@ -30,9 +30,11 @@ TEST_PRODUCTS = [Product(f"T-{i:03d}", f"Test product {i}", 1_000 + i) for i in 
 __all__ = ["Mailer", "Services", "Worker", "wait_until"]
 
 
-def running_services(root: Path) -> Any:
-    """The test stack: 4 partitions, a 5 s payment timeout and the test catalog."""
-    return _running_services(root, partitions=PARTITIONS, payment_timeout=PAYMENT_TIMEOUT, products=TEST_PRODUCTS)
+def running_services(root: Path, *, secure_kafka: bool = False) -> Any:
+    """The test stack: 4 partitions, a 5 s payment timeout and the test catalog (with
+    `secure_kafka`, a broker that accepts only SASL_SSL)."""
+    return _running_services(
+        root, partitions=PARTITIONS, payment_timeout=PAYMENT_TIMEOUT, products=TEST_PRODUCTS, secure_kafka=secure_kafka)
 
 
 async def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
