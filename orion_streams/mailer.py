@@ -110,12 +110,10 @@ class KafkaDeadLetters:
 
 
 def dispatcher_for(settings: Settings, queue: NotificationStore, dead_letter: Any) -> NotificationDispatcher:
-    fallback = SmtpServer.from_url(settings.smtp_fallback_url) if settings.smtp_fallback_url else None
-    mailer = SmtpSender(SmtpServer.from_url(settings.smtp_url), fallback, timeout=settings.smtp_timeout)
     return NotificationDispatcher(
         queue,
         EmailRenderer(),
-        mailer,
+        SmtpSender.from_settings(settings),
         sender=settings.mail_from,
         policy=RetryPolicy(settings.email_max_attempts, settings.email_retry_base, settings.email_retry_max),
         dead_letter=dead_letter,
@@ -191,6 +189,10 @@ async def _serve_metrics(host: str, port: int, listening: asyncio.Event) -> web.
 def main(settings: Settings) -> None:
     """Run a mailer in this process until SIGINT or SIGTERM."""
     logs.configure(settings.log_format, settings.log_level, f"mailer-{settings.worker_id}")
+    try:  # SMTP settings a mailer cannot send with: say which, no traceback
+        SmtpSender.from_settings(settings)
+    except ValueError as exc:
+        raise SystemExit(f"orion mailer: {exc}") from None
     tracing.configure("orion-mailer", f"mailer-{settings.worker_id}")
 
     async def serve() -> None:

@@ -1,7 +1,9 @@
 """Development mail catcher: an aiosmtpd server that keeps every message it receives.
 
 Tests can script failures (``refuse``: the next DATA commands get an error reply), count
-delivery attempts (``attempts``) and require SMTP AUTH (``credentials``).
+delivery attempts (``attempts``), require SMTP AUTH (``credentials``) and serve STARTTLS or
+implicit TLS with a certificate of their own (``security``, ``cert_file``, ``key_file``), so
+that what Orion trusts and sends over TLS is proven against a real server.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import email.policy
 import itertools
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -66,17 +69,39 @@ class _Authenticator:
         return AuthResult(success=False, handled=False)
 
 
+#: How a catcher's clients connect, as in Orion's SmtpServer.security.
+SECURITY = ("none", "starttls", "tls")
+
+
 class MailCatcher(Service):
     """SMTP sink on 127.0.0.1:<port>; messages land in ``messages`` and ``<state_dir>/mail``.
 
-    With ``credentials`` (user -> password) the server offers AUTH PLAIN/LOGIN without TLS
-    and refuses mail from clients that did not log in (530). Refusals scripted with
-    ``refuse`` and the ``attempts`` counter are thread-safe.
+    ``security`` is ``"none"`` (plain, the default), ``"starttls"`` (STARTTLS offered and
+    required before MAIL: 530 otherwise) or ``"tls"`` (implicit TLS from the first byte); both
+    TLS modes need ``cert_file`` and ``key_file`` (PEM). With ``credentials`` (user ->
+    password) the server offers AUTH PLAIN/LOGIN and refuses mail from clients that did not
+    log in (530): on a plain server without TLS, under STARTTLS only once the connection is
+    encrypted. Refusals scripted with ``refuse`` and the ``attempts`` counter are thread-safe.
     """
 
     def __init__(
-        self, state_dir: Path, port: int = 1025, *, credentials: Mapping[str, str] | None = None
+        self,
+        state_dir: Path,
+        port: int = 1025,
+        *,
+        credentials: Mapping[str, str] | None = None,
+        security: str = "none",
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
+        if security not in SECURITY:
+            raise ValueError(f"security {security!r} is not one of {', '.join(SECURITY)}")
+        if (security == "none") != (cert_file is None and key_file is None) or (cert_file is None) != (
+            key_file is None
+        ):
+            raise ValueError("security starttls and tls need cert_file and key_file, none takes neither")
+        self.security = security
+        self._cert = (Path(cert_file), Path(key_file)) if cert_file and key_file else None
         self.state_dir = Path(state_dir)
         self.mail_dir = self.state_dir / "mail"
         self._port = port
@@ -97,23 +122,45 @@ class MailCatcher(Service):
     def port(self) -> int:
         return self._port
 
+    @property
+    def url(self) -> str:
+        """How Orion reaches this catcher (ORION_SMTP_URL), without credentials."""
+        if self.security == "tls":
+            return f"smtps://{self.host}:{self._port}"
+        suffix = "?starttls=true" if self.security == "starttls" else ""
+        return f"smtp://{self.host}:{self._port}{suffix}"
+
+    def _server_options(self) -> dict[str, Any]:
+        """Controller and aiosmtpd SMTP keyword arguments for ``security`` and ``credentials``."""
+        options: dict[str, Any] = {}
+        if self._cert is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self._cert)
+            if self.security == "starttls":
+                options.update(tls_context=context, require_starttls=True)
+            else:
+                options.update(ssl_context=context)
+        if self._credentials is not None:
+            options.update(
+                authenticator=_Authenticator(self._credentials),
+                auth_required=True,
+                # aiosmtpd counts only STARTTLS as encryption: on a plain server AUTH is
+                # deliberately allowed in clear, and behind implicit TLS it must be (aiosmtpd
+                # would offer no AUTH at all otherwise). Either way aiosmtpd warns.
+                auth_require_tls=self.security == "starttls",
+            )
+        return options
+
     def start(self) -> None:
         if self._controller is not None:
             return
         self.mail_dir.mkdir(parents=True, exist_ok=True)
-        auth: dict[str, Any] = {}
-        if self._credentials is not None:
-            auth = {
-                "authenticator": _Authenticator(self._credentials),
-                "auth_required": True,
-                "auth_require_tls": False,
-            }
         controller = Controller(
             _Handler(self),
             hostname=LOOPBACK,
             port=self._port,
             server_hostname="orion-mailcatcher",
-            **auth,
+            **self._server_options(),
         )
         try:
             controller.start()
@@ -122,9 +169,7 @@ class MailCatcher(Service):
                 f"mail catcher could not listen on {LOOPBACK}:{self._port}: {exc}"
             ) from exc
         self._controller = controller
-        log.info(
-            "mail catcher listening on %s:%d, saving to %s", LOOPBACK, self._port, self.mail_dir
-        )
+        log.info("mail catcher listening on %s, saving to %s", self.url, self.mail_dir)
 
     def stop(self) -> None:
         controller, self._controller = self._controller, None

@@ -5,13 +5,19 @@ context into a ``RenderedEmail``; ``compose`` wraps that in a multipart/alternat
 ``EmailMessage``; ``SmtpSender`` delivers it over aiosmtplib to a primary server and, when
 that fails for any reason, to an optional fallback. Failures are classified as temporary
 (retry later) or permanent (do not retry) from the SMTP reply codes.
+
+STARTTLS and implicit TLS check the server's certificate and name (against
+ORION_SMTP_CA_FILE's CAs, or the system's), and a password is only ever sent over an
+encrypted connection unless ORION_SMTP_ALLOW_PLAIN_AUTH says otherwise.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,11 +25,14 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
 import jinja2
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 log = logging.getLogger("orion.email")
 
@@ -362,8 +371,34 @@ class Delivery:
     message_id: str
 
 
+_SSL_NOISE = re.compile(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\] | \(_ssl\.c:\d+\)$")
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """What went wrong in a TLS handshake (raised as is by STARTTLS, as the cause of an
+    SMTPConnectError by implicit TLS), said so that the setting to fix is clear."""
+    error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate verification failed: {error.verify_message} (trusted CAs: "
+            "ORION_SMTP_CA_FILE, or the system's when it is unset)"
+        )
+    if isinstance(error, ssl.SSLError):
+        reason = _SSL_NOISE.sub("", error.strerror or str(error))
+        return (
+            f"TLS handshake failed: {reason} (smtps:// is TLS from the first byte, "
+            "smtp://...?starttls=true upgrades a plain connection: which does the port speak?)"
+        )
+    return None
+
+
 def _classify(exc: BaseException) -> tuple[bool, str]:
     """(temporary, short description) for an exception raised while sending."""
+    tls = _tls_problem(exc)
+    if tls is not None:
+        # Configuration (or certificate) trouble that does not make the message
+        # undeliverable: once fixed, the retry goes through.
+        return True, tls
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         refused = exc.recipients
         permanent = bool(refused) and all(500 <= r.code < 600 for r in refused)
@@ -375,6 +410,9 @@ def _classify(exc: BaseException) -> tuple[bool, str]:
             return False, text
         return True, text
     if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError):
+        if isinstance(exc.__cause__, aiosmtplib.SMTPReadTimeoutError):
+            # Connected, but no "220" greeting: an implicit TLS port waits for a handshake.
+            return True, "timed out waiting for the server's greeting (an smtps:// port says nothing before the TLS handshake)"
         return True, "timed out connecting"
     if isinstance(exc, TimeoutError):  # SMTPTimeoutError, SMTPReadTimeoutError included
         return True, "timed out"
@@ -382,6 +420,10 @@ def _classify(exc: BaseException) -> tuple[bool, str]:
         return True, "connection refused"
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
         return True, f"disconnected: {exc.message}"
+    if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS extension not supported" in (
+        exc.message or ""
+    ):
+        return True, "the server offers no STARTTLS, which starttls=true requires"
     if isinstance(exc, aiosmtplib.SMTPException):
         # Includes SMTPConnectError and SMTPNotSupported (e.g. no STARTTLS/AUTH offered):
         # server or configuration trouble that does not make the message undeliverable.
@@ -398,22 +440,97 @@ def _classify(exc: BaseException) -> tuple[bool, str]:
 # --------------------------------------------------------------------------- sending
 
 
+def _server_setting(variable: str, url: str) -> SmtpServer:
+    """``SmtpServer.from_url`` whose errors name the setting the URL came from."""
+    try:
+        return SmtpServer.from_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{variable}: {exc}") from None
+
+
+def _trusting(ca_file: Path | None) -> ssl.SSLContext:
+    """A client TLS context that checks the server's certificate and name against
+    ``ca_file``'s CAs (the system's when None); loaded once, so a bad file stops start-up."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError included: not PEM, no certificate in it
+        reason = _SSL_NOISE.sub("", exc.strerror or str(exc))
+        raise ValueError(
+            f"ORION_SMTP_CA_FILE: cannot load CA certificates from {ca_file}: {reason}"
+        ) from None
+
+
 class SmtpSender:
     """Delivers messages to a primary SMTP server, falling back to a second one.
 
     One connection per message. ``timeout`` applies to the connect and to every SMTP
     command. The caller's message is never modified: a copy gets the server's
     ``from_address`` (if any) and a Message-ID/Date when missing.
+
+    STARTTLS and implicit TLS verify the server's certificate and name with ``tls_context``
+    (aiosmtplib's default, the system's CAs, when None). A server with a user but no TLS is
+    refused (ValueError) unless ``allow_plain_auth``: its password would cross the network
+    in clear.
     """
 
     def __init__(
-        self, primary: SmtpServer, fallback: SmtpServer | None = None, *, timeout: float = 10.0
+        self,
+        primary: SmtpServer,
+        fallback: SmtpServer | None = None,
+        *,
+        timeout: float = 10.0,
+        tls_context: ssl.SSLContext | None = None,
+        allow_plain_auth: bool = False,
     ) -> None:
         if timeout <= 0:
             raise ValueError("SMTP timeout must be positive")
+        for server, variable in ((primary, "ORION_SMTP_URL"), (fallback, "ORION_SMTP_FALLBACK_URL")):
+            if server is None or server.username is None or server.security != "none":
+                continue
+            if not allow_plain_auth:
+                raise ValueError(
+                    f"{variable} logs in to {server.label} without TLS, which would send "
+                    "the password in clear: use smtps:// or ?starttls=true, or set "
+                    "ORION_SMTP_ALLOW_PLAIN_AUTH=true if the network is trusted"
+                )
         self.primary = primary
         self.fallback = fallback
         self.timeout = timeout
+        self.tls_context = tls_context
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpSender:
+        """The mailer's sender: ORION_SMTP_URL (its password from ORION_SMTP_PASSWORD when
+        the URL has none), ORION_SMTP_FALLBACK_URL, TLS trusting ORION_SMTP_CA_FILE.
+
+        Raises ValueError naming the setting to fix, never showing a password.
+        """
+        primary = _server_setting("ORION_SMTP_URL", settings.smtp_url)
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else ""
+        if password:
+            if primary.password is not None:
+                raise ValueError(
+                    "ORION_SMTP_URL has a password and ORION_SMTP_PASSWORD (or "
+                    "ORION_SMTP_PASSWORD_FILE) is set too: keep the password in one of them"
+                )
+            if primary.username is None:
+                raise ValueError(
+                    "ORION_SMTP_PASSWORD is set but ORION_SMTP_URL has no user to log in as "
+                    "(smtp://user@host...)"
+                )
+            primary = dataclasses.replace(primary, password=password)
+        fallback = (
+            _server_setting("ORION_SMTP_FALLBACK_URL", settings.smtp_fallback_url)
+            if settings.smtp_fallback_url
+            else None
+        )
+        return cls(
+            primary,
+            fallback,
+            timeout=settings.smtp_timeout,
+            tls_context=_trusting(settings.smtp_ca_file),
+            allow_plain_auth=settings.smtp_allow_plain_auth,
+        )
 
     @property
     def servers(self) -> tuple[SmtpServer, ...]:
@@ -476,6 +593,7 @@ class SmtpSender:
             timeout=self.timeout,
             use_tls=server.security == "tls",
             start_tls=server.security == "starttls",
+            tls_context=self.tls_context if server.security != "none" else None,
         )
         if refused:
             log.warning(

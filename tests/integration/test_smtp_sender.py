@@ -220,16 +220,18 @@ async def test_message_without_message_id_gets_one(start_catcher: StartCatcher) 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 async def test_auth(start_catcher: StartCatcher) -> None:
+    """In clear, as allowed explicitly (tests/integration/test_smtp_tls.py: over TLS)."""
     password = "s3cr:t@pw"
     catcher = start_catcher(credentials={"relay": password})
     url = f"smtp://relay:s3cr%3At%40pw@{catcher.host}:{catcher.port}"
-    delivery = await SmtpSender(SmtpServer.from_url(url), timeout=5).send(message())
+    sender = SmtpSender(SmtpServer.from_url(url), timeout=5, allow_plain_auth=True)
+    delivery = await sender.send(message())
     assert delivery.server == f"smtp://{catcher.host}:{catcher.port}"
     assert len(catcher.messages) == 1
 
     wrong = server_for(catcher, username="relay", password="not-the-password")
     with pytest.raises(PermanentEmailError) as caught:
-        await SmtpSender(wrong, timeout=5).send(message())
+        await SmtpSender(wrong, timeout=5, allow_plain_auth=True).send(message())
     assert "535" in str(caught.value)
     assert "not-the-password" not in str(caught.value) + repr(caught.value)
 
