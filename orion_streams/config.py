@@ -169,7 +169,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _FromFiles(settings_cls)
+        # A mounted secret wins over an empty variable of the same name (a base compose file's).
+        return init_settings, _FromFiles(settings_cls), env_settings
 
     @field_validator("alert_emails", mode="before")
     @classmethod

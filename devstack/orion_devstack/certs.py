@@ -124,3 +124,19 @@ def make_certs(directory: Path, *, hosts: tuple[str, ...] = HOSTS, client_name: 
             path.chmod(0o600)
         paths[name] = path
     return Certs(**paths)
+
+
+def main() -> None:
+    """`python -m orion_devstack.certs DIR [HOST ...]`: write the certificates into DIR for the
+    given host names (docker-compose.secure.yml uses `kafka` and `postgres`)."""
+    import sys
+
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m orion_devstack.certs DIR [HOST ...]")
+    hosts = tuple(sys.argv[2:]) or HOSTS
+    certs = make_certs(Path(sys.argv[1]), hosts=hosts)
+    print(f"wrote certificates for {', '.join(hosts)} into {certs.ca.parent}")
+
+
+if __name__ == "__main__":
+    main()

@@ -64,3 +64,14 @@ def test_the_development_secret_is_the_default(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("ORION_JWT_SECRET", raising=False)
     monkeypatch.delenv("ORION_JWT_SECRET_FILE", raising=False)
     assert Settings.from_env().jwt_secret.get_secret_value() == DEV_JWT_SECRET
+
+
+def test_a_mounted_secret_wins_over_an_empty_variable_of_the_same_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """docker-compose.secure.yml empties docker-compose.yml's ORION_JWT_SECRET and mounts
+    the secret instead."""
+    (tmp_path / "jwt").write_text("mounted-" + "m" * 40)
+    monkeypatch.setenv("ORION_JWT_SECRET", "")
+    monkeypatch.setenv("ORION_JWT_SECRET_FILE", str(tmp_path / "jwt"))
+    assert Settings.from_env().jwt_secret.get_secret_value() == "mounted-" + "m" * 40
