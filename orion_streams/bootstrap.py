@@ -97,7 +97,7 @@ class Runtime:
         s = self.settings
         if not s.database_url:
             raise RuntimeError("ORION_DATABASE_URL is not set (orion run/worker sets it)")
-        self._store = SqlAlchemyStore(s.database_url, pool_size=s.db_pool_size, slow_query_ms=s.db_slow_query_ms)
+        self._store = SqlAlchemyStore.from_settings(s)
         self._notifications = NotificationStore(self._store.engine)
         self._api_keys = ApiKeyStore(self._store.engine)
         if s.payment_gateway == "http":

@@ -14,16 +14,22 @@ from typing import Any
 from .config import DEV_JWT_SECRET, Settings
 
 
-def _migrate(database_url: str) -> None:
+def _migrate(database: Settings | str) -> None:
+    """Apply the migrations to the database of these settings (TLS and password too) or of a
+    bare URL; a wrong CA, password or address stops here with one line naming the setting."""
     from alembic import command
     from alembic.config import Config
 
+    from .adapters.pg_connect import PgParams, check_at_start_sync
+
+    given = PgParams.from_url(database) if isinstance(database, str) else database
+    params = check_at_start_sync(given, must_connect=True)
     # alembic.ini and migrations/ are package data: found next to this module wherever the
     # package is installed (wheel or editable), never at the repository root.
     package_dir = Path(__file__).resolve().parent
     cfg = Config(str(package_dir / "alembic.ini"))
     cfg.set_main_option("script_location", str(package_dir / "migrations").replace("%", "%%"))
-    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    cfg.attributes["pg_params"] = params  # migrations/env.py connects with them
     command.upgrade(cfg, "head")
 
 
@@ -33,7 +39,7 @@ async def _seed(settings: Settings) -> None:
     from .adapters.postgres import SqlAlchemyStore
     from .domain.catalog import DEMO_PRODUCTS, DEMO_STOCK
 
-    store = SqlAlchemyStore(settings.database_url, pool_size=2)
+    store = SqlAlchemyStore.from_settings(settings, pool_size=2)
     try:
         await store.upsert_products(DEMO_PRODUCTS)
     finally:
@@ -47,7 +53,7 @@ async def _apikey(settings: Settings, args: argparse.Namespace) -> str:
     from .adapters.apikeys import ApiKeyStore
     from .adapters.postgres import SqlAlchemyStore
 
-    store = SqlAlchemyStore(settings.database_url, pool_size=1)
+    store = SqlAlchemyStore.from_settings(settings, pool_size=1)
     try:
         keys = ApiKeyStore(store.engine)
         if args.action == "create":
@@ -71,7 +77,7 @@ def _prepare(settings: Settings, *, seed: bool) -> None:
     from .adapters import kafka_auth
     from .adapters.kafka_admin import ensure_topics
 
-    _migrate(settings.database_url)
+    _migrate(settings)
     check_kafka(settings)
     created = asyncio.run(ensure_topics(
         settings.kafka_bootstrap, settings.partitions, options=kafka_auth.client_options(settings)))
@@ -85,6 +91,10 @@ def run_worker(settings: Settings, loglevel: str | None = None) -> None:
     """Build a worker from `settings` and run it in this process (blocks until it stops)."""
     if loglevel:
         settings = settings.with_changes(log_level=loglevel.lower())
+    from .adapters.pg_connect import check_at_start_sync
+
+    # A wrong CA, certificate or password stops the worker here, naming the setting.
+    check_at_start_sync(settings, must_connect=False)
     # Before the app exists: Faust takes the event loop when the app is built.
     if settings.event_loop == "uvloop":
         import mode.loop
@@ -289,8 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "projection":
         if not settings.database_url:
             parser.error("ORION_DATABASE_URL must be set for a projection")
+        from .adapters.pg_connect import check_at_start_sync
         from .agents.projection import main as projection_main
 
+        check_at_start_sync(settings, must_connect=False)
         projection_main(settings)
     elif args.command == "apikey":
         if not settings.database_url:
@@ -299,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "migrate":
         if not settings.database_url:
             parser.error("ORION_DATABASE_URL must be set to migrate")
-        _migrate(settings.database_url)
+        _migrate(settings)
     elif args.command == "topics":
         from .adapters import kafka_auth
         from .adapters.kafka_admin import ensure_topics

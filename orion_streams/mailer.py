@@ -29,6 +29,7 @@ from . import logs, metrics, records, topics, tracing
 from .adapters import kafka_auth
 from .adapters.email import EmailRenderer, SmtpSender, SmtpServer
 from .adapters.notification_store import CHANNEL, Claimed, NotificationStore
+from .adapters.pg_connect import check_at_start
 from .adapters.postgres import SqlAlchemyStore
 from .config import Settings
 from .domain.notifications import RetryPolicy
@@ -44,17 +45,19 @@ def asyncpg_dsn(database_url: str) -> str:
 
 
 async def listen(
-    dsn: str, wake: Callable[[], None], stop: asyncio.Event, listening: asyncio.Event | None = None
+    dsn: str, wake: Callable[[], None], stop: asyncio.Event, listening: asyncio.Event | None = None,
+    connect_args: Mapping[str, Any] | None = None,
 ) -> None:
     """Wake the dispatcher on every NOTIFY; reconnect with backoff when the connection drops.
-    `listening` is set while the LISTEN connection is up."""
+    `listening` is set while the LISTEN connection is up; `connect_args` (TLS, password) are
+    the store's (pg_params)."""
     listening = listening or asyncio.Event()
     backoff = Backoff(0.5, 30.0)
     first = True
     while not stop.is_set():
         conn: Any = None
         try:
-            conn = await asyncpg.connect(dsn, timeout=10)
+            conn = await asyncpg.connect(dsn, **{"timeout": 10, **(connect_args or {})})
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _c, lost=lost: lost.set())
             await conn.add_listener(CHANNEL, lambda *_args: wake())
@@ -132,7 +135,9 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
         await kafka_auth.check_connection(settings)
     except kafka_auth.KafkaSecurityError as exc:
         raise SystemExit(f"orion mailer: {exc}") from None
-    store = SqlAlchemyStore(settings.database_url, pool_size=4, slow_query_ms=settings.db_slow_query_ms)
+    # A wrong CA, certificate or password stops the mailer here, naming the setting.
+    params = await check_at_start(settings, must_connect=False)
+    store = SqlAlchemyStore.from_settings(settings, pool_size=4)
     dead_letters = KafkaDeadLetters(settings.kafka_bootstrap, kafka_auth.client_options(settings))
     dispatcher = dispatcher_for(settings, NotificationStore(store.engine), dead_letters)
     log.info(
@@ -145,7 +150,9 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
         web = await _serve_metrics(settings.web_host, settings.mailer_metrics_port, listening)
     tasks = [
         asyncio.ensure_future(dispatcher.run()),
-        asyncio.ensure_future(listen(asyncpg_dsn(settings.database_url), dispatcher.wake, stop, listening)),
+        asyncio.ensure_future(
+            listen(asyncpg_dsn(settings.database_url), dispatcher.wake, stop, listening, params.connect_args)
+        ),
     ]
     try:
         await stop.wait()

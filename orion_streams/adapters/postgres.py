@@ -16,9 +16,11 @@ import orjson
 from sqlalchemy import event, select, text, tuple_
 from sqlalchemy import exc as sa_errors
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .. import records
+from ..config import Settings
 from ..domain.catalog import Product
 from ..domain.events import (
     AdjustmentRejected,
@@ -30,6 +32,7 @@ from ..domain.events import (
 from ..services.ports import Accepted
 from . import schema as s
 from .db_monitoring import instrument
+from .pg_connect import CONNECT_TIMEOUT, pg_params
 
 log = logging.getLogger("orion.postgres")
 
@@ -198,13 +201,16 @@ class SqlAlchemyStore:
     """Orion's system of record. Writes are idempotent: replays add nothing."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, slow_query_ms: float = 200.0, idle_ping_after: float = IDLE_PING_AFTER,
+        self, url: str | URL, *, pool_size: int = 10, slow_query_ms: float = 200.0,
+        idle_ping_after: float = IDLE_PING_AFTER, connect_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
             url, pool_size=pool_size, max_overflow=pool_size,
             # Errors are logged: their text must not carry the values (emails, payloads).
             hide_parameters=True,
+            # asyncpg's: TLS, the password when not in the URL; a connect timeout in any case.
+            connect_args={"timeout": CONNECT_TIMEOUT, **(connect_args or {})},
         )
         ping_when_idle(self.engine, idle_ping_after)
         # One statement needs no transaction: autocommit sends just it, one round trip instead
@@ -212,6 +218,16 @@ class SqlAlchemyStore:
         self._single = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # Statement times, slow statements (logged without parameters), errors, pool use.
         instrument(self.engine, slow_threshold_ms=slow_query_ms)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, pool_size: int | None = None) -> SqlAlchemyStore:
+        """The store a process's settings name: their database, TLS and password (pg_params),
+        their pool size unless given and slow-statement threshold."""
+        params = pg_params(settings)
+        return cls(
+            params.url, connect_args=params.connect_args, slow_query_ms=settings.db_slow_query_ms,
+            pool_size=settings.db_pool_size if pool_size is None else pool_size,
+        )
 
     async def close(self) -> None:
         await self.engine.dispose()
