@@ -53,7 +53,8 @@ when the app loads.
    (from standby, to read it again from the start), its records are consumed and dropped,
    its position sits at the end, and recovery waits forever ("No event received for active
    tp"; scale 3 -> 1 in tests/e2e/test_faults.py, once in about 30 runs here, and twice in CI).
-   Here the wait sees the set as it is, and an empty set as no partition.
+   Here the wait sees the set as it is, and an empty set never takes in a changelog
+   partition (source partitions are read as 0.15.3 reads them).
 """
 
 from __future__ import annotations
@@ -183,19 +184,23 @@ async def _commit(self: Any, offsets: Any) -> bool:
 
 
 class _Active:
-    """Faust's set of active partitions as aiokafka's fetched_records reads it: live, and
-    never empty-means-all (it tests `if partitions and tp not in partitions`)."""
+    """Faust's set of active partitions as aiokafka's fetched_records reads it (`if
+    partitions and tp not in partitions`): live, and empty meaning every partition except
+    the changelogs'. 0.15.3 relies on the first for its source partitions (a partition its
+    agents' queues are too full for is left out of the set and still yielded, and what a
+    stopped flow drops is sought back to the committed offset); a changelog partition is
+    read only while recovery or a standby has resumed it."""
 
-    __slots__ = ("tps",)
+    __slots__ = ("changelogs", "tps")
 
-    def __init__(self, tps: Any) -> None:
-        self.tps = tps
+    def __init__(self, tps: Any, changelogs: Any) -> None:
+        self.tps, self.changelogs = tps, changelogs
 
     def __bool__(self) -> bool:
         return True
 
-    def __contains__(self, tp: object) -> bool:
-        return tp in self.tps
+    def __contains__(self, tp: Any) -> bool:
+        return tp in self.tps or (not self.tps and tp.topic not in self.changelogs)
 
 
 async def _fetch_records(
@@ -207,7 +212,8 @@ async def _fetch_records(
     fetcher = consumer._fetcher
     if consumer._closed or fetcher._closed:
         raise ConsumerStoppedError()
-    partitions = None if active_partitions is None else _Active(active_partitions)
+    partitions = None if active_partitions is None else _Active(
+        active_partitions, self.consumer.app.tables.changelog_topics)
     with fetcher._subscriptions.fetch_context():
         return await fetcher.fetched_records(partitions, timeout=timeout, max_records=max_records)
 
