@@ -75,18 +75,23 @@ def running_services(
     payment_timeout: float = 2.0,
     products: Iterable[Product] = (),
     secure_kafka: bool = False,
+    secure_postgres: bool = False,
 ) -> Iterator[Services]:
     """A fresh Kafka broker and PostgreSQL server on free ports, migrated, topics created,
     catalog loaded; both stopped on exit whatever happens. `secure_kafka`: the broker
-    accepts only SASL_SSL (SCRAM-SHA-512, a CA made for the stack), and every process of
-    the stack is told how to reach it."""
+    accepts only SASL_SSL (SCRAM-SHA-512, a CA made for the stack); `secure_postgres`: the
+    database accepts only TLS, and its clients check its certificate (verify-full). Every
+    process of the stack is told how to reach them."""
     secure = None
     env: dict[str, str] = {}
-    if secure_kafka:
-        secure = SecureKafka(make_certs(root / "certs"), {"orion": secrets.token_urlsafe(16)})
-        env = secure.client_settings("orion")
+    certs = make_certs(root / "certs") if secure_kafka or secure_postgres else None
+    if secure_kafka and certs is not None:
+        secure = SecureKafka(certs, {"orion": secrets.token_urlsafe(16)})
+        env.update(secure.client_settings("orion"))
+    if secure_postgres and certs is not None:
+        env.update({"ORION_DATABASE_SSLMODE": "verify-full", "ORION_DATABASE_SSLROOTCERT": str(certs.ca)})
     broker = KafkaBroker(root / "kafka", port=free_port(), secure=secure)
-    pg = LocalPostgres(root / "postgres", port=free_port())
+    pg = LocalPostgres(root / "postgres", port=free_port(), tls=certs if secure_postgres else None)
     broker.start()
     try:
         pg.start()
@@ -95,12 +100,13 @@ def running_services(
             from orion_streams.adapters.postgres import SqlAlchemyStore
             from orion_streams.cli import _migrate
 
-            _migrate(pg.url)
+            setup = Services(broker.bootstrap, pg.url, root, "setup", partitions, payment_timeout, env=env).settings
+            _migrate(setup)
             options = secure.client_options("orion") if secure is not None else None
             asyncio.run(ensure_topics(broker.bootstrap, partitions, options=options))
 
             async def seed() -> None:
-                store = SqlAlchemyStore(pg.url, pool_size=1)
+                store = SqlAlchemyStore.from_settings(setup, pool_size=1)
                 try:
                     await store.upsert_products([*DEMO_PRODUCTS, *products])
                 finally:

@@ -30,11 +30,13 @@ TEST_PRODUCTS = [Product(f"T-{i:03d}", f"Test product {i}", 1_000 + i) for i in 
 __all__ = ["Mailer", "Services", "Worker", "wait_until"]
 
 
-def running_services(root: Path, *, secure_kafka: bool = False) -> Any:
+def running_services(root: Path, *, secure_kafka: bool = False, secure_postgres: bool = False) -> Any:
     """The test stack: 4 partitions, a 5 s payment timeout and the test catalog (with
-    `secure_kafka`, a broker that accepts only SASL_SSL)."""
+    `secure_kafka`, a broker that accepts only SASL_SSL; with `secure_postgres`, a database
+    that accepts only TLS)."""
     return _running_services(
-        root, partitions=PARTITIONS, payment_timeout=PAYMENT_TIMEOUT, products=TEST_PRODUCTS, secure_kafka=secure_kafka)
+        root, partitions=PARTITIONS, payment_timeout=PAYMENT_TIMEOUT, products=TEST_PRODUCTS,
+        secure_kafka=secure_kafka, secure_postgres=secure_postgres)
 
 
 async def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -37,6 +37,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 def _server(root: Path, certs: Certs, *, client_certs: bool) -> Iterator[LocalPostgres]:
+    from orion_devstack._common import DevServiceError
+    from orion_devstack.postgres import tls_pg_bin_dir
+
+    try:
+        tls_pg_bin_dir()
+    except DevServiceError as exc:  # a machine without a PostgreSQL built with OpenSSL
+        pytest.skip(str(exc))
     server = LocalPostgres(root, port=free_port(), password=PASSWORD, tls=certs, client_certs=client_certs)
     try:
         server.start(timeout=60)

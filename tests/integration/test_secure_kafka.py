@@ -1,6 +1,7 @@
 """Orion against a broker that accepts only SASL_SSL (SCRAM-SHA-512, certificates made for
-the test): a worker, a mailer and the CLI connect with the ORION_KAFKA_* settings and an
-order goes from HTTP to CONFIRMED with its email sent; a wrong CA, a wrong password, a
+the test) and a PostgreSQL that accepts only TLS (verify-full): a worker, a mailer and the
+CLI connect with the ORION_KAFKA_* and ORION_DATABASE_* settings and an order goes from
+HTTP to CONFIRMED with its email sent over STARTTLS; a wrong CA, a wrong password, a
 plaintext client and an expired client certificate each stop at start-up within seconds
 with a message naming the setting, and write nothing."""
 
@@ -24,9 +25,23 @@ from orion_devstack.smtp import MailCatcher
 from .harness import Api, Mailer, Services, Worker, eventually, running_services
 
 
+def _postgres_tls() -> bool:
+    from orion_devstack._common import DevServiceError
+    from orion_devstack.postgres import tls_pg_bin_dir
+
+    try:
+        tls_pg_bin_dir()
+    except DevServiceError as exc:
+        print(f"PostgreSQL over TLS left out: {exc}")
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    with running_services(tmp_path_factory.mktemp("secure"), secure_kafka=True) as svc:
+    with running_services(
+        tmp_path_factory.mktemp("secure"), secure_kafka=True, secure_postgres=_postgres_tls(),
+    ) as svc:
         yield svc
 
 
@@ -89,9 +104,11 @@ def test_the_cli_creates_topics_and_keys_over_sasl_ssl(secure: Services) -> None
 async def test_an_order_is_confirmed_and_its_email_sent_through_a_sasl_ssl_broker(
     secure: Services, tmp_path: Path,
 ) -> None:
-    catcher = MailCatcher(tmp_path / "mail", port=free_port())
+    certs = secure.broker.secure.certs  # type: ignore[union-attr]
+    catcher = MailCatcher(tmp_path / "mail", port=free_port(), security="starttls",
+                          cert_file=certs.server_cert, key_file=certs.server_key)
     catcher.start()
-    env = {"ORION_SMTP_URL": f"smtp://{catcher.host}:{catcher.port}", "ORION_LOG_ORDER_LINES": "0"}
+    env = {"ORION_SMTP_URL": catcher.url, "ORION_SMTP_CA_FILE": str(certs.ca), "ORION_LOG_ORDER_LINES": "0"}
     worker = mailer = None
     try:
         worker = Worker(secure, "s1", extra_env=env).start()
