@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ import aiohttp
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from orion_devstack import MailCatcher
+from orion_devstack._common import DevServiceError
+from orion_devstack.ports import free_port
 from orion_devstack.stack import Mailer, Services, Worker, wait_until
 from orion_devstack.stack import running_services as _running_services
 from orion_streams.adapters import schema
@@ -241,3 +244,35 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def started_catcher(root: Path, **options: Any) -> MailCatcher:
+    """A MailCatcher (`options` as MailCatcher takes them) started on a free port; tried
+    again on another when a process takes the port first."""
+    error: DevServiceError | None = None
+    for _ in range(5):  # free_port can lose a race with another process
+        port = free_port()
+        catcher = MailCatcher(root / f"smtp-{port}", port=port, **options)
+        try:
+            catcher.start()
+        except DevServiceError as exc:
+            error = exc
+            continue
+        return catcher
+    raise AssertionError(f"could not start a mail catcher: {error}")
+
+
+@contextlib.contextmanager
+def catchers(root: Path) -> Iterator[Callable[..., MailCatcher]]:
+    """`start(**options)` starts MailCatchers (see started_catcher); all stop on exit."""
+    started: list[MailCatcher] = []
+
+    def start(**options: Any) -> MailCatcher:
+        started.append(started_catcher(root, **options))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for catcher in started:
+            catcher.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -15,7 +15,6 @@ import aiosmtplib
 import pytest
 
 from orion_devstack import MailCatcher
-from orion_devstack._common import DevServiceError
 from orion_devstack.ports import LOOPBACK, free_port
 from orion_streams.adapters.email import (
     Delivery,
@@ -26,6 +25,8 @@ from orion_streams.adapters.email import (
     TemporaryEmailError,
     compose,
 )
+
+from .harness import catchers
 
 StartCatcher = Callable[..., MailCatcher]
 
@@ -39,27 +40,8 @@ RENDERED = RenderedEmail(
 @pytest.fixture
 def start_catcher(tmp_path: Path) -> Iterator[StartCatcher]:
     """Start MailCatchers on free ports; all are stopped when the test ends."""
-    started: list[MailCatcher] = []
-
-    def start(credentials: Mapping[str, str] | None = None) -> MailCatcher:
-        error: DevServiceError | None = None
-        for _ in range(5):  # free_port can lose a race with another process
-            state = tmp_path / f"smtp{len(started)}-{free_port()}"
-            catcher = MailCatcher(state, port=free_port(), credentials=credentials)
-            try:
-                catcher.start()
-            except DevServiceError as exc:
-                error = exc
-                continue
-            started.append(catcher)
-            return catcher
-        raise AssertionError(f"could not start a mail catcher: {error}")
-
-    try:
-        yield start
-    finally:
-        for catcher in started:
-            catcher.stop()
+    with catchers(tmp_path) as start_one:
+        yield lambda credentials=None: start_one(credentials=credentials)
 
 
 def server_for(catcher: MailCatcher, **kwargs: str) -> SmtpServer:

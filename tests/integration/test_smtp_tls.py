@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 
 from orion_devstack import MailCatcher
-from orion_devstack._common import DevServiceError
 from orion_devstack.certs import Certs, make_certs
-from orion_devstack.ports import free_port
 from orion_streams.adapters.email import (
     EmailError,
     PermanentEmailError,
@@ -29,6 +27,8 @@ from orion_streams.adapters.email import (
     compose,
 )
 from orion_streams.config import Settings
+
+from .harness import catchers
 
 StartCatcher = Callable[..., MailCatcher]
 
@@ -48,37 +48,20 @@ def certs(tmp_path: Path) -> Certs:
 def start_catcher(tmp_path: Path, certs: Certs) -> Iterator[StartCatcher]:
     """Start MailCatchers on free ports, serving TLS with the test CA's server certificate
     (or ``cert``/``key``) unless ``security="none"``; all are stopped when the test ends."""
-    started: list[MailCatcher] = []
+    with catchers(tmp_path) as start_one:
 
-    def start(
-        security: str,
-        credentials: Mapping[str, str] | None = None,
-        cert: Path | None = None,
-        key: Path | None = None,
-    ) -> MailCatcher:
-        tls: dict[str, Any] = {}
-        if security != "none":
-            tls = {"cert_file": cert or certs.server_cert, "key_file": key or certs.server_key}
-        error: DevServiceError | None = None
-        for _ in range(5):  # free_port can lose a race with another process
-            state = tmp_path / f"smtp{len(started)}-{free_port()}"
-            catcher = MailCatcher(
-                state, port=free_port(), credentials=credentials, security=security, **tls
-            )
-            try:
-                catcher.start()
-            except DevServiceError as exc:
-                error = exc
-                continue
-            started.append(catcher)
-            return catcher
-        raise AssertionError(f"could not start a mail catcher: {error}")
+        def start(
+            security: str,
+            credentials: Mapping[str, str] | None = None,
+            cert: Path | None = None,
+            key: Path | None = None,
+        ) -> MailCatcher:
+            tls: dict[str, Any] = {}
+            if security != "none":
+                tls = {"cert_file": cert or certs.server_cert, "key_file": key or certs.server_key}
+            return start_one(credentials=credentials, security=security, **tls)
 
-    try:
         yield start
-    finally:
-        for catcher in started:
-            catcher.stop()
 
 
 def message() -> EmailMessage:
