@@ -54,9 +54,11 @@ def iso(value: datetime | None) -> str | None:
 
 
 # One prepared statement whatever the number of orders (arrays, not a VALUES list per row).
-# Its parts see the table as it was before the statement: the update touches only orders the
-# projection had written already (to remember the key, so a retry finds the order), whose
-# insert then does nothing. The lines' foreign key is checked at the end of the statement.
+# An order the projection wrote already keeps its row and gains the key (so a retry finds
+# the order), also when the projection's row commits while this statement runs: ON CONFLICT
+# DO UPDATE waits for that row and updates it, where an update of the statement's own
+# snapshot would miss it and the key would be lost. The lines' foreign key is checked at the
+# end of the statement.
 _RECORD_ACCEPTED = text(
     "with t as (select * from unnest(cast(:order_ids as text[]), cast(:user_ids as text[]), "
     "cast(:emails as text[]), cast(:totals as bigint[]), cast(:currencies as text[]), cast(:keys as text[]), "
@@ -64,13 +66,13 @@ _RECORD_ACCEPTED = text(
     "as t(order_id, user_id, email, total, currency, key, hash, at)), "
     "l as (insert into order_lines (order_id, sku, quantity, unit_price) select * from unnest("
     "cast(:line_orders as text[]), cast(:line_skus as text[]), cast(:line_quantities as integer[]), "
-    "cast(:line_prices as bigint[])) on conflict do nothing), "
-    "k as (update orders set idempotency_key = t.key, request_hash = t.hash from t "
-    "where orders.order_id = t.order_id and orders.idempotency_key is null and t.key is not null) "
+    "cast(:line_prices as bigint[])) on conflict do nothing) "
     "insert into orders (order_id, user_id, email, status, total, currency, version, idempotency_key, "
     "request_hash, created_at, updated_at) "
     "select order_id, user_id, email, 'PENDING', total, currency, 0, key, hash, at, at from t "
-    "on conflict do nothing"
+    "on conflict (order_id) do update set idempotency_key = excluded.idempotency_key, "
+    "request_hash = excluded.request_hash "
+    "where orders.idempotency_key is null and excluded.idempotency_key is not null"
 )
 
 

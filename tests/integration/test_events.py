@@ -220,3 +220,42 @@ async def test_a_worker_set_up_for_another_partition_count_refuses_the_topics_an
     # Keys would land on other partitions than the tables hold them: never start on them.
     with pytest.raises(TopicMismatch, match=f"set ORION_PARTITIONS={PARTITIONS} to run on these topics"):
         await ensure_topics(services.bootstrap, PARTITIONS + 8)
+
+
+async def test_an_accepted_orders_key_is_kept_when_the_projection_writes_the_order_meanwhile(
+    services: Services,
+) -> None:
+    """The HTTP API pre-records an accepted order with its Idempotency-Key while the
+    projection may be writing the same order. When the projection's row commits during the
+    pre-record, the key must still land: else a retry, refused at a closed door because its
+    key is unknown, is refused for an order that was accepted (seen under load in
+    tests/e2e/test_overload.py)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    store = SqlAlchemyStore(services.database_url, pool_size=2)
+    order_id, key = f"race-{uuid.uuid4().hex}", f"k-{uuid.uuid4().hex}"
+    try:
+        async with store.engine.connect() as projection:
+            # The projection's row, written but not committed yet.
+            await projection.execute(text(
+                "insert into orders (order_id, user_id, email, status, total, currency, version, created_at, "
+                "updated_at) values (:o, 'sarah', 'sarah@example.com', 'PENDING', 1000, 'EUR', 1, now(), now())"),
+                {"o": order_id})
+            pre_record = asyncio.ensure_future(store.record_accepted([Accepted(
+                order_id, "sarah", "sarah@example.com", (("T-001", 1, 1000),), "EUR", datetime.now(UTC), key, "h",
+            )]))
+            async def waiting_on_the_row() -> bool:  # the pre-record has met the row's lock
+                async with store.engine.connect() as conn:
+                    n = (await conn.execute(text(
+                        "select count(*) from pg_locks where not granted and locktype = 'transactionid'"))).scalar()
+                return bool(n)
+            await eventually(waiting_on_the_row, 10, "the pre-record to wait on the projection's row")
+            await projection.commit()
+        await asyncio.wait_for(pre_record, 10)
+        found = await store.find_by_idempotency_key("sarah", key)
+        assert found is not None and found["order_id"] == order_id
+    finally:
+        await store.close()
