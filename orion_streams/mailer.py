@@ -137,6 +137,10 @@ async def run_mailer(settings: Settings, stop: asyncio.Event) -> None:
         raise SystemExit(f"orion mailer: {exc}") from None
     # A wrong CA, certificate or password stops the mailer here, naming the setting.
     params = await check_at_start(settings, must_connect=False)
+    try:
+        await SmtpSender.from_settings(settings).check()
+    except ValueError as exc:
+        raise SystemExit(f"orion mailer: {exc}") from None
     store = SqlAlchemyStore.from_settings(settings, pool_size=4)
     dead_letters = KafkaDeadLetters(settings.kafka_bootstrap, kafka_auth.client_options(settings))
     dispatcher = dispatcher_for(settings, NotificationStore(store.engine), dead_letters)

@@ -13,6 +13,7 @@ encrypted connection unless ORION_SMTP_ALLOW_PLAIN_AUTH says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -531,6 +532,37 @@ class SmtpSender:
             tls_context=_trusting(settings.smtp_ca_file),
             allow_plain_auth=settings.smtp_allow_plain_auth,
         )
+
+    async def check(self) -> None:
+        """Connect to each server once as a send does (TLS or STARTTLS, then the login) and
+        raise ValueError naming the setting when only a setting can be wrong: a certificate
+        the CA does not vouch for, a TLS mismatch, a refused password. A server that is
+        down or slow is only logged: the retries are for that."""
+        for server, variable in zip(self.servers, ("ORION_SMTP_URL", "ORION_SMTP_FALLBACK_URL"), strict=False):
+            smtp = aiosmtplib.SMTP(
+                hostname=server.host, port=server.port, timeout=self.timeout,
+                use_tls=server.security == "tls", start_tls=server.security == "starttls",
+                tls_context=self.tls_context if server.security != "none" else None,
+            )
+            try:
+                await smtp.connect()
+                if server.username is not None:
+                    await smtp.login(server.username, server.password or "")
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                detail = _redact(f"{exc.code} {exc.message}".strip(), server.password)
+                raise ValueError(
+                    f"{variable}: {server.label} refused the login of {server.username!r} ({detail}); "
+                    "check the password (ORION_SMTP_PASSWORD or the URL's)") from None
+            except Exception as exc:
+                tls = _tls_problem(exc)
+                if tls is not None:
+                    raise ValueError(f"{variable}: {server.label}: {tls}") from None
+                log.warning("SMTP server %s not reachable at start (%s); emails wait and are retried",
+                            server.label, _redact(_classify(exc)[1], server.password))
+            finally:
+                with contextlib.suppress(Exception):
+                    if smtp.is_connected:
+                        await smtp.quit()
 
     @property
     def servers(self) -> tuple[SmtpServer, ...]:

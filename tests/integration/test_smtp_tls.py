@@ -284,3 +284,42 @@ async def test_auth_in_clear_is_refused_when_the_sender_is_built_unless_allowed(
         message()
     )
     assert len(plain_auth.wait_for(1, timeout=5)) == 1
+
+
+# --------------------------------------------------------------------------- at start-up
+
+
+@pytest.mark.parametrize("security", ["starttls", TLS_WITH_AUTH])
+async def test_the_start_up_check_passes_with_the_ca_and_the_password(
+    start_catcher: StartCatcher, certs: Certs, security: str
+) -> None:
+    catcher = start_catcher(security, credentials={"orion": PASSWORD})
+    await sender(with_user(catcher.url, "orion"), smtp_ca_file=certs.ca, smtp_password=PASSWORD).check()
+    assert catcher.messages == []  # it logs in and leaves: nothing sent
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_the_start_up_check_names_the_ca_when_it_does_not_vouch_for_the_server(
+    start_catcher: StartCatcher, certs: Certs, security: str
+) -> None:
+    catcher = start_catcher(security)
+    with pytest.raises(ValueError, match=r"ORION_SMTP_URL: .*certificate verification failed.*ORION_SMTP_CA_FILE"):
+        await sender(catcher.url, smtp_ca_file=certs.other_ca).check()
+
+
+async def test_the_start_up_check_names_the_password_when_the_login_is_refused(
+    start_catcher: StartCatcher, certs: Certs
+) -> None:
+    catcher = start_catcher("starttls", credentials={"orion": PASSWORD})
+    with pytest.raises(ValueError, match="ORION_SMTP_PASSWORD") as refused:
+        await sender(with_user(catcher.url, "orion"), smtp_ca_file=certs.ca, smtp_password="not-it").check()
+    assert "not-it" not in str(refused.value) and PASSWORD not in str(refused.value)
+
+
+async def test_the_start_up_check_leaves_a_server_that_is_down_to_the_retries(
+    certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    from orion_devstack.ports import free_port
+
+    await sender(f"smtp://127.0.0.1:{free_port()}?starttls=true", smtp_ca_file=certs.ca).check()
+    assert "not reachable at start" in caplog.text
