@@ -4,6 +4,7 @@ its allowed values; a wrong value stops the process with the variable's name."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -229,8 +230,6 @@ class _FromFiles(PydanticBaseSettingsSource):
         return None, field_name, False  # every value comes from __call__
 
     def __call__(self) -> dict[str, Any]:
-        import os
-
         values: dict[str, Any] = {}
         for name in FROM_FILES:
             variable = f"{ENV_PREFIX}{name.upper()}"

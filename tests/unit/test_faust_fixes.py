@@ -9,6 +9,8 @@ from faust.types import TP
 
 from orion_streams import faust_fixes
 
+from .fakes import until
+
 
 class FakeConsumer:
     def __init__(self) -> None:
@@ -246,7 +248,7 @@ async def test_a_fetch_waiting_through_a_rebalance_drains_no_changelog_partition
     thread, aio = _thread(fetcher)
     active = {orders}  # Faust's own set, changed while the fetch waits
     waiting = asyncio.ensure_future(faust_fixes._fetch_records(thread, aio, active, timeout=0.5))
-    await asyncio.sleep(0)
+    await until(lambda: bool(fetcher._fetch_waiters), "the fetch to wait for records")
     active.clear()  # the rebalance pauses every partition
     fetcher.fetched(changelog, 64)  # recovery rewound the changelog; its records arrive
     assert await waiting == {}
