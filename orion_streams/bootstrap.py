@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from .adapters import kafka_auth
 from .adapters.apikeys import ApiKeyStore
+from .adapters.dead_letter_store import DeadLetterStore
 from .adapters.notification_store import NotificationStore
 from .adapters.payments import HttpPaymentGateway, SandboxPaymentGateway
 from .adapters.postgres import SqlAlchemyStore
@@ -59,6 +60,7 @@ class Runtime:
         self._offsets: AIOKafkaConsumer | None = None
         self._notifications: NotificationStore | None = None
         self._api_keys: ApiKeyStore | None = None
+        self._dead_letters: DeadLetterStore | None = None
 
     @property
     def store(self) -> SqlAlchemyStore:
@@ -84,6 +86,12 @@ class Runtime:
             raise RuntimeError("runtime not started")
         return self._notifications
 
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        if self._dead_letters is None:
+            raise RuntimeError("runtime not started")
+        return self._dead_letters
+
     async def ready(self) -> Runtime:
         if self._started:
             return self
@@ -100,6 +108,7 @@ class Runtime:
         self._store = SqlAlchemyStore.from_settings(s)
         self._notifications = NotificationStore(self._store.engine)
         self._api_keys = ApiKeyStore(self._store.engine)
+        self._dead_letters = DeadLetterStore(self._store.engine)
         if s.payment_gateway == "http":
             if not s.payment_url:
                 raise RuntimeError("ORION_PAYMENT_GATEWAY=http needs ORION_PAYMENT_URL")

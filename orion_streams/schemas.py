@@ -41,7 +41,9 @@ MAX_WAIT = 30.0
 MAX_IDEMPOTENCY_KEY = 200
 MAX_ORDER_PAGE = 100
 MAX_STOCK_PAGE = 500
-Scope = Literal["orders:read", "orders:write", "orders:fulfil", "inventory:read", "inventory:write"]
+MAX_REPLAY = 100
+# `ops`: what the ops console does besides orders and stock (dead letters, failed emails, its live feed).
+Scope = Literal["orders:read", "orders:write", "orders:fulfil", "inventory:read", "inventory:write", "ops"]
 SCOPES = frozenset(get_args(Scope))
 # Adjustment reasons people may give (the seed is Orion's own).
 Reason = Literal["restock", "correction", "damage", "return"]
@@ -228,6 +230,28 @@ class OrderListQuery(Query):
         description="Admins and services: one user's orders; ignored for everyone else")] = None
 
 
+class NotificationListQuery(Query):
+    status: Annotated[Literal["failed"], Field(description=(
+        "Only failed emails can be listed (the ones an operator acts on)")), Says("must be failed")] = "failed"
+    limit: Annotated[int, Field(ge=1, le=MAX_ORDER_PAGE, description="Page size"),
+                     Says("must be a whole number", range=f"must be between 1 and {MAX_ORDER_PAGE}")] = 50
+    cursor: Annotated[str | SkipJsonSchema[None], Field(description=CURSOR)] = None
+
+
+class DeadLetterListQuery(Query):
+    status: Annotated[Literal["open", "replayed", "all"], Field(description=(
+        "open: not replayed yet; replayed; all")), Says("one of open, replayed, all")] = "open"
+    limit: Annotated[int, Field(ge=1, le=MAX_ORDER_PAGE, description="Page size"),
+                     Says("must be a whole number", range=f"must be between 1 and {MAX_ORDER_PAGE}")] = 50
+    cursor: Annotated[str | SkipJsonSchema[None], Field(description=CURSOR)] = None
+
+
+class ReplayRequest(Body):
+    ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=40)]], Field(
+        min_length=1, max_length=MAX_REPLAY, description="Dead letter ids, as listed"),
+        Says(f"a list of 1 to {MAX_REPLAY} dead letter ids")]
+
+
 class StockListQuery(Query):
     limit: Annotated[int, Field(ge=1, le=MAX_STOCK_PAGE, description="Page size"),
                      Says("must be a whole number", range=f"must be between 1 and {MAX_STOCK_PAGE}")] = 50
@@ -401,6 +425,57 @@ class Notification(Body):
 class NotificationList(Body):
     items: list[Notification]
     next_cursor: None
+
+
+class NotificationPage(Body):
+    items: list[Notification]
+    next_cursor: str | None
+
+
+class DeadLetterReplay(Body):
+    at: datetime
+    actor: str
+    actor_roles: str | None
+    correlation_id: str | None
+    outcome: Literal["replayed", "already_replayed", "refused"]
+    detail: str | None
+
+
+class DeadLetter(Body):
+    id: Annotated[str, Field(description="<partition>-<offset> of the record in the dead-letters topic")]
+    reason: str
+    reason_class: Annotated[str, Field(description="bad_record, invalid_order, wrong_key, internal_error, email_failed, ...")]
+    source_topic: str
+    source_partition: int | None
+    source_offset: int | None
+    source_item: Annotated[int | None, Field(description="The message's index in a batch record")]
+    key: str | None
+    payload: Annotated[str, Field(description="The source record's value as text (or, for an email, what it says of itself)")]
+    correlation_id: str | None
+    dead_at: datetime
+    status: Literal["open", "replayed"]
+    replayable: Annotated[bool, Field(description="Open, and of a kind a replay can send")]
+    not_replayable_because: str | None
+    replayed_at: datetime | None
+    replayed_by: str | None
+    replays: Annotated[list[DeadLetterReplay], Field(description="The newest replay calls, oldest first")]
+
+
+class DeadLetterPage(Body):
+    items: list[DeadLetter]
+    next_cursor: str | None
+
+
+class ReplayOutcome(Body):
+    id: str
+    outcome: Literal["replayed", "already_replayed", "refused", "not_found"]
+    detail: str
+    partition: Annotated[int | None, Field(description="Where the replayed record landed")]
+    offset: int | None
+
+
+class ReplayResult(Body):
+    items: list[ReplayOutcome]
 
 
 class ApiKey(Body):

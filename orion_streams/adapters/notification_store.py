@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..domain.notifications import Notification
 from . import schema as s
-from .postgres import iso, jsonb_text
+from .postgres import decode_cursor, encode_cursor, iso, jsonb_text
 
 n = s.notifications
 
@@ -156,6 +156,19 @@ class NotificationStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(n).where(n.c.id == id))).first()
         return _view(row._mapping) if row is not None else None
+
+    async def list_failed(self, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Emails given up on, the most recently failed first (ix_notifications_failed)."""
+        query = select(n).where(n.c.status == "failed")
+        if cursor:
+            updated, key = decode_cursor(cursor)
+            query = query.where(tuple_(n.c.updated_at, n.c.id) < tuple_(updated, key))
+        query = query.order_by(n.c.updated_at.desc(), n.c.id.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1].updated_at, page[-1].id) if len(rows) > limit else None
+        return [_view(r._mapping) for r in page], next_cursor
 
     async def for_order(self, order_id: str) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:

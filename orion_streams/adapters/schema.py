@@ -8,6 +8,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -141,4 +142,39 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_used_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("reason_class", String(64), nullable=False),
+    Column("source_topic", String(249), nullable=False),
+    Column("source_partition", Integer),
+    Column("source_offset", BigInteger),
+    Column("source_item", Integer),
+    Column("key", Text),
+    Column("payload", Text, nullable=False),
+    Column("value", Text),
+    Column("correlation_id", String(200)),
+    Column("dead_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False, server_default="open"),
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("replayed_by", String(300)),
+    Column("replay_partition", Integer),
+    Column("replay_offset", BigInteger),
+)
+
+dead_letter_replays = Table(
+    "dead_letter_replays",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("dead_letter_id", String(40), ForeignKey("dead_letters.id", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("actor", String(300), nullable=False),
+    Column("actor_roles", String(200)),
+    Column("correlation_id", String(200)),
+    Column("outcome", String(20), nullable=False),
+    Column("detail", Text),
 )

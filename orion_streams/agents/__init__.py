@@ -27,12 +27,22 @@ class Agents:
 
 def register(orion: Orion) -> Agents:
     """Add the worker's agents, timers and services to its app."""
-    from . import lifecycle, observability, payment, projection, reservation, saga, watchdog
+    from . import (
+        dead_letter_index,
+        lifecycle,
+        observability,
+        payment,
+        projection,
+        reservation,
+        saga,
+        watchdog,
+    )
 
     agents = Agents(
         saga=saga.register(orion), reservation=reservation.register(orion), payment=payment.register(orion),
         projection=projection.register(orion), watchdog=watchdog.register(orion),
     )
+    dead_letter_index.register(orion)
     lifecycle.register(orion)
     observability.register(orion, agents)
     return agents

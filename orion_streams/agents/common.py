@@ -131,9 +131,9 @@ class Bus:
         ]
 
     async def send_raw(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
-                       partition: int | None = None) -> None:
-        """Send bytes as they are and wait for the broker."""
-        await (await self.producer.send(topic, key, value, partition, None, headers))
+                       partition: int | None = None) -> Any:
+        """Send bytes as they are and wait for the broker; returns where they landed."""
+        return await (await self.producer.send(topic, key, value, partition, None, headers))
 
     async def send_dead_letter(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         await self.send_raw(t.DEAD_LETTERS.name, key, value, headers)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..adapters.postgres import InvalidCursor
+from ..domain.errors import FieldError
+from ..schemas import NotificationListQuery, parse
 from .identity import allow
-from .problems import conflict, not_found
+from .problems import conflict, not_found, unprocessable
 from .views import ApiView, json_response
 
 
@@ -20,11 +23,25 @@ class OrderNotificationsView(ApiView):
         return json_response({"items": await api.runtime.notifications.for_order(order_id), "next_cursor": None})
 
 
+class NotificationsView(ApiView):
+    async def get(self, request: web.Request) -> web.Response:
+        """Failed emails, the most recently failed first (admin, or a key with `ops`)."""
+        api = self.api
+        allow(await api.principal_of(request), "admin", scope="ops")
+        query = parse(NotificationListQuery, request.query)
+        await api.runtime.ready()
+        try:
+            items, cursor = await api.runtime.notifications.list_failed(limit=query.limit, cursor=query.cursor)
+        except InvalidCursor as exc:
+            raise unprocessable([FieldError("cursor", str(exc))]) from exc
+        return json_response({"items": items, "next_cursor": cursor})
+
+
 class NotificationView(ApiView):
     async def get(self, request: web.Request, notification_id: str) -> web.Response:
         """One email's delivery record (admin)."""
         api = self.api
-        allow(await api.principal_of(request), "admin")
+        allow(await api.principal_of(request), "admin", scope="ops")
         await api.runtime.ready()
         row = await api.runtime.notifications.get(notification_id)
         if row is None:
@@ -38,7 +55,7 @@ class RetryNotificationView(ApiView):
         woken by NOTIFY): 202, or 409
         when it is not failed (sent, or still being tried)."""
         api = self.api
-        allow(await api.principal_of(request), "admin")
+        allow(await api.principal_of(request), "admin", scope="ops")
         await api.runtime.ready()
         row = await api.runtime.notifications.requeue(notification_id)
         if row is None:
@@ -52,6 +69,7 @@ class RetryNotificationView(ApiView):
 # The views and their paths, as `web.register` adds them.
 ROUTES: tuple[tuple[str, type[ApiView]], ...] = (
     ("/v1/orders/{order_id}/notifications", OrderNotificationsView),
+    ("/v1/notifications", NotificationsView),
     ("/v1/notifications/{notification_id}", NotificationView),
     ("/v1/notifications/{notification_id}/retry", RetryNotificationView),
 )

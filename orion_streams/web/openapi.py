@@ -203,6 +203,7 @@ BODY_PROBLEMS: dict[str, Any] = {
 ORDER_ID = path_param("order_id", "The order's id")
 SKU = path_param("sku", "A product's SKU")
 NOTIFICATION_ID = path_param("notification_id", "The notification's id")
+DEAD_LETTER_ID = path_param("dead_letter_id", "The dead letter's id (<partition>-<offset>)")
 
 ORDER_EXAMPLE = {"lines": [{"sku": "SKU-001", "quantity": 2}], "payment": {"token": "tok_ok"}, "email": "sarah@example.com"}
 
@@ -304,10 +305,20 @@ def build() -> dict[str, Any]:
                 },
             ),
         },
+        "/v1/notifications": {
+            "get": v1(
+                "listFailedNotifications", "Emails given up on, the most recently failed first", tag="notifications",
+                roles="admin", scope="ops", parameters=query(schemas.NotificationListQuery),
+                responses={
+                    "200": json_response("A page of failed emails", schema_ref(schemas.NotificationPage)),
+                    "422": problem(422, "A bad status, limit or cursor"),
+                },
+            ),
+        },
         "/v1/notifications/{notification_id}": {
             "parameters": [NOTIFICATION_ID],
             "get": v1(
-                "getNotification", "One email's delivery record", tag="notifications", roles="admin",
+                "getNotification", "One email's delivery record", tag="notifications", roles="admin", scope="ops",
                 responses={
                     "200": json_response("The delivery record", schema_ref(schemas.Notification)),
                     "404": problem(404, "No such notification"),
@@ -318,11 +329,63 @@ def build() -> dict[str, Any]:
             "parameters": [NOTIFICATION_ID],
             "post": v1(
                 "retryNotification", "Send a failed email again with a fresh count of attempts",
-                tag="notifications", roles="admin",
+                tag="notifications", roles="admin", scope="ops",
                 responses={
                     "202": json_response("Queued again", schema_ref(schemas.Notification)),
                     "404": problem(404, "No such notification"),
                     "409": problem(409, "The email is not failed (sent, or still being tried)"),
+                },
+            ),
+        },
+        "/v1/dead-letters": {
+            "get": v1(
+                "listDeadLetters", "Records Orion could not process, newest first", tag="dead-letters",
+                roles="admin", scope="ops", parameters=query(schemas.DeadLetterListQuery),
+                description="Every record of the dead-letters topic, indexed into PostgreSQL by each worker: why it "
+                            "was parked, where it came from (topic, partition, offset), its payload and its replays.",
+                responses={
+                    "200": json_response("A page of dead letters", schema_ref(schemas.DeadLetterPage)),
+                    "422": problem(422, "A bad status, limit or cursor"),
+                },
+            ),
+        },
+        "/v1/dead-letters/replay": {
+            "post": v1(
+                "replayDeadLetters", "Replay a selection of dead letters to their source topics", tag="dead-letters",
+                roles="admin", scope="ops", request_body=json_body(schemas.ReplayRequest, {"ids": ["3-17", "0-4"]}),
+                description="Each in turn, under its row lock: sent again (same key and value, headers naming the "
+                            "caller), or already_replayed (not sent twice), or refused when it would be dead-lettered "
+                            "again (it does not decode, its key is not its own, the saga would refuse the order with "
+                            "today's catalog, an email), or not_found. Every call on a known id is audited.",
+                responses={
+                    "200": json_response("Every id's outcome, in order", schema_ref(schemas.ReplayResult)),
+                    **BODY_PROBLEMS,
+                    "422": problem(422, "No ids, more than 100, or an id that is not a string"),
+                    "503": unavailable("Kafka could not be reached (nothing was recorded)"),
+                },
+            ),
+        },
+        "/v1/dead-letters/{dead_letter_id}": {
+            "parameters": [DEAD_LETTER_ID],
+            "get": v1(
+                "getDeadLetter", "One dead letter and its replays", tag="dead-letters", roles="admin", scope="ops",
+                responses={
+                    "200": json_response("The dead letter", schema_ref(schemas.DeadLetter)),
+                    "404": problem(404, "No such dead letter"),
+                },
+            ),
+        },
+        "/v1/dead-letters/{dead_letter_id}/replay": {
+            "parameters": [DEAD_LETTER_ID],
+            "post": v1(
+                "replayDeadLetter", "Replay one dead letter to its source topic", tag="dead-letters",
+                roles="admin", scope="ops",
+                description="As replayDeadLetters for one id: 200 when sent now or sent before (outcome says which).",
+                responses={
+                    "200": json_response("Replayed, or replayed before", schema_ref(schemas.ReplayOutcome)),
+                    "404": problem(404, "No such dead letter"),
+                    "422": problem(422, "Refused: it would be dead-lettered again, or it is not a record of a topic"),
+                    "503": unavailable("Kafka could not be reached (nothing was recorded)"),
                 },
             ),
         },
@@ -489,8 +552,8 @@ def build() -> dict[str, Any]:
                            "every response carries X-Correlation-ID. Amounts are integer minor units.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
-        "tags": [{"name": name} for name in ("orders", "catalog", "inventory", "notifications", "api-keys", "live",
-                                             "operations")],
+        "tags": [{"name": name} for name in ("orders", "catalog", "inventory", "notifications", "dead-letters", "api-keys",
+                                             "live", "operations")],
         "paths": paths,
         "components": {
             "schemas": components(),

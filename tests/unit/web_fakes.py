@@ -24,7 +24,7 @@ from orion_streams.config import Settings
 from orion_streams.domain.catalog import DEMO_PRODUCTS, Catalog, Product
 from orion_streams.services.admission import Admission
 from orion_streams.services.ports import Accepted
-from orion_streams.web import apikeys, notifications, openapi, views
+from orion_streams.web import apikeys, dead_letters, notifications, openapi, views
 from orion_streams.web.auth import issue_token
 from orion_streams.web.middleware import CORRELATION_ID, correlation_and_problems
 from orion_streams.web.problems import PROBLEM_JSON
@@ -36,7 +36,7 @@ SETTINGS = Settings()  # the development secret: tokens are issued and checked w
 ALICE, BOB = "alice", "bob"
 # Every route `web.register` adds, as it adds them.
 ALL_ROUTES: tuple[tuple[str, type[View]], ...] = (
-    *views.ROUTES, *apikeys.ROUTES, *notifications.ROUTES, *openapi.ROUTES,
+    *views.ROUTES, *apikeys.ROUTES, *notifications.ROUTES, *dead_letters.ROUTES, *openapi.ROUTES,
 )
 EPOCH = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 BODY_LIMIT = 256 * 1024  # as app.faust_app gives aiohttp (client_max_size)
@@ -249,6 +249,12 @@ class FakeNotifications:
     async def for_order(self, order_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self.rows.values() if r["order_id"] == order_id]
 
+    async def list_failed(self, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        if cursor is not None:
+            decode_cursor(cursor)  # raises InvalidCursor as the real store does
+        failed = [dict(r) for r in self.rows.values() if r["status"] == "failed"][::-1]
+        return failed[:limit], None
+
     async def get(self, notification_id: str) -> dict[str, Any] | None:
         row = self.rows.get(notification_id)
         return dict(row) if row is not None else None
@@ -262,6 +268,43 @@ class FakeNotifications:
         return dict(row)
 
 
+class FakeDeadLetters:
+    """The dead-letter store in memory (adapters/dead_letter_store.py), rows as
+    services/dead_letters.row_from_record makes them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.audit: list[tuple[str, str, str, str | None]] = []
+
+    def add(self, row: dict[str, Any]) -> dict[str, Any]:
+        row.setdefault("status", "open")
+        self.rows[row["id"]] = row
+        return row
+
+    def _view(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"id": row["id"], "status": row["status"], "key": row["key"], "reason": row["reason"]}
+
+    async def page(self, *, status: str | None, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        if cursor is not None:
+            decode_cursor(cursor)
+        rows = [r for r in self.rows.values() if status is None or r["status"] == status][::-1]
+        return [self._view(r) for r in rows[:limit]], None
+
+    async def get(self, id: str) -> dict[str, Any] | None:
+        row = self.rows.get(id)
+        return self._view(row) if row is not None else None
+
+    async def replay(self, id: str, caller: Any, decide: Any) -> Any:
+        row = self.rows.get(id)
+        outcome = await decide(row)
+        if row is not None:
+            if outcome.outcome == "replayed":
+                row.update(status="replayed", replayed_at=EPOCH, replayed_by=caller.actor,
+                           replay_partition=outcome.partition, replay_offset=outcome.offset)
+            self.audit.append((id, caller.actor, outcome.outcome, caller.roles))
+        return outcome
+
+
 class FakeRuntime:
     """What views take from `bootstrap.Runtime`."""
 
@@ -272,6 +315,7 @@ class FakeRuntime:
         self.store = FakeStore(self.catalog)
         self.api_keys = FakeApiKeys()
         self.notifications = FakeNotifications()
+        self.dead_letters = FakeDeadLetters()
         self.ready_error: Exception | None = None
         self.kafka_error: Exception | None = None
         self.readied = 0
@@ -320,6 +364,13 @@ class FakeBus:
                 fut.set_result(SimpleNamespace(topic=send[0], partition=0, offset=len(self.sent) - 1))
             futures.append(fut)
         return futures
+
+    async def send_raw(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
+                       partition: int | None = None) -> Any:
+        if self.error is not None:
+            raise self.error
+        self.sent.append((topic, (key or b"").decode(), value, headers))
+        return SimpleNamespace(topic=topic, partition=1, offset=len(self.sent) - 1)
 
     def headers(self, index: int = 0) -> dict[str, str]:
         return {k: v.decode() for k, v in self.sent[index][3]}
