@@ -41,7 +41,7 @@ MAX_WAIT = 30.0
 MAX_IDEMPOTENCY_KEY = 200
 MAX_ORDER_PAGE = 100
 MAX_STOCK_PAGE = 500
-Scope = Literal["orders:read", "orders:write", "orders:fulfil", "inventory:read", "inventory:write"]
+Scope = Literal["orders:read", "orders:write", "orders:fulfil", "inventory:read", "inventory:write", "ops"]
 SCOPES = frozenset(get_args(Scope))
 # Adjustment reasons people may give (the seed is Orion's own).
 Reason = Literal["restock", "correction", "damage", "return"]
