@@ -27,7 +27,16 @@ class Agents:
 
 def register(orion: Orion) -> Agents:
     """Add the worker's agents, timers and services to its app."""
-    from . import lifecycle, observability, payment, projection, reservation, saga, watchdog
+    from . import (
+        heartbeat,
+        lifecycle,
+        observability,
+        payment,
+        projection,
+        reservation,
+        saga,
+        watchdog,
+    )
 
     agents = Agents(
         saga=saga.register(orion), reservation=reservation.register(orion), payment=payment.register(orion),
@@ -35,4 +44,5 @@ def register(orion: Orion) -> Agents:
     )
     lifecycle.register(orion)
     observability.register(orion, agents)
+    heartbeat.register(orion, agents)
     return agents
