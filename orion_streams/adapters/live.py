@@ -408,8 +408,11 @@ class Console:
     def running(self) -> bool:
         return self._task is not None
 
-    def subscribe(self, conn: Connection) -> bool:
-        """Put `conn` on the console feed and make sure the ticker runs."""
+    def subscribe(self, conn: Connection, first: Message | None = None) -> bool:
+        """Put `conn` on the console feed and make sure the ticker runs; `first` (the answer
+        to the client) is queued before anything the feed publishes to it."""
+        if first is not None and not conn.offer(_item(first)):
+            return False
         if not self.hub.subscribe_console(conn):
             return False
         if self._task is None:
@@ -614,7 +617,8 @@ class LiveFeed:
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         """Assign every partition: known ones resume at their position, partitions new since
-        the first assignment start at their beginning, the rest (first start) at the end."""
+        the first assignment start at their beginning (those of an optional topic at their
+        end), the rest (first start) at the end."""
         tps = await self._partitions(consumer)
         first = not self.positions
         consumer.assign(tps)
@@ -622,7 +626,7 @@ class LiveFeed:
         for tp in tps:
             if tp in self.positions:
                 consumer.seek(tp, self.positions[tp])
-            elif first:
+            elif first or tp.topic in self.optional:  # (old heartbeats are of no use)
                 at_end.append(tp)
             else:
                 consumer.seek(tp, 0)

@@ -169,9 +169,9 @@ class LiveSession:
         if self.console is None:  # no feed behind this endpoint
             await self.conn.send(_error("the console feed is not available on this server"))
             return
-        # Subscribed before the answer is queued: nothing published after it is missed.
-        if self.console.subscribe(self.conn):
-            await self.conn.send({"type": "subscribed", "feed": CONSOLE_FEED})
+        # The answer is queued and the connection subscribed at once: the answer comes first
+        # and nothing published after it is missed.
+        self.console.subscribe(self.conn, first={"type": "subscribed", "feed": CONSOLE_FEED})
 
     async def sync(self) -> None:
         """The user's open orders (among the latest SYNC_LIMIT) as snapshots, then sync.done.

@@ -193,8 +193,46 @@ async def test_the_feed_reads_worker_status_once_it_exists_and_hands_on_topic_an
             await task
 
 
+async def test_worker_status_created_while_the_feed_runs_is_read_from_its_end() -> None:
+    class Cluster(FakeCluster):
+        made = False
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0} if topic != WS or self.made else set()
+
+    cluster = Cluster()
+    consumer = FakeConsumer(end=7)
+    consumer._client.fetch_all_metadata = lambda: _async(cluster)  # type: ignore[method-assign]
+    feed = LiveFeed("kafka:9092", lambda *record: None, consumer_factory=lambda **kw: consumer, refresh_every=0.0)
+    task = asyncio.create_task(feed.run())
+    try:
+        await asyncio.wait_for(feed.positioned.wait(), DEADLINE)
+        assert len(feed.assigned) == 2
+        cluster.made = True
+        consumer.batches.put_nowait({})  # one fetch, then the refresh finds the new topic
+        status = TopicPartition(WS, 0)
+        await until(lambda: status in feed.assigned, "worker-status assigned")
+        assert status in consumer.at_end and feed.positions[status] == 7  # not from 0: old heartbeats
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_the_answer_to_subscribe_comes_before_anything_the_feed_publishes() -> None:
+    hub = Hub()
+    sock = FakeSocket()
+    conn = hub.connect("root", sock, admin=True)
+    console = Console(hub)
+    assert console.subscribe(conn, first={"type": "subscribed", "feed": "console"})
+    hub.publish_order("ada", {"type": "order.status", "order_id": "o1"})
+    await flushed(conn)
+    await console.stop()
+    assert sock.types() == ["subscribed", "order.status"]
 
 
 # Over /v1/ws.
