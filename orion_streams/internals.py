@@ -61,3 +61,10 @@ def recovery_reading(app: Any) -> dict[Any, tuple[int, int]]:
         for tp in recovery.active_tps
         if last.get(tp) is not None
     }
+
+
+def standby_offsets(app: Any) -> dict[Any, int | None]:
+    """The offset of the last change table recovery applied per standby changelog partition
+    (None: none yet); Faust keeps reading standbys after recovery and updates these."""
+    offsets: dict[Any, int | None] = app.tables.recovery.standby_offsets
+    return offsets

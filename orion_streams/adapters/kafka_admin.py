@@ -42,14 +42,18 @@ async def _admin(bootstrap: str, timeout: float, options: Mapping[str, Any]) -> 
 async def ensure_topics(
     bootstrap: str, partitions: int, *, timeout: float = 60, options: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Create every missing source topic with `partitions`; refuse existing ones that differ.
-    `options`: how to connect (kafka_auth.client_options)."""
+    """Create every missing topic with `partitions` (or the count its spec fixes, with its
+    settings); refuse existing ones that differ. `options`: how to connect (kafka_auth.client_options)."""
     admin = await _admin(bootstrap, timeout, options or {})
     try:
         existing = set(await admin.list_topics())
-        # One count for all: the saga table must match `orders` and `order-events`.
-        wanted = {spec.name: partitions for spec in t.ALL}
-        missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        # One count for the pipeline: the saga table must match `orders` and `order-events`.
+        specs = {spec.name: spec for spec in t.ALL}
+        wanted = {spec.name: spec.partitions or partitions for spec in t.ALL}
+        missing = [
+            NewTopic(name, n, 1, topic_configs=dict(specs[name].config))
+            for name, n in wanted.items() if name not in existing
+        ]
         if missing:
             try:
                 await admin.create_topics(missing)
@@ -61,6 +65,11 @@ async def ensure_topics(
             for desc in described:
                 count = len(desc["partitions"])
                 if count != wanted[desc["topic"]]:
+                    if specs[desc["topic"]].partitions is not None:
+                        raise TopicMismatch(
+                            f"topic {desc['topic']} has {count} partitions, Orion needs "
+                            f"{wanted[desc['topic']]}: delete it and run `orion topics` to create it again"
+                        )
                     raise TopicMismatch(
                         f"topic {desc['topic']} has {count} partitions, Orion is set up for "
                         f"{wanted[desc['topic']]}: set ORION_PARTITIONS={count} to run on these topics "

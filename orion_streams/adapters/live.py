@@ -7,9 +7,15 @@ queue is full, or whose send takes longer than the send timeout, is dropped (clo
 1013) and everyone else carries on.
 
 `LiveFeed` is one group-less `AIOKafkaConsumer` per worker process, assigned every partition
-of `order-status` and `stock-levels` and starting at their end, so each replica sees every
-change whichever replica owns the order or SKU. Records of one partition are handed to the
-hub in offset order, which keeps each order's statuses (and each SKU's levels) in order.
+of `order-status`, `stock-levels` and `worker-status` and starting at their end, so each
+replica sees every change whichever replica owns the order or SKU. Records of one partition
+are handed to the hub in offset order, which keeps each order's statuses (and each SKU's
+levels) in order.
+
+The ops console subscribes a connection to the console feed (`Hub.subscribe_console`): it
+then gets every order's status and every stock message, and from `Console`, once a second
+while any console connection is open, `console.stats` (services/console_stats.py) and
+`console.workers` (the workers' heartbeats on `worker-status`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .. import internals, metrics, records
 from .. import topics as t
 from ..domain import events as e
 from ..domain.retry import Backoff
+from ..services.console_stats import ConsoleStats, Workers
 
 log = logging.getLogger("orion.live")
 
@@ -158,6 +165,7 @@ class Hub:
         self.close_timeout = close_timeout
         self._by_user: dict[str, set[Connection]] = {}
         self._admins: set[Connection] = set()
+        self._console: set[Connection] = set()  # subscribed to the console feed
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
@@ -175,6 +183,22 @@ class Hub:
     def admins(self) -> frozenset[Connection]:
         return frozenset(self._admins)
 
+    @property
+    def consoles(self) -> frozenset[Connection]:
+        return frozenset(self._console)
+
+    @property
+    def has_console(self) -> bool:
+        return bool(self._console)
+
+    def subscribe_console(self, conn: Connection) -> bool:
+        """Send `conn` the console feed from now on (every order, every stock message, the
+        console's own messages); False if it is closed already."""
+        if conn.closed:
+            return False
+        self._console.add(conn)
+        return True
+
     def connect(
         self, user_id: str, socket: Socket, *, admin: bool = False, first: Message | None = None
     ) -> Connection:
@@ -190,13 +214,23 @@ class Hub:
         return conn
 
     def publish_order(self, user_id: str, message: Message) -> int:
-        """Queue `message` on every connection of `user_id`; returns how many took it."""
-        conns = self._by_user.get(user_id)
-        return self._fan_out(conns, message) if conns else 0
+        """Queue `message` on every connection of `user_id` and every console connection,
+        once each; returns how many took it."""
+        return self._fan_out_union(self._by_user.get(user_id), message)
 
     def publish_admin(self, message: Message) -> int:
-        """Queue `message` on every admin connection; returns how many took it."""
-        return self._fan_out(self._admins, message) if self._admins else 0
+        """Queue `message` on every admin and every console connection, once each; returns
+        how many took it."""
+        return self._fan_out_union(self._admins, message)
+
+    def publish_console(self, message: Message) -> int:
+        """Queue `message` on every console connection; returns how many took it."""
+        return self._fan_out(self._console, message) if self._console else 0
+
+    def _fan_out_union(self, conns: set[Connection] | None, message: Message) -> int:
+        if not self._console:
+            return self._fan_out(conns, message) if conns else 0
+        return self._fan_out(self._console | conns if conns else self._console, message)
 
     def _fan_out(self, conns: Iterable[Connection], message: Message) -> int:
         item = _item(message)  # serialised once for everyone
@@ -250,6 +284,7 @@ class Hub:
             if not users:
                 del self._by_user[conn.user_id]
         self._admins.discard(conn)
+        self._console.discard(conn)
         CONNECTIONS.dec()
 
     async def _stop_writer(self, conn: Connection) -> None:
@@ -281,6 +316,10 @@ def order_status_message(ev: e.OrderStatusChanged) -> dict[str, Any]:
         "version": ev.version,
         "at": ev.at,
         "failure_reason": ev.failure_reason,
+        "user_id": ev.user_id,
+        "total": ev.total,
+        "currency": ev.currency,
+        "created_at": ev.created_at,
     }
 
 
@@ -351,15 +390,86 @@ class _Versions:
         return True
 
 
-class Dispatcher:
-    """Turns raw records of `order-status` and `stock-levels` into hub messages."""
+class Console:
+    """The console feed's own messages: the stats of the orders the feed sees and the
+    workers' latest heartbeats, sent once every `interval` seconds by a ticker that runs only
+    while console connections are open (the first subscription starts it, it ends when the
+    last console connection goes)."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, interval: float = 1.0) -> None:
         self.hub = hub
+        self.interval = interval
+        self.stats = ConsoleStats()
+        self.workers = Workers()
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def subscribe(self, conn: Connection, first: Message | None = None) -> bool:
+        """Put `conn` on the console feed and make sure the ticker runs; `first` (the answer
+        to the client) is queued before anything the feed publishes to it."""
+        if first is not None and not conn.offer(_item(first)):
+            return False
+        if not self.hub.subscribe_console(conn):
+            return False
+        if self._task is None:
+            self.stats.clear()  # an interval starts now, not when the last console left
+            self._task = asyncio.create_task(self._tick(), name="ws-console-ticker")
+        return True
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = due = loop.time()
+        try:
+            while True:
+                due += self.interval
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not self.hub.has_console:
+                    return
+                now = loop.time()
+                if now - due > self.interval:  # the loop was held up: skip the missed ticks
+                    due = now
+                try:
+                    self.send(round(now - last, 3))
+                except Exception:  # a bug must not stop the console feed for good
+                    log.exception("console feed tick failed")
+                last = now
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    def send(self, interval_s: float) -> None:
+        """One tick: `console.stats` of the interval that ends now, then `console.workers`."""
+        self.ticks += 1
+        at = records.utc_iso(time.time(), "milliseconds")
+        self.hub.publish_console(self.stats.roll(at, interval_s))
+        self.hub.publish_console(self.workers.message(at, time.monotonic()))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class Dispatcher:
+    """Turns raw records of `order-status`, `stock-levels` and `worker-status` into hub
+    messages (and the console's stats and view of the workers)."""
+
+    def __init__(self, hub: Hub, console: Console | None = None) -> None:
+        self.hub = hub
+        self.console = console if console is not None else Console(hub)
         self._versions = _Versions()
 
-    def __call__(self, raw: bytes | None) -> None:
+    def __call__(self, raw: bytes | None, topic: str | None = None, key: bytes | None = None) -> None:
         if self.hub.idle:
+            return
+        if topic == t.WORKER_STATUS.name:
+            self._worker_status(key, raw)
             return
         try:
             data = records.parse_json(raw) if raw is not None else None
@@ -376,11 +486,23 @@ class Dispatcher:
                 continue
             self._publish(message)
 
+    def _worker_status(self, key: bytes | None, raw: bytes | None) -> None:
+        """A heartbeat (not a domain message: records.decode does not know it) or a tombstone."""
+        try:
+            value = records.parse_json(raw) if raw is not None else None
+            worker = key.decode() if key is not None else None
+            self.console.workers.heard(worker, value, time.monotonic(), time.time())
+        except Exception as exc:  # bad JSON, a bad key, not a heartbeat
+            log.debug("live feed ignores a worker-status record: %s", exc)
+
     def _publish(self, message: Any) -> None:
         match message:
             case e.OrderStatusChanged():
                 if self._versions.fresh("order", message.order_id, message.version):
                     self.hub.publish_order(message.user_id, order_status_message(message))
+                    if self.hub.has_console:
+                        previous = message.previous.value if message.previous is not None else None
+                        self.console.stats.observe(message.status.value, previous, message.created_at, message.at)
             case e.StockLevelChanged():
                 if self._versions.fresh("stock", message.sku, message.version):
                     self.hub.publish_admin(inventory_message(message))
@@ -401,6 +523,8 @@ class TopicMissing(RuntimeError):
 
 
 ConsumerFactory = Callable[..., AIOKafkaConsumer]
+# What the feed hands each record to: its value, topic and key.
+Dispatch = Callable[[bytes | None, str, bytes | None], None]
 
 
 class LiveFeed:
@@ -410,9 +534,10 @@ class LiveFeed:
     def __init__(
         self,
         bootstrap: str,
-        dispatch: Callable[[bytes | None], None],
-        topics: Sequence[str] = (t.ORDER_STATUS.name, t.STOCK_LEVELS.name),
+        dispatch: Dispatch,
+        topics: Sequence[str] = (t.ORDER_STATUS.name, t.STOCK_LEVELS.name, t.WORKER_STATUS.name),
         *,
+        optional: Iterable[str] = (t.WORKER_STATUS.name,),
         client_id: str = "orion-live",
         refresh_every: float = 30.0,
         initial_backoff: float = 0.5,
@@ -428,6 +553,7 @@ class LiveFeed:
         self.bootstrap = bootstrap
         self.dispatch = dispatch
         self.topics = tuple(topics)
+        self.optional = frozenset(optional)  # read once they exist; the feed goes on without them
         self.client_id = client_id
         self.refresh_every = refresh_every
         self.initial_backoff = initial_backoff
@@ -482,13 +608,17 @@ class LiveFeed:
         for topic in self.topics:
             partitions = cluster.partitions_for_topic(topic)
             if not partitions:
+                if topic in self.optional:  # e.g. worker-status before `orion topics` made it
+                    log.debug("live feed: topic %s does not exist yet", topic)
+                    continue
                 raise TopicMissing(f"topic {topic} does not exist yet")
             tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
         return tps
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         """Assign every partition: known ones resume at their position, partitions new since
-        the first assignment start at their beginning, the rest (first start) at the end."""
+        the first assignment start at their beginning (those of an optional topic at their
+        end), the rest (first start) at the end."""
         tps = await self._partitions(consumer)
         first = not self.positions
         consumer.assign(tps)
@@ -496,7 +626,7 @@ class LiveFeed:
         for tp in tps:
             if tp in self.positions:
                 consumer.seek(tp, self.positions[tp])
-            elif first:
+            elif first or tp.topic in self.optional:  # (old heartbeats are of no use)
                 at_end.append(tp)
             else:
                 consumer.seek(tp, 0)
@@ -507,7 +637,7 @@ class LiveFeed:
         self.assigned = frozenset(tps)
         FEED_PARTITIONS.set(len(tps))
         self.positioned.set()
-        log.info("live feed reading %d partitions of %s", len(tps), ", ".join(self.topics))
+        log.info("live feed reading %d partitions of %s", len(tps), ", ".join(sorted({tp.topic for tp in tps})))
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         next_refresh = time.monotonic() + self.refresh_every
@@ -530,7 +660,7 @@ class LiveFeed:
             for tp, msgs in batch.items():
                 for msg in msgs:
                     try:
-                        self.dispatch(msg.value)
+                        self.dispatch(msg.value, tp.topic, msg.key)
                     except Exception:  # a bug must not stop the feed on one record
                         log.exception("live feed could not dispatch %s@%d", tp, msg.offset)
                 if msgs:

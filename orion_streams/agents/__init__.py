@@ -29,6 +29,7 @@ def register(orion: Orion) -> Agents:
     """Add the worker's agents, timers and services to its app."""
     from . import (
         dead_letter_index,
+        heartbeat,
         lifecycle,
         observability,
         payment,
@@ -45,4 +46,5 @@ def register(orion: Orion) -> Agents:
     dead_letter_index.register(orion)
     lifecycle.register(orion)
     observability.register(orion, agents)
+    heartbeat.register(orion, agents)
     return agents

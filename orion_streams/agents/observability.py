@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from . import Agents
 
 # Topics whose events this worker's agents process (changelogs are recovery, not lag).
-_SOURCES = frozenset(spec.name for spec in t.ALL)
+_SOURCES = frozenset(spec.name for spec in t.PIPELINE)
 
 
 class ConsumerLag(Collector):

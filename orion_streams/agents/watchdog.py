@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orion.watchdog")
 
-SOURCE_TOPICS = frozenset(spec.name for spec in t.ALL if spec is not t.DEAD_LETTERS)
+SOURCE_TOPICS = frozenset(spec.name for spec in t.PIPELINE if spec is not t.DEAD_LETTERS)
 # Longer than any legitimate wait on one event: a payment request is acknowledged in order,
 # after its answer, so one may hold its partition's commit for a provider's whole budget.
 STALL_AFTER = 15.0

@@ -32,7 +32,7 @@ from ..domain.errors import ValidationFailed
 log = logging.getLogger("orion.dead_letters")
 
 # Where a replay may send a record: every topic of Orion's but the dead letters themselves.
-REPLAYABLE = {spec.name: spec for spec in t.ALL if spec is not t.DEAD_LETTERS}
+REPLAYABLE = {spec.name: spec for spec in t.PIPELINE if spec is not t.DEAD_LETTERS}
 # Reasons that depend on the record alone: the same bytes on the same topic fail again.
 ALWAYS_FAILS = {"wrong_topic": "the message does not belong on its topic"}
 # What the payload shows of a dead letter besides the source value (records.dead_letter).

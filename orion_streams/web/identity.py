@@ -37,12 +37,17 @@ async def authenticate(request: web.Request, verifier: TokenVerifier, runtime: R
     """The caller: an API key checked against `runtime`'s key store, else a token."""
     key = request.headers.get(API_KEY_HEADER)
     if key is not None:
-        await runtime.ready()
-        grant = await runtime.api_keys.check(key.strip())
-        if grant is None:
-            raise unauthorized("API key is not valid or has been revoked")
-        return KeyPrincipal(grant.id, frozenset({"service"}), scopes=grant.scopes, key_name=grant.name)
+        return await key_principal(runtime, key)
     return verifier.authenticate(request.headers.get("Authorization"))
+
+
+async def key_principal(runtime: Runtime, key: str) -> KeyPrincipal:
+    """The caller an API key stands for; 401 when the key is unknown or revoked."""
+    await runtime.ready()
+    grant = await runtime.api_keys.check(key.strip())
+    if grant is None:
+        raise unauthorized("API key is not valid or has been revoked")
+    return KeyPrincipal(grant.id, frozenset({"service"}), scopes=grant.scopes, key_name=grant.name)
 
 
 def allow(principal: Principal, *roles: str, scope: str | None = None) -> None:

@@ -2,13 +2,18 @@
 
 `register` adds the route to Faust's aiohttp application, before the web server starts and
 freezes the router, and `LiveUpdates`, the app service that runs this worker's `LiveFeed`
-(a group-less consumer of every partition of `order-status` and `stock-levels`). When the worker stops, the service
-and aiohttp's `on_shutdown` close every socket with 1001.
+(a group-less consumer of every partition of `order-status`, `stock-levels` and
+`worker-status`). When the worker stops, the service and aiohttp's `on_shutdown` close every
+socket with 1001.
 
 Authentication uses the API's JWTs, from `Authorization: Bearer` or the `token` query
-parameter. A refused token still gets the upgrade, then a close with 4401 and the reason,
-because browsers cannot read an HTTP 401 answer to an upgrade; the same close ends a
-connection when its token expires.
+parameter, or an API key, from `X-API-Key` or the `api_key` query parameter. A refused token
+or key still gets the upgrade, then a close with 4401 and the reason, because browsers cannot
+read an HTTP 401 answer to an upgrade; the same close ends a connection when its token
+expires.
+
+`{"type": "subscribe", "feed": "console"}` puts an admin's connection, or one of a key with
+the scope `ops`, on the ops console's feed (adapters/live.py `Console`).
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from .. import metrics
 from ..adapters import kafka_auth
 from ..adapters.live import (
     GOING_AWAY,
+    TRY_AGAIN_LATER,
     UNAUTHORIZED,
     Connection,
+    Console,
     Dispatcher,
     Hub,
     LiveFeed,
@@ -37,6 +44,7 @@ from ..adapters.live import (
     order_snapshot_message,
 )
 from .auth import Principal, TokenVerifier
+from .identity import API_KEY_HEADER, KeyPrincipal, key_principal
 from .middleware import CORRELATION_ID, CORRELATION_KEY
 from .problems import ApiError
 
@@ -59,6 +67,9 @@ CLOSE_TIMEOUT = 5.0
 SYNC_LIMIT = 100
 SYNC_INTERVAL = 1.0
 MAX_CLIENT_MESSAGE = 64 * 1024
+CONSOLE_FEED = "console"
+# The API-key scope that opens the console feed (admins' tokens open it too).
+OPS_SCOPE = "ops"
 
 def _reason(text: str) -> bytes:
     """A close reason fits in 123 bytes of UTF-8."""
@@ -89,7 +100,12 @@ class AiohttpSocket:
             transport.abort()
 
 
-def _authenticate(request: web.Request, verifier: TokenVerifier) -> Principal:
+async def _authenticate(request: web.Request, verifier: TokenVerifier, runtime: Runtime) -> Principal:
+    """A key (`X-API-Key`, else `?api_key=`) or a token (`Authorization`, else `?token=`);
+    ApiError (401) when refused, any other exception when keys cannot be checked now."""
+    key = request.headers.get(API_KEY_HEADER) or request.query.get("api_key")
+    if key is not None and key.strip():
+        return await key_principal(runtime, key)
     header = request.headers.get("Authorization")
     if header:
         return verifier.authenticate(header)
@@ -106,10 +122,13 @@ def _error(detail: str) -> dict[str, Any]:
 class LiveSession:
     """What one connected client asked for: answers its messages on its own connection."""
 
-    def __init__(self, conn: Connection, principal: Principal, runtime: Runtime) -> None:
+    def __init__(
+        self, conn: Connection, principal: Principal, runtime: Runtime, console: Console | None = None,
+    ) -> None:
         self.conn = conn
         self.principal = principal
         self.runtime = runtime
+        self.console = console
         self._last_sync = float("-inf")
 
     async def handle(self, text: str) -> None:
@@ -123,12 +142,36 @@ class LiveSession:
             await self.conn.send({"type": "pong"})
         elif kind == "sync":
             await self.sync()
+        elif kind == "subscribe":
+            await self.subscribe(data.get("feed"))
         elif isinstance(kind, str):
             await self.conn.send(
-                _error(f"unknown message type {kind[:50]!r}; send 'ping' or 'sync'")
+                _error(f"unknown message type {kind[:50]!r}; send 'ping', 'sync' or 'subscribe'")
             )
         else:
             await self.conn.send(_error("messages must be JSON objects with a string 'type'"))
+
+    def may_watch_console(self) -> bool:
+        """Admins, and API keys with the scope `ops`."""
+        principal = self.principal
+        if isinstance(principal, KeyPrincipal):
+            return OPS_SCOPE in principal.scopes
+        return principal.is_admin
+
+    async def subscribe(self, feed: Any) -> None:
+        if feed != CONSOLE_FEED:
+            shown = repr(feed[:50]) if isinstance(feed, str) else "none"
+            await self.conn.send(_error(f"unknown feed {shown}; the only feed is 'console'"))
+            return
+        if not self.may_watch_console():
+            await self.conn.send(_error(f"the console feed is for admins and API keys with the scope {OPS_SCOPE}"))
+            return
+        if self.console is None:  # no feed behind this endpoint
+            await self.conn.send(_error("the console feed is not available on this server"))
+            return
+        # The answer is queued and the connection subscribed at once: the answer comes first
+        # and nothing published after it is missed.
+        self.console.subscribe(self.conn, first={"type": "subscribed", "feed": CONSOLE_FEED})
 
     async def sync(self) -> None:
         """The user's open orders (among the latest SYNC_LIMIT) as snapshots, then sync.done.
@@ -169,9 +212,10 @@ class LiveEndpoint:
     def __init__(self, settings: Settings, runtime: Runtime, verifier: TokenVerifier) -> None:
         self.settings, self.runtime, self.verifier = settings, runtime, verifier
         self.hub = hub = Hub(queue_size=settings.ws_queue_size, send_timeout=SEND_TIMEOUT, close_timeout=CLOSE_TIMEOUT)
+        self.console = Console(hub)
         self.feed = LiveFeed(
             settings.kafka_bootstrap,
-            Dispatcher(hub),
+            Dispatcher(hub, self.console),
             client_id=f"orion-live-{settings.worker_id}",
             idle=lambda: hub.idle,
             options=kafka_auth.client_options(settings),
@@ -192,18 +236,21 @@ class LiveEndpoint:
                 headers={"Upgrade": "websocket"},
             )
         principal: Principal | None = None
-        refusal = ""
+        refusal, refused_with = "", UNAUTHORIZED
         try:
-            principal = _authenticate(request, self.verifier)
+            principal = await _authenticate(request, self.verifier, self.runtime)
         except ApiError as exc:
             refusal = exc.detail
+        except Exception as exc:  # the key store is away: not the key's fault, try again
+            log.warning("WebSocket: API key not checked: %s", exc)
+            refusal, refused_with = "API keys cannot be checked right now; try again", TRY_AGAIN_LATER
         cid = request.get(CORRELATION_KEY)
         if cid:
             ws.headers[CORRELATION_ID] = cid
         await ws.prepare(request)
         if principal is None:
             with contextlib.suppress(Exception):
-                await ws.close(code=UNAUTHORIZED, message=_reason(refusal))
+                await ws.close(code=refused_with, message=_reason(refusal))
             return ws
 
         if len(self.hub.connections(principal.subject)) >= self.settings.ws_max_per_user:
@@ -228,7 +275,7 @@ class LiveEndpoint:
                 UNAUTHORIZED,
                 "token expired",
             )
-        session = LiveSession(conn, principal, self.runtime)
+        session = LiveSession(conn, principal, self.runtime, self.console)
         dropped: str | None = None
         try:
             if _flag(request.query.get("sync")):
@@ -257,6 +304,7 @@ class LiveEndpoint:
         return ws
 
     async def close_sockets(self, _: web.Application) -> None:
+        await self.console.stop()
         await self.hub.close_all(GOING_AWAY, "server shutting down")
 
 
@@ -278,6 +326,7 @@ class LiveUpdates(mode.Service):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10)
+        await self.endpoint.console.stop()
         await self.endpoint.hub.close_all(GOING_AWAY, "server shutting down")
 
 

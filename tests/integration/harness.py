@@ -200,7 +200,7 @@ async def group_lag(services: Services) -> dict[str, int]:
         await admin.close()
     committed = {tp: meta for tp, meta in agents.items() if tp.topic not in projected}
     committed.update({tp: meta for tp, meta in projection.items() if tp.topic in projected})
-    tps = [TopicPartition(spec.name, p) for spec in topics.ALL if spec is not topics.DEAD_LETTERS
+    tps = [TopicPartition(spec.name, p) for spec in topics.PIPELINE if spec is not topics.DEAD_LETTERS
            for p in range(PARTITIONS)]
     consumer = AIOKafkaConsumer(bootstrap_servers=services.bootstrap)
     await consumer.start()

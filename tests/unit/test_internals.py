@@ -8,6 +8,7 @@ import inspect
 import aiokafka
 from aiokafka.client import AIOKafkaClient
 from aiokafka.consumer.subscription_state import Assignment, SubscriptionState, TopicPartitionState
+from faust.tables.recovery import Recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -27,6 +28,13 @@ def test_faust_keeps_acknowledged_and_committed_offsets_per_partition() -> None:
     assert _assigns(faust_consumer.Consumer.__init__, "_acked")
     assert _assigns(faust_consumer.Consumer.__init__, "_committed_offset")
     assert "_paused_partitions" in inspect.getsource(faust_consumer.Consumer)
+
+
+def test_faust_recovery_keeps_the_last_offset_applied_per_standby_partition() -> None:
+    assert _assigns(Recovery.__init__, "standby_offsets")
+    assert "self.standby_offsets" in inspect.getsource(Recovery.add_standby)  # None until one is applied
+    app = type("App", (), {"tables": type("Tables", (), {"recovery": type("R", (), {"standby_offsets": {"tp": 4}})()})()})()
+    assert internals.standby_offsets(app) == {"tp": 4}
 
 
 def test_aiokafka_keeps_fetch_positions_in_its_subscription_state() -> None:

@@ -326,6 +326,10 @@ async def test_dispatcher_routes_records_and_drops_duplicates_and_bad_ones() -> 
             "version": 1,
             "at": AT,
             "failure_reason": None,
+            "user_id": "ada",
+            "total": 1_000,
+            "currency": "EUR",
+            "created_at": AT,
         },
         {
             "type": "order.status",
@@ -335,6 +339,10 @@ async def test_dispatcher_routes_records_and_drops_duplicates_and_bad_ones() -> 
             "version": 2,
             "at": AT,
             "failure_reason": None,
+            "user_id": "ada",
+            "total": 1_000,
+            "currency": "EUR",
+            "created_at": AT,
         },
     ]
     assert bob.messages == []
@@ -362,7 +370,8 @@ async def test_the_feed_reads_every_partition_in_order_and_survives_kafka_going_
     made = iter([first, second, third])
     seen: list[bytes | None] = []
     feed = LiveFeed(
-        "kafka:9092", seen.append, consumer_factory=lambda **kw: next(made), initial_backoff=0.01
+        "kafka:9092", lambda value, topic, key: seen.append(value), topics=("order-status", "stock-levels"),
+        consumer_factory=lambda **kw: next(made), initial_backoff=0.01,
     )
     task = asyncio.create_task(feed.run())
     try:
@@ -388,9 +397,10 @@ async def test_the_feed_reads_every_partition_in_order_and_survives_kafka_going_
 
 
 class Record:
-    def __init__(self, offset: int, value: bytes) -> None:
+    def __init__(self, offset: int, value: bytes | None, key: bytes | None = None) -> None:
         self.offset = offset
         self.value = value
+        self.key = key
 
 
 class FakeCluster:

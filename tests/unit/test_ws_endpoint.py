@@ -158,7 +158,9 @@ async def test_a_sync_the_database_cannot_answer_is_an_error_and_the_socket_stay
 
 
 @pytest.mark.parametrize(("send", "says"), [
-    ('{"type": "subscribe"}', "unknown message type 'subscribe'"),
+    ('{"type": "unsubscribe"}', "unknown message type 'unsubscribe'"),
+    ('{"type": "subscribe"}', "unknown feed none"),
+    ('{"type": "subscribe", "feed": "orders"}', "unknown feed 'orders'"),
     ("ping", "must be JSON objects"),
     ("[1, 2]", "string 'type'"),
     ('{"type": 7}', "string 'type'"),

@@ -122,7 +122,7 @@ class Cluster:
         projection's (workers down): the next workers consume every topic from the start, a
         full replay."""
         projected = {topics.ORDER_STATUS.name, topics.ORDER_AUDIT.name, topics.STOCK_LEVELS.name}
-        sources = [spec.name for spec in topics.ALL if spec is not topics.DEAD_LETTERS]
+        sources = [spec.name for spec in topics.PIPELINE if spec is not topics.DEAD_LETTERS]
         groups = {
             self.services.app_id: [name for name in sources if name not in projected],
             f"{self.services.app_id}-projection": [name for name in sources if name in projected],
