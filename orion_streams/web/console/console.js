@@ -473,8 +473,8 @@ function niceMax(value) {
 }
 
 function chartFrame(box, max, format) {
-  const width = Math.max(box.clientWidth, 200);
-  const height = Math.max(box.clientHeight, 100);
+  const width = box.clientWidth;
+  const height = box.clientHeight;
   const pad = { left: 40, right: 8, top: 8, bottom: 16 };
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" });
   const plotW = width - pad.left - pad.right;
@@ -512,14 +512,19 @@ function linePath(points, x, y) {
   return d.trim();
 }
 
+function axisNumber(value) {
+  return num(value, value < 10 && value % 1 ? 1 : 0);
+}
+
 function drawCharts() {
+  if (!$("chart-rate").clientWidth) return; // hidden: drawn when it is shown (the ResizeObserver)
   const points = state.stats;
   const n = points.length;
   const last = points[n - 1];
 
   const rateBox = $("chart-rate");
   const rateMax = niceMax(Math.max(1, ...points.map((p) => Math.max(p.accepted, OUTCOMES.reduce((s, k) => s + p.outcomes[k], 0)))));
-  const rate = chartFrame(rateBox, rateMax, (v) => num(v, v < 10 && v % 1 ? 1 : 0));
+  const rate = chartFrame(rateBox, rateMax, axisNumber);
   const classes = { CONFIRMED: "bar-confirmed", REJECTED: "bar-rejected", PAYMENT_FAILED: "bar-payment", CANCELLED: "bar-cancelled" };
   points.forEach((p, i) => {
     let base = 0;
@@ -545,7 +550,7 @@ function drawCharts() {
 
   const latencyBox = $("chart-latency");
   const latencyMax = niceMax(Math.max(1, ...points.map((p) => Math.max(p.p50 || 0, p.p95 || 0))));
-  const lat = chartFrame(latencyBox, latencyMax, (v) => (v >= 1000 ? `${num(v / 1000, 1)}s` : num(v)));
+  const lat = chartFrame(latencyBox, latencyMax, (v) => (v >= 1000 ? `${num(v / 1000, 1)}s` : axisNumber(v)));
   const px = (i) => lat.x(i, n) + lat.slot / 2;
   const p95 = linePath(points.map((p) => p.p95), px, lat.y);
   const p50 = linePath(points.map((p) => p.p50), px, lat.y);
@@ -1237,11 +1242,13 @@ function wire() {
   $("dead-letters-select-all").addEventListener("change", selectAllDeadLetters);
   $("failed-emails-refresh").addEventListener("click", () => loadEmails(false));
   $("failed-emails-more").addEventListener("click", () => loadEmails(true));
-  let resizeTimer = null;
-  window.addEventListener("resize", () => {
-    clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(drawCharts, 150);
+  // Redrawn at the box's size whenever it changes (and when the console is first shown).
+  let frame = 0;
+  const observer = new ResizeObserver(() => {
+    cancelAnimationFrame(frame);
+    frame = requestAnimationFrame(drawCharts);
   });
+  observer.observe($("chart-rate"));
 }
 
 function start() {
