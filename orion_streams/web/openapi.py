@@ -499,12 +499,12 @@ def build() -> dict[str, Any]:
             },
         },
         "/console/{name}": {
+            "parameters": [path_param(
+                "name", "One of " + ", ".join(n for n in console.FILES if n != console.INDEX) + " (or index.html)")],
             "get": {
                 "operationId": "consoleFile", "tags": ["operations"], "summary": "The console's stylesheet, script "
                 "and icon", "security": [],
-                "parameters": [ref("parameters", "CorrelationId"), path_param(
-                    "name", "One of " + ", ".join(n for n in console.FILES if n != console.INDEX)
-                    + " (or index.html)")],
+                "parameters": [ref("parameters", "CorrelationId")],
                 "responses": {
                     "200": static_response("The file", {
                         "text/css": {"schema": STRING}, "text/javascript": {"schema": STRING},
