@@ -105,3 +105,18 @@ def test_the_page_uses_only_its_own_files_and_no_inline_script_or_style() -> Non
         text = FILES.joinpath(name).read_text().replace("http://www.w3.org/2000/svg", "")  # a namespace, not a URL
         assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), name
         assert "@import" not in text and "url(" not in text, name
+
+
+def test_every_element_the_script_looks_up_is_on_the_page() -> None:
+    html = FILES.joinpath("index.html").read_text()
+    script = FILES.joinpath("console.js").read_text()
+    on_page = set(re.findall(r'\sid="([^"]+)"', html))
+    made_by_script = set(re.findall(r'\bid: "([^"]+)"', script))  # h("span", { id: "…" })
+    looked_up = set(re.findall(r'\$\("([^"]+)"\)', script))
+    looked_up |= {i for ids in re.findall(r"for \(const id of \[([^\]]*)\]", script) for i in re.findall(r'"([^"]+)"', ids)}
+    assert looked_up, "no lookups found"
+    assert looked_up - on_page <= made_by_script, sorted(looked_up - on_page - made_by_script)
+    labelled = set(re.findall(r'<label for="([^"]+)"', html))
+    controls = set(re.findall(r'<(?:input|select)\b[^>]*\sid="([^"]+)"', html))
+    unlabelled = {c for c in controls if c not in labelled and f'id="{c}" aria-label=' not in html}
+    assert not unlabelled - {"stock-low-only"}, unlabelled  # that one sits inside its <label>
