@@ -11,14 +11,17 @@ if TYPE_CHECKING:
 
 
 def register(orion: Orion, agents: Agents) -> Api:
-    """Add the API's views, `/v1/ws` and its live feed, and the admission door's reading to
-    the worker's app."""
-    from . import admission, apikeys, dead_letters, notifications, openapi, views, ws
+    """Add the API's views, the ops console's page, `/v1/ws` and its live feed, and the
+    admission door's reading to the worker's app."""
+    from . import admission, apikeys, console, dead_letters, notifications, openapi, views, ws
 
     api = views.Api(
         orion.settings, orion.runtime, orion.bus, agents.watchdog, recovered=orion.assignment.recovered,
     )
-    for path, view in (*views.ROUTES, *apikeys.ROUTES, *notifications.ROUTES, *dead_letters.ROUTES, *openapi.ROUTES):
+    for path, view in (
+        *views.ROUTES, *apikeys.ROUTES, *notifications.ROUTES, *dead_letters.ROUTES, *openapi.ROUTES,
+        *console.ROUTES,
+    ):
         # A class of this app's own, so two apps in one process never share an `api`.
         orion.app.page(path)(type(view.__name__, (view,), {"api": api}))
     admission.register(orion)

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from .. import schemas
+from . import console
 from .middleware import CORRELATION_ID
 
 PATH = "/openapi.json"
@@ -91,6 +92,19 @@ def json_response(description: str, schema: dict[str, Any], headers: dict[str, A
         "description": description,
         "headers": {CORRELATION_ID: _correlation_header(), **(headers or {})},
         "content": {JSON: {"schema": schema}},
+    }
+
+
+def static_response(description: str, content: dict[str, Any]) -> dict[str, Any]:
+    """A file of the console, with the page's Content-Security-Policy."""
+    return {
+        "description": description,
+        "headers": {
+            CORRELATION_ID: _correlation_header(),
+            "Content-Security-Policy": {"description": "Only this origin's scripts, styles, images and "
+                                                      "connections; no inline script", "schema": STRING},
+        },
+        "content": content,
     }
 
 
@@ -532,6 +546,35 @@ def build() -> dict[str, Any]:
                         "headers": {CORRELATION_ID: _correlation_header()},
                         "content": {"text/plain": {"schema": STRING}},
                     },
+                },
+            },
+        },
+        "/console": {
+            "get": {
+                "operationId": "console", "tags": ["operations"], "summary": "The ops console (one HTML page)",
+                "description": "No authentication: the page asks for an admin JWT or an API key with the scope "
+                               "ops and sends it with its own calls to /v1 and /v1/ws.",
+                "security": [], "parameters": [ref("parameters", "CorrelationId")],
+                "responses": {
+                    "200": static_response("The page", {"text/html": {"schema": STRING}}),
+                    "400": problem(400, "The path or query contains U+0000"),
+                },
+            },
+        },
+        "/console/{name}": {
+            "parameters": [path_param(
+                "name", "One of " + ", ".join(n for n in console.FILES if n != console.INDEX) + " (or index.html)")],
+            "get": {
+                "operationId": "consoleFile", "tags": ["operations"], "summary": "The console's stylesheet, script "
+                "and icon", "security": [],
+                "parameters": [ref("parameters", "CorrelationId")],
+                "responses": {
+                    "200": static_response("The file", {
+                        "text/css": {"schema": STRING}, "text/javascript": {"schema": STRING},
+                        "image/svg+xml": {"schema": STRING}, "text/html": {"schema": STRING},
+                    }),
+                    "400": problem(400, "The path or query contains U+0000"),
+                    "404": problem(404, "Not one of the console's files"),
                 },
             },
         },

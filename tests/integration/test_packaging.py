@@ -29,6 +29,7 @@ from orion_devstack.kafka import KafkaBroker
 from orion_devstack.ports import free_port
 from orion_devstack.postgres import LocalPostgres
 from orion_devstack.stack import wait_until
+from orion_streams.web import console
 
 from .harness import stop_group
 
@@ -189,6 +190,8 @@ def test_the_wheel_migrates_and_runs_a_worker_and_a_mailer_against_given_service
         "orion_streams/migrations/env.py",
         "orion_streams/migrations/script.py.mako",
         *(f"orion_streams/migrations/versions/{p.name}" for p in MIGRATIONS.glob("versions/*.py")),
+        # The ops console's page, served from the package by name (web/console.py)
+        *(f"orion_streams/web/console/{name}" for name in console.FILES),
     }
     assert len(expected) > 4, "no migration scripts found in the repository"
     assert expected <= names, f"missing from {wheel.name}: {sorted(expected - names)}"

@@ -49,7 +49,7 @@ def test_create_app_wires_the_agents_and_every_route(tmp_path: Path) -> None:
     assert set(app.tables) == {"sagas", "inventory"}
     assert all(table.partitions == 3 for table in app.tables.values())
     paths = {route.resource.canonical for route in app.web.web_app.router.routes()}  # type: ignore[attr-defined]
-    assert {"/v1/orders", "/v1/ws", "/openapi.json", "/ready", "/v1/api-keys"} <= paths
+    assert {"/v1/orders", "/v1/ws", "/openapi.json", "/ready", "/v1/api-keys", "/console", "/console/{name}"} <= paths
     # Each app has its own views: a second app does not share the first one's Api.
     other = create_app(Settings(state_dir=tmp_path, worker_id="w2"))
     first: Any = app.web.views["/v1/orders"]

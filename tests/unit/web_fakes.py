@@ -24,7 +24,7 @@ from orion_streams.config import Settings
 from orion_streams.domain.catalog import DEMO_PRODUCTS, Catalog, Product
 from orion_streams.services.admission import Admission
 from orion_streams.services.ports import Accepted
-from orion_streams.web import apikeys, dead_letters, notifications, openapi, views
+from orion_streams.web import apikeys, console, dead_letters, notifications, openapi, views
 from orion_streams.web.auth import issue_token
 from orion_streams.web.middleware import CORRELATION_ID, correlation_and_problems
 from orion_streams.web.problems import PROBLEM_JSON
@@ -37,6 +37,7 @@ ALICE, BOB = "alice", "bob"
 # Every route `web.register` adds, as it adds them.
 ALL_ROUTES: tuple[tuple[str, type[View]], ...] = (
     *views.ROUTES, *apikeys.ROUTES, *notifications.ROUTES, *dead_letters.ROUTES, *openapi.ROUTES,
+    *console.ROUTES,
 )
 EPOCH = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 BODY_LIMIT = 256 * 1024  # as app.faust_app gives aiohttp (client_max_size)
