@@ -228,6 +228,8 @@ Place an order and wait for the decision:
     -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
     -d '{{"lines":[{{"sku":"SKU-001","quantity":2}}],"payment":{{"token":"tok_ok"}},"email":"sarah@example.com"}}'
 
+Ops console: {base}/console (sign in with the admin token)
+
 Health {base}/health, readiness {base}/ready, Prometheus metrics {base}/metrics
 (worker and mailer counted together); alert rules and a Grafana dashboard are in ops/.
 """,

@@ -150,6 +150,35 @@ function isJwt(credential) {
   return JWT.test(credential);
 }
 
+/** The claims of a JWT, read (not verified: the server checks every call), or null. */
+function claimsOf(credential) {
+  try {
+    const part = credential.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    return claims && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Why a JWT cannot open the console, known before asking the server (null: ask it). A token
+ * without the admin role would only earn a 403, so it is refused here with the reason. */
+function tokenRefusal(credential) {
+  if (!isJwt(credential)) return null;
+  const claims = claimsOf(credential);
+  if (!claims) return null;
+  if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
+    return "This token has expired; paste a fresh admin token.";
+  }
+  const roles = Array.isArray(claims.roles) ? claims.roles : [];
+  if (!roles.includes("admin")) {
+    const who = typeof claims.sub === "string" ? ` of ${claims.sub}` : "";
+    const as = roles.length ? roles.join(", ") : "no role";
+    return `This token${who} has ${as}: the console needs an admin token, or an API key with the ops scope.`;
+  }
+  return null;
+}
+
 function authHeaders(credential) {
   return isJwt(credential) ? { Authorization: `Bearer ${credential}` } : { "X-API-Key": credential };
 }
@@ -284,6 +313,12 @@ function signOut(message) {
 }
 
 async function signIn(credential) {
+  const refusal = tokenRefusal(credential);
+  if (refusal) {
+    sessionStorage.removeItem(STORAGE_KEY);
+    showSignIn(refusal);
+    return;
+  }
   state.generation += 1;
   state.credential = credential;
   resetData();
