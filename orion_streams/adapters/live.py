@@ -13,8 +13,11 @@ are handed to the hub in offset order, which keeps each order's statuses (and ea
 levels) in order.
 
 The ops console subscribes a connection to the console feed (`Hub.subscribe_console`): it
-then gets every order's status and every stock message, and from `Console`, once a second
-while any console connection is open, `console.stats` (services/console_stats.py) and
+then gets every order's status and every stock level, gathered for 0.2 s into one
+`console.updates` message (the latest change of each order and SKU, at most 200), so a
+console costs the same few messages a second in a flash sale as at rest and is never dropped
+as too slow; low-stock alerts as they come; and from `Console`, once a second while any
+console connection is open, `console.stats` (services/console_stats.py) and
 `console.workers` (the workers' heartbeats on `worker-status`).
 """
 
@@ -192,8 +195,9 @@ class Hub:
         return bool(self._console)
 
     def subscribe_console(self, conn: Connection) -> bool:
-        """Send `conn` the console feed from now on (every order, every stock message, the
-        console's own messages); False if it is closed already."""
+        """Send `conn` the console feed from now on (`console.updates` instead of single
+        order and stock messages, alerts, the console's own messages); False if it is closed
+        already."""
         if conn.closed:
             return False
         self._console.add(conn)
@@ -214,23 +218,28 @@ class Hub:
         return conn
 
     def publish_order(self, user_id: str, message: Message) -> int:
-        """Queue `message` on every connection of `user_id` and every console connection,
-        once each; returns how many took it."""
-        return self._fan_out_union(self._by_user.get(user_id), message)
+        """Queue `message` on every connection of `user_id` but those on the console feed
+        (they get every order in `console.updates`); returns how many took it."""
+        conns = self._by_user.get(user_id)
+        if conns and self._console:
+            conns = conns - self._console
+        return self._fan_out(conns, message) if conns else 0
 
     def publish_admin(self, message: Message) -> int:
-        """Queue `message` on every admin and every console connection, once each; returns
-        how many took it."""
-        return self._fan_out_union(self._admins, message)
+        """Queue a stock level on every admin connection but those on the console feed (they
+        get the levels in `console.updates`); returns how many took it."""
+        admins = self._admins - self._console if self._console else self._admins
+        return self._fan_out(admins, message) if admins else 0
+
+    def publish_alert(self, message: Message) -> int:
+        """Queue `message` (a low-stock alert: rare) on every admin and console connection,
+        once each; returns how many took it."""
+        conns = self._admins | self._console if self._console else self._admins
+        return self._fan_out(conns, message) if conns else 0
 
     def publish_console(self, message: Message) -> int:
         """Queue `message` on every console connection; returns how many took it."""
         return self._fan_out(self._console, message) if self._console else 0
-
-    def _fan_out_union(self, conns: set[Connection] | None, message: Message) -> int:
-        if not self._console:
-            return self._fan_out(conns, message) if conns else 0
-        return self._fan_out(self._console | conns if conns else self._console, message)
 
     def _fan_out(self, conns: Iterable[Connection], message: Message) -> int:
         item = _item(message)  # serialised once for everyone
@@ -390,19 +399,61 @@ class _Versions:
         return True
 
 
+# How long changes gather before a `console.updates` goes out (at most five a second per
+# console, however many orders change), and the most changes one carries.
+FLUSH_AFTER = 0.2
+MAX_UPDATES = 200
+
+
 class Console:
     """The console feed's own messages: the stats of the orders the feed sees and the
     workers' latest heartbeats, sent once every `interval` seconds by a ticker that runs only
     while console connections are open (the first subscription starts it, it ends when the
     last console connection goes)."""
 
-    def __init__(self, hub: Hub, interval: float = 1.0) -> None:
+    def __init__(self, hub: Hub, interval: float = 1.0, flush_after: float = FLUSH_AFTER,
+                 max_updates: int = MAX_UPDATES) -> None:
         self.hub = hub
         self.interval = interval
         self.stats = ConsoleStats()
         self.workers = Workers()
         self.ticks = 0
         self._task: asyncio.Task[None] | None = None
+        # The latest change of each order and SKU since the last `console.updates`.
+        self.flush_after, self.max_updates = flush_after, max_updates
+        self._orders: OrderedDict[str, Message] = OrderedDict()
+        self._stock: OrderedDict[str, Message] = OrderedDict()
+        self._dropped = 0
+        self._flush: asyncio.TimerHandle | None = None
+
+    def order(self, message: Message) -> None:
+        """An order's new status for the console connections, sent with the next batch."""
+        self._pend(self._orders, str(message["order_id"]), message)
+
+    def stock(self, message: Message) -> None:
+        """A SKU's new level for the console connections, sent with the next batch."""
+        self._pend(self._stock, str(message["sku"]), message)
+
+    def _pend(self, pending: OrderedDict[str, Message], key: str, message: Message) -> None:
+        pending[key] = message  # a newer change of the same order or SKU replaces the older
+        pending.move_to_end(key)
+        if len(pending) > self.max_updates:  # more changed than a console can show: keep the newest
+            pending.popitem(last=False)
+            self._dropped += 1
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.flush_after, self.flush)
+
+    def flush(self) -> None:
+        """Send what changed as one `console.updates` message."""
+        self._flush = None
+        if not (self._orders or self._stock):
+            return
+        message = {"type": "console.updates", "orders": list(self._orders.values()),
+                   "stock": list(self._stock.values()), "dropped": self._dropped}
+        self._orders.clear()
+        self._stock.clear()
+        self._dropped = 0
+        self.hub.publish_console(message)
 
     @property
     def running(self) -> bool:
@@ -449,6 +500,9 @@ class Console:
         self.hub.publish_console(self.workers.message(at, time.monotonic()))
 
     async def stop(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self.flush()
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
@@ -499,17 +553,22 @@ class Dispatcher:
         match message:
             case e.OrderStatusChanged():
                 if self._versions.fresh("order", message.order_id, message.version):
-                    self.hub.publish_order(message.user_id, order_status_message(message))
+                    status = order_status_message(message)
+                    self.hub.publish_order(message.user_id, status)
                     if self.hub.has_console:
+                        self.console.order(status)
                         previous = message.previous.value if message.previous is not None else None
                         self.console.stats.observe(message.status.value, previous, message.created_at, message.at)
             case e.StockLevelChanged():
                 if self._versions.fresh("stock", message.sku, message.version):
-                    self.hub.publish_admin(inventory_message(message))
+                    level = inventory_message(message)
+                    self.hub.publish_admin(level)
+                    if self.hub.has_console:
+                        self.console.stock(level)
             case e.LowStockDetected():
                 version = getattr(message, "version", None)
                 if self._versions.fresh("low", message.sku, version):
-                    self.hub.publish_admin(stock_low_message(message))
+                    self.hub.publish_alert(stock_low_message(message))
             case _:
                 pass
 

@@ -63,6 +63,18 @@ async def browser() -> AsyncIterator[Any]:
             await chromium.close()
 
 
+async def _audit(page: Any, when: str) -> None:
+    """axe-core's WCAG 2.1 A and AA rules on the page as it stands: no serious or critical
+    violation (missing labels, contrast, keyboard traps, landmarks, names of controls)."""
+    from axe_playwright_python.async_playwright import Axe
+
+    results = await Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]},
+                                             "resultTypes": ["violations"]})
+    bad = [v for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, f"accessibility ({when}):\n" + "\n".join(
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:5]}" for v in bad)
+
+
 async def add_product(services: Services, sku: str) -> None:
     """What a catalog import does (outside Orion's API): a new product row."""
     store = SqlAlchemyStore(services.database_url, pool_size=1)
@@ -118,6 +130,7 @@ async def _scenario(services: Services, worker: Worker, api: Api, browser: Any, 
     await page.fill("#credential", admin)
     await page.press("#credential", "Enter")
     await page.locator("#ws-state", has_text="live").wait_for(timeout=SLOW * 1000)
+    await _audit(page, "signed in")
 
     # -- orders placed through the API show up with their final status within 2 s -------------
     sku = "T-011"
@@ -200,6 +213,8 @@ async def _scenario(services: Services, worker: Worker, api: Api, browser: Any, 
 
     await eventually(sent, SLOW, "the retried email to be sent")
     assert any(order_ids[0] in message.as_string() for message in catcher.messages)
+
+    await _audit(page, "after acting")
 
     # -- readable at 1280x800 and on a phone ----------------------------------------------------
     await page.evaluate("window.scrollTo(0, 0)")

@@ -49,10 +49,17 @@ def heartbeat(worker: str, in_flight: int = 3) -> bytes:
 
 
 def orders_of(sock: FakeSocket) -> list[tuple[str, str]]:
-    return [(m["order_id"], m["status"]) for m in sock.messages if m["type"] == "order.status"]
+    """The order statuses a socket got, single or in `console.updates`, in order."""
+    out = []
+    for m in sock.messages:
+        if m["type"] == "order.status":
+            out.append((m["order_id"], m["status"]))
+        elif m["type"] == "console.updates":
+            out.extend((o["order_id"], o["status"]) for o in m["orders"])
+    return out
 
 
-async def test_a_console_connection_gets_every_order_and_stock_message_once() -> None:
+async def test_a_console_connection_gets_every_order_and_stock_change_once_in_batches() -> None:
     hub = Hub(queue_size=64)
     ada, mike, eve, key = FakeSocket(), FakeSocket(), FakeSocket(), FakeSocket()
     conns = [
@@ -61,7 +68,7 @@ async def test_a_console_connection_gets_every_order_and_stock_message_once() ->
         hub.connect("eve", eve, admin=True),  # an admin not on the console
         hub.connect("ak_1", key),  # an API key with the scope ops
     ]
-    dispatch = Dispatcher(hub)
+    dispatch = Dispatcher(hub, Console(hub, flush_after=0.01))
     for conn in (conns[1], conns[3]):
         assert dispatch.console.subscribe(conn)
     assert hub.consoles == {conns[1], conns[3]}
@@ -73,16 +80,39 @@ async def test_a_console_connection_gets_every_order_and_stock_message_once() ->
         e.LowStockDetected("A", 4, 5, AT),
     ):
         dispatch(records.encode(ev), t.ORDER_STATUS.name, None)
+    await until(lambda: any(m["type"] == "console.updates" for m in mike.messages), "a batch", DEADLINE)
     await flushed(*conns)
     await dispatch.console.stop()
-    every = [("o1", "PENDING"), ("o2", "PENDING"), ("o1", "RESERVED")]
-    assert orders_of(mike) == orders_of(key) == every
+    # One batch: the latest change of each order (o1's RESERVED replaced its PENDING), the level.
+    (batch,) = [m for m in mike.messages if m["type"] == "console.updates"]
+    assert [(o["order_id"], o["status"]) for o in batch["orders"]] == [("o2", "PENDING"), ("o1", "RESERVED")]
+    assert [lv["sku"] for lv in batch["stock"]] == ["A"] and batch["dropped"] == 0
+    assert mike.types() == key.types() == ["stock.low", "console.updates"]
     assert orders_of(ada) == [("o1", "PENDING"), ("o1", "RESERVED")] and orders_of(eve) == []
-    for sock in (mike, key, eve):
-        assert [m["type"] for m in sock.messages if m["type"] != "order.status"] == ["inventory.level", "stock.low"]
+    assert eve.types() == ["inventory.level", "stock.low"]
     assert ada.types() == ["order.status", "order.status"]
-    first = mike.messages[0]
+    first = batch["orders"][1]
     assert (first["user_id"], first["total"], first["currency"], first["created_at"]) == ("ada", 1_000, "EUR", AT)
+
+
+async def test_a_flood_of_changes_is_a_few_bounded_batches() -> None:
+    """A flash sale: thousands of changes reach a console as a handful of messages with the
+    newest changes, never a queue that overflows and drops the console as too slow."""
+    hub = Hub(queue_size=8)
+    sock = FakeSocket()
+    conn = hub.connect("root", sock, admin=True)
+    console = Console(hub, flush_after=0.05, max_updates=100)
+    dispatch = Dispatcher(hub, console)
+    console.subscribe(conn)
+    for i in range(3_000):
+        dispatch(records.encode(status_changed(f"o{i}", "ada", OrderStatus.PENDING, 1)), t.ORDER_STATUS.name, None)
+    await until(lambda: any(m["type"] == "console.updates" for m in sock.messages), "a batch", DEADLINE)
+    await flushed(conn)
+    await console.stop()
+    assert not conn.closed
+    (batch,) = [m for m in sock.messages if m["type"] == "console.updates"]
+    assert [o["order_id"] for o in batch["orders"]] == [f"o{i}" for i in range(2_900, 3_000)]
+    assert batch["dropped"] == 2_900
 
 
 async def test_a_closed_connection_leaves_the_console_and_cannot_join_it() -> None:
@@ -97,7 +127,7 @@ async def test_a_closed_connection_leaves_the_console_and_cannot_join_it() -> No
 
 async def test_the_dispatcher_works_for_console_connections_alone_and_not_for_nobody() -> None:
     hub = Hub()
-    dispatch = Dispatcher(hub)
+    dispatch = Dispatcher(hub, Console(hub, flush_after=0.01))
     dispatch(heartbeat("w1"), WS, b"w1")
     dispatch(records.encode(status_changed("o1", "ada", OrderStatus.PENDING, 1)), t.ORDER_STATUS.name, None)
     assert len(dispatch.console.workers) == 0  # nobody connected: nothing is even read
@@ -106,6 +136,7 @@ async def test_the_dispatcher_works_for_console_connections_alone_and_not_for_no
     dispatch.console.subscribe(conn)
     dispatch(heartbeat("w1"), WS, b"w1")
     dispatch(records.encode(status_changed("o2", "ada", OrderStatus.PENDING, 1)), t.ORDER_STATUS.name, None)
+    await until(lambda: bool(orders_of(sock)), "the order in a batch", DEADLINE)
     await flushed(conn)
     await dispatch.console.stop()
     assert orders_of(sock) == [("o2", "PENDING")]
@@ -136,9 +167,11 @@ async def test_the_dispatcher_keeps_heartbeats_and_ignores_bad_worker_status_rec
     assert view["workers"][0]["partitions"] == [{"topic": "orders", "partition": 1, "lag": 4, "role": "active"}]
     dispatch(None, WS, b"w2")  # w2 stopped
     dispatch(records.encode(status_changed("o1", "ada", OrderStatus.PENDING, 1)), t.ORDER_STATUS.name, None)
+    dispatch.console.flush()  # the batch, now rather than after its 0.2 s
     await flushed(conn)
     assert [w["worker"] for w in dispatch.console.workers.message("now", time.monotonic())["workers"]] == ["w1"]
     assert orders_of(sock) == [("o1", "PENDING")]  # the feed goes on
+    await dispatch.console.stop()
 
 
 async def test_the_ticker_sends_stats_and_workers_only_while_a_console_is_connected() -> None:
@@ -229,10 +262,10 @@ async def test_the_answer_to_subscribe_comes_before_anything_the_feed_publishes(
     conn = hub.connect("root", sock, admin=True)
     console = Console(hub)
     assert console.subscribe(conn, first={"type": "subscribed", "feed": "console"})
-    hub.publish_order("ada", {"type": "order.status", "order_id": "o1"})
+    hub.publish_alert({"type": "stock.low", "sku": "A"})
     await flushed(conn)
     await console.stop()
-    assert sock.types() == ["subscribed", "order.status"]
+    assert sock.types() == ["subscribed", "stock.low"]
 
 
 # Over /v1/ws.

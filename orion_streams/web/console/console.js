@@ -453,6 +453,12 @@ function onMessage(message) {
     case "inventory.level":
       onStockLevel(message);
       break;
+    case "console.updates":
+      // What changed in the last 0.2 s: the latest status of each order, level of each SKU.
+      for (const order of message.orders || []) onOrderStatus(order);
+      for (const level of message.stock || []) onStockLevel(level);
+      if (message.dropped) say(`Busy: ${message.dropped} older change(s) not shown; the newest are`);
+      break;
     case "stock.low":
       say(`Low stock: ${message.sku} has ${message.available} available (threshold ${message.threshold})`);
       break;
