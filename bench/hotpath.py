@@ -376,20 +376,24 @@ class Profiler:
 
 async def measure(
     run: Run, orders: list[Order], rate: float, mode: str, seed: int, drain_s: float,
-    profile: Path | None = None,
+    profile: Path | None = None, consoles: int = 0,
 ) -> dict[str, Any]:
     before_records = await end_offsets(run.services.bootstrap)
+    watchers = await Consoles.open(run, consoles)
     before = await asyncio.to_thread(_usage, run.pids)
     start = time.monotonic()
-    with Profiler(profile, next(iter(run.pids.workers.values()), None)):
-        if mode == "kafka":
-            await offer_kafka(run, orders, rate, seed)
-        else:
-            await offer_http(run, orders, rate, seed)
-        sent_end = time.monotonic()
-        ids = [o.order_id for o in orders if o.accepted]
-        decided, complete = await drain(run, ids, drain_s)
-    used = _usage_delta(before, await asyncio.to_thread(_usage, run.pids))
+    try:
+        with Profiler(profile, next(iter(run.pids.workers.values()), None)):
+            if mode == "kafka":
+                await offer_kafka(run, orders, rate, seed)
+            else:
+                await offer_http(run, orders, rate, seed)
+            sent_end = time.monotonic()
+            ids = [o.order_id for o in orders if o.accepted]
+            decided, complete = await drain(run, ids, drain_s)
+        used = _usage_delta(before, await asyncio.to_thread(_usage, run.pids))
+    finally:
+        watched = await watchers.close(time.monotonic() - start)
     after_records = await end_offsets(run.services.bootstrap)
     statuses = Counter(status for status, _ in decided.values())
     n = len(decided)
@@ -433,7 +437,58 @@ async def measure(
         "records_per_order": round(sum(topics.values()) / n, 1) if n else None,
         "records_per_order_by_topic": {t: round(v / n, 2) for t, v in topics.items()} if n else {},
         "wall_s": used["wall_s"],
+        **({"consoles": watched} if consoles else {}),
     }
+
+
+class Consoles:
+    """Ops consoles watching the first worker: admin WebSockets subscribed to the console
+    feed, each counting what it receives and how its connection ended."""
+
+    def __init__(self, session: aiohttp.ClientSession | None, sockets: list[Any]) -> None:
+        self.session, self.sockets = session, sockets
+        self.counts: list[Counter[str]] = [Counter() for _ in sockets]
+        self.sizes: list[list[int]] = [[] for _ in sockets]
+        self.closed: list[int | None] = [None for _ in sockets]
+        self.tasks = [asyncio.create_task(self._read(i)) for i in range(len(sockets))]
+
+    @classmethod
+    async def open(cls, run: Run, count: int) -> Consoles:
+        if count <= 0:
+            return cls(None, [])
+        session = aiohttp.ClientSession()
+        url = run.workers[0].url.replace("http://", "ws://") + "/v1/ws?token=" + run.services.token("bench-ops", ("admin",))
+        sockets = []
+        for _ in range(count):
+            ws = await session.ws_connect(url)
+            await ws.send_json({"type": "subscribe", "feed": "console"})
+            sockets.append(ws)
+        return cls(session, sockets)
+
+    async def _read(self, i: int) -> None:
+        ws = self.sockets[i]
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self.counts[i][json.loads(msg.data).get("type", "?")] += 1
+                self.sizes[i].append(len(msg.data))
+        self.closed[i] = ws.close_code
+
+    async def close(self, seconds: float) -> list[dict[str, Any]]:
+        out = []
+        for i, ws in enumerate(self.sockets):
+            dropped = ws.closed  # closed by the server before the run ended
+            await ws.close()
+            await self.tasks[i]
+            sizes = self.sizes[i]
+            out.append({
+                "messages": sum(self.counts[i].values()), "by_type": dict(self.counts[i]),
+                "messages_per_s": round(sum(self.counts[i].values()) / max(seconds, 1e-6), 1),
+                "largest_bytes": max(sizes, default=0), "bytes_per_s": round(sum(sizes) / max(seconds, 1e-6)),
+                "dropped_by_server": dropped, "close_code": self.closed[i] if dropped else None,
+            })
+        if self.session is not None:
+            await self.session.close()
+        return out
 
 
 def _products(count: int, prefix: str) -> list[Product]:
@@ -505,7 +560,7 @@ def scenario_flash(cfg: Config) -> dict[str, Any]:
         orders = [Order(str(uuid.uuid4()), rng.randrange(cfg.customers), [{"sku": sku, "quantity": 1}], "tok_ok")
                   for _ in range(count)]
         fig = await measure(run, orders, cfg.flash_rate, "kafka", cfg.seed, cfg.drain_timeout,
-                            cfg.profile_dir / "flash.txt" if cfg.profile_dir else None)
+                            cfg.profile_dir / "flash.txt" if cfg.profile_dir else None, consoles=cfg.consoles)
         fig["stock"] = await sold_units(run)
         fig["exactly_stock_sold"] = fig["stock"]["units_sold"] == units and fig["stock"]["units_available_after"] == 0
         return fig
@@ -722,6 +777,7 @@ class Config:
     worker_env: dict[str, str]
     profile_dir: Path | None
     results_dir: Path
+    consoles: int = 0
 
 
 def parse(argv: Sequence[str] | None = None) -> Config:
@@ -748,6 +804,9 @@ def parse(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--worker-env", action="append", default=[], help="KEY=VALUE for every worker")
     p.add_argument("--profile", type=Path, help="directory for py-spy profiles of the first worker")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--consoles", type=int, default=0,
+                   help="ops consoles (admin WebSockets on the console feed) watching the first worker while flash and "
+                        "steady run: what they cost the pipeline, and what they received")
     a = p.parse_args(argv)
     env = dict(item.split("=", 1) for item in a.worker_env)
     from orion_streams.config import Settings
@@ -759,7 +818,7 @@ def parse(argv: Sequence[str] | None = None) -> Config:
         scale_orders=a.scale_orders, scale_workers=[int(n) for n in a.scale_workers.split(",")],
         warm_orders=a.warm_orders if a.warm_orders is not None else (300 if a.quick else 5_000), warm_rate=a.warm_rate,
         drain_timeout=a.drain_timeout, seed=a.seed, quick=a.quick, worker_env=env, profile_dir=a.profile,
-        results_dir=a.results_dir,
+        results_dir=a.results_dir, consoles=a.consoles,
     )
 
 
