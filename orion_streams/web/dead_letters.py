@@ -7,14 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..adapters.postgres import InvalidCursor
-from ..domain.errors import FieldError
 from ..schemas import DeadLetterListQuery, ReplayRequest, parse
 from ..services import dead_letters
 from .identity import allow
 from .middleware import CORRELATION_KEY
-from .problems import ApiError, not_found, unavailable, unprocessable
-from .views import ApiView, json_response, read_json
+from .problems import ApiError, not_found, unavailable
+from .views import ApiView, json_response, paged, read_json
 
 
 class DeadLettersView(ApiView):
@@ -24,12 +22,8 @@ class DeadLettersView(ApiView):
         allow(await api.principal_of(request), "admin", scope="ops")
         query = parse(DeadLetterListQuery, request.query)
         await api.runtime.ready()
-        try:
-            items, cursor = await api.runtime.dead_letters.page(
-                status=None if query.status == "all" else query.status, limit=query.limit, cursor=query.cursor)
-        except InvalidCursor as exc:
-            raise unprocessable([FieldError("cursor", str(exc))]) from exc
-        return json_response({"items": items, "next_cursor": cursor})
+        return await paged(api.runtime.dead_letters.page(
+            status=None if query.status == "all" else query.status, limit=query.limit, cursor=query.cursor))
 
 
 class DeadLetterView(ApiView):

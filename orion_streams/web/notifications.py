@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..adapters.postgres import InvalidCursor
-from ..domain.errors import FieldError
 from ..schemas import NotificationListQuery, parse
 from .identity import allow
-from .problems import conflict, not_found, unprocessable
-from .views import ApiView, json_response
+from .problems import conflict, not_found
+from .views import ApiView, json_response, paged
 
 
 class OrderNotificationsView(ApiView):
@@ -30,11 +28,7 @@ class NotificationsView(ApiView):
         allow(await api.principal_of(request), "admin", scope="ops")
         query = parse(NotificationListQuery, request.query)
         await api.runtime.ready()
-        try:
-            items, cursor = await api.runtime.notifications.list_failed(limit=query.limit, cursor=query.cursor)
-        except InvalidCursor as exc:
-            raise unprocessable([FieldError("cursor", str(exc))]) from exc
-        return json_response({"items": items, "next_cursor": cursor})
+        return await paged(api.runtime.notifications.list_failed(limit=query.limit, cursor=query.cursor))
 
 
 class NotificationView(ApiView):

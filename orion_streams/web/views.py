@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -118,6 +118,16 @@ async def read_json(request: web.Request) -> Any:
     return body
 
 
+async def paged(listing: Awaitable[tuple[list[dict[str, Any]], str | None]]) -> web.Response:
+    """A page of a keyset-paged list as `{"items", "next_cursor"}`; a cursor this server did
+    not issue is a 422 on `cursor`."""
+    try:
+        items, cursor = await listing
+    except InvalidCursor as exc:
+        raise unprocessable([FieldError("cursor", str(exc))]) from exc
+    return json_response({"items": items, "next_cursor": cursor})
+
+
 def _headers(request: web.Request, principal: Principal) -> list[tuple[str, bytes]]:
     """Every event from HTTP carries who asked (actor and roles) and the correlation id."""
     return [
@@ -193,13 +203,8 @@ class OrdersView(ApiView):
         if sees_all_orders(principal):
             user_id = query.user_id
         await api.runtime.ready()
-        try:
-            items, cursor = await api.runtime.store.list_orders(
-                user_id=user_id, status=query.status, limit=query.limit, cursor=query.cursor
-            )
-        except InvalidCursor as exc:
-            raise unprocessable([FieldError("cursor", str(exc))]) from exc
-        return json_response({"items": items, "next_cursor": cursor})
+        return await paged(api.runtime.store.list_orders(
+            user_id=user_id, status=query.status, limit=query.limit, cursor=query.cursor))
 
     async def _reply(self, order_id: str, wait: float) -> web.Response:
         if wait > 0:
@@ -273,11 +278,7 @@ class InventoryListView(ApiView):
         allow(await api.principal_of(request), "admin", "service", scope="inventory:read")
         query = parse(StockListQuery, request.query)
         await api.runtime.ready()
-        try:
-            items, cursor = await api.runtime.store.list_stock(limit=query.limit, cursor=query.cursor)
-        except InvalidCursor as exc:
-            raise unprocessable([FieldError("cursor", str(exc))]) from exc
-        return json_response({"items": items, "next_cursor": cursor})
+        return await paged(api.runtime.store.list_stock(limit=query.limit, cursor=query.cursor))
 
 
 class InventoryView(ApiView):

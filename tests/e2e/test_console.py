@@ -22,16 +22,23 @@ from typing import Any
 
 import aiohttp
 import pytest
-import sqlalchemy as sa
 
 from orion_devstack.ports import free_port
 from orion_devstack.smtp import MailCatcher
 from orion_streams import records
-from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.domain import events as e
 from orion_streams.domain.orders import RequestedLine
 
-from ..integration.harness import Api, Mailer, Services, Worker, eventually, new_id, produce
+from ..integration.harness import (
+    Api,
+    Mailer,
+    Services,
+    Worker,
+    add_product,
+    eventually,
+    new_id,
+    produce,
+)
 
 LIVE = 2.0  # seconds from a decision to the page showing it
 SLOW = 30.0  # deadlines for what waits on the pipeline (first fetches, recovery)
@@ -73,18 +80,6 @@ async def _audit(page: Any, when: str) -> None:
     bad = [v for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
     assert not bad, f"accessibility ({when}):\n" + "\n".join(
         f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:5]}" for v in bad)
-
-
-async def add_product(services: Services, sku: str) -> None:
-    """What a catalog import does (outside Orion's API): a new product row."""
-    store = SqlAlchemyStore(services.database_url, pool_size=1)
-    try:
-        async with store.engine.begin() as conn:
-            await conn.execute(sa.text(
-                "insert into products (sku, name, unit_price, currency) values (:sku, 'Console fix', 1500, 'EUR')"
-            ), {"sku": sku})
-    finally:
-        await store.close()
 
 
 async def test_the_console_shows_and_acts_on_the_live_shop(

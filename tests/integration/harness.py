@@ -216,6 +216,18 @@ async def group_lag(services: Services) -> dict[str, int]:
     return lag
 
 
+async def add_product(services: Services, sku: str, unit_price: int = 900) -> None:
+    """What a catalog import does (outside Orion's API): a new product row."""
+    store = SqlAlchemyStore(services.database_url, pool_size=1)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.text(
+                "insert into products (sku, name, unit_price, currency) values (:sku, 'Added product', :price, 'EUR')"
+            ), {"sku": sku, "price": unit_price})
+    finally:
+        await store.close()
+
+
 async def count_rows(store: SqlAlchemyStore, table: str, **where: Any) -> int:
     """How many rows of `table` match the column values given."""
     t = schema.metadata.tables[table]

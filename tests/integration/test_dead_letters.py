@@ -7,14 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from orion_streams import records
 from orion_streams.adapters.postgres import SqlAlchemyStore
 from orion_streams.domain import events as e
 from orion_streams.domain.orders import RequestedLine
 
-from .harness import Api, Services, count_rows, eventually, new_id, produce, read_topic
+from .harness import Api, Services, add_product, count_rows, eventually, new_id, produce, read_topic
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,17 +32,6 @@ async def parked(api: Api, admin: str, key: str) -> dict[str, Any]:
         return next((item for item in body["items"] if item["key"] == key), None)
 
     return await eventually(find, 30, f"the dead letter of {key} in /v1/dead-letters")
-
-
-async def add_product(services: Services, sku: str) -> None:
-    store = SqlAlchemyStore(services.database_url, pool_size=1)
-    try:
-        async with store.engine.begin() as conn:
-            await conn.execute(sa.text(
-                "insert into products (sku, name, unit_price, currency) values (:sku, 'Fixed product', 900, 'EUR')"
-            ), {"sku": sku})
-    finally:
-        await store.close()
 
 
 async def test_a_poison_order_is_replayed_once_after_its_sku_is_fixed(
