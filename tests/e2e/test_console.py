@@ -144,6 +144,18 @@ async def _scenario(services: Services, worker: Worker, api: Api, browser: Any, 
         order_ids.append(order["order_id"])
     print(f"decided -> shown on the page: {', '.join(f'{s * 1000:.0f} ms' for s in shown_after)}")
 
+    # -- fulfil an order from its row; find another by id: its audit trail and emails -----------
+    fulfilled = page.locator(f'tr[data-order-id="{order_ids[1]}"]')
+    await fulfilled.locator('[data-action="fulfil"]').click()
+    await fulfilled.locator('[data-status="FULFILLED"]').wait_for(timeout=LIVE * 1000 + 1000)
+    assert (await api.order(admin, order_ids[1]))["status"] == "FULFILLED"
+    await page.fill("#order-search-id", order_ids[0])
+    await page.press("#order-search-id", "Enter")
+    await page.locator(f'#order-detail[data-order-id="{order_ids[0]}"]').wait_for(timeout=10_000)
+    trail = await page.locator("#order-events tr[data-seq]").all_inner_texts()
+    assert any("OrderPlaced" in row for row in trail) and any("PaymentAuthorized" in row for row in trail), trail
+    await page.locator("#order-notifications tr[data-notification-id]").first.wait_for(timeout=10_000)
+
     # -- the SKU is low now (1 left, threshold 2); adjust it from the page ----------------------
     row = page.locator(f'tr[data-sku="{sku}"]')
     await page.locator(f'tr[data-sku="{sku}"][data-low-stock="true"]').wait_for(timeout=LIVE * 1000 + 500)

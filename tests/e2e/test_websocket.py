@@ -392,7 +392,8 @@ async def _scenario(s: Stack) -> None:
 
 async def _feed_ready(session: aiohttp.ClientSession, worker: Worker) -> bool:
     try:
-        return await metric_sum(session, worker, "orion_live_feed_partitions") == 2 * PARTITIONS
+        # order-status and stock-levels, and worker-status's one partition (the console's)
+        return await metric_sum(session, worker, "orion_live_feed_partitions") == 2 * PARTITIONS + 1
     except aiohttp.ClientError:
         return False
 
