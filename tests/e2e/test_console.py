@@ -184,13 +184,7 @@ async def _scenario(services: Services, worker: Worker, api: Api, browser: Any, 
     dl_id = await eventually(parked, SLOW, "the poison order in the dead-letter index")
     await add_product(services, fix_sku)
 
-    async def restocked() -> bool:
-        status, body, _ = await api.call("POST", f"/v1/inventory/{fix_sku}/adjustments", admin,
-                                         {"delta": 3, "reason": "restock"})
-        assert status in (200, 404), body
-        return status == 200
-
-    await eventually(restocked, 10, f"{fix_sku} known to the worker and restocked")
+    await api.restock_new(admin, fix_sku, 3)
     await page.click("#dead-letters-refresh")
     letter = page.locator(f'tr[data-dead-letter-id="{dl_id}"]')
     await letter.wait_for(timeout=10_000)

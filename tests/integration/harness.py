@@ -99,6 +99,18 @@ class Api:
         assert status == 200, (status, body)
         return body["level"]
 
+    async def restock_new(self, admin: str, sku: str, delta: int) -> None:
+        """Restock a product just added to the catalog: the worker looks at the catalog again
+        at most once a second, so it may answer 404 for that long."""
+
+        async def restocked() -> bool:
+            status, body, _ = await self.call(
+                "POST", f"/v1/inventory/{sku}/adjustments", admin, {"delta": delta, "reason": "restock"})
+            assert status in (200, 404), body
+            return status == 200
+
+        await eventually(restocked, 10, f"{sku} known to the worker and restocked")
+
     async def stock(self, token: str, sku: str) -> Any:
         status, body, _ = await self.call("GET", f"/v1/inventory/{sku}", token)
         assert status == 200, (status, body)

@@ -52,14 +52,7 @@ async def test_a_poison_order_is_replayed_once_after_its_sku_is_fixed(
 
     await add_product(services, sku)
 
-    async def restocked() -> bool:
-        # The worker looks at the catalog again at most once a second (it just did, for the replay).
-        status, body, _ = await api.call("POST", f"/v1/inventory/{sku}/adjustments", admin,
-                                         {"delta": 5, "reason": "restock"})
-        assert status in (200, 404), body
-        return status == 200
-
-    await eventually(restocked, 10, f"{sku} to be known and restocked")
+    await api.restock_new(admin, sku, 5)  # it just looked at the catalog, for the refused replay
     status, body, _ = await api.call("POST", f"/v1/dead-letters/{dl_id}/replay", admin)
     assert status == 200 and body["outcome"] == "replayed", body
     order = await api.decided(admin, order_id)
