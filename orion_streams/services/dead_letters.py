@@ -60,9 +60,9 @@ def row_from_record(partition: int, offset: int, value: bytes | None, headers: S
         return row
     if not isinstance(body, dict):
         return row
-    for name, column in (("reason", "reason"), ("reason_class", "reason_class"), ("source_topic", "source_topic")):
+    for name, limit in (("reason", 10_000), ("reason_class", 64), ("source_topic", 249)):  # the columns' sizes
         if isinstance(body.get(name), str) and body[name]:
-            row[column] = body[name][:10_000] if name == "reason" else body[name][:64 if name == "reason_class" else 249]
+            row[name] = body[name][:limit]
     for name, column in (("partition", "source_partition"), ("offset", "source_offset"), ("item", "source_item")):
         if isinstance(body.get(name), int) and not isinstance(body.get(name), bool):
             row[column] = body[name]

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Container, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -183,14 +183,18 @@ def adjustment_request(body: Any) -> tuple[int, str, int | None]:
 
 
 async def adjust_stock(
-    sku: str, body: Any, products: Container[str], reads: StockReads, send: Send, *,
+    sku: str, body: Any, products: CatalogSource, reads: StockReads, send: Send, *,
     wait: float = 10.0, poll: float = 0.05,
 ) -> dict[str, Any]:
     """Change a SKU's stock by a delta with a reason, and wait (at most `wait` seconds) for its
     owner to apply it: {"adjustment_id", "status": "applied", "level"} or, still on its way,
     {"adjustment_id", "status": "pending"}. Conflict when it would leave less than nothing
-    available (checked on the read model first, decided by the SKU's owner)."""
-    if sku not in products:
+    available (checked on the read model first, decided by the SKU's owner). A SKU the catalog
+    does not know may be a product added since it was loaded: look again (at most once a
+    second) before refusing."""
+    if sku not in products.catalog:
+        await products.refresh_catalog_if_stale()
+    if sku not in products.catalog:
         raise NotFound(f"no product {sku}")
     delta, reason, threshold = adjustment_request(body)
     level = await reads.get_stock(sku)

@@ -299,9 +299,7 @@ class AdjustmentsView(ApiView):
         allow(principal, "admin", "service", scope="inventory:write")
         body = await read_json(request)
         await api.runtime.ready()
-        if sku not in api.runtime.catalog:  # a product added since the catalog was loaded
-            await api.runtime.refresh_catalog_if_stale()
-        result = await orders.adjust_stock(sku, body, api.runtime.catalog, api.runtime.store, api.sender(request, principal))
+        result = await orders.adjust_stock(sku, body, api.runtime, api.runtime.store, api.sender(request, principal))
         return json_response(result, 200 if result["status"] == "applied" else 202)
 
 

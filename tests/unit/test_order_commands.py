@@ -94,9 +94,12 @@ def test_an_adjustment_request_names_every_bad_field(body: Any, fields: set[str]
     assert {e.field for e in err.value.errors} == fields
 
 
+SKU_A = Product("A", "Alpha", 100)
+
+
 async def test_an_adjustment_is_sent_to_the_skus_owner_and_waited_for() -> None:
     sent, reads = Sent(), Reads({"available": 3}, [None, {"status": "applied", "detail": None}])
-    result = await orders.adjust_stock("A", {"delta": -3, "reason": "damage"}, {"A"}, reads, sent, poll=0)
+    result = await orders.adjust_stock("A", {"delta": -3, "reason": "damage"}, Products([SKU_A]), reads, sent, poll=0)
     assert result["status"] == "applied" and result["level"] == {"available": 3}
     ((topic, key, command),) = sent
     assert (topic, key, command.delta, command.reason) == (t.STOCK_REQUESTS.name, "A", -3, "damage")
@@ -110,15 +113,15 @@ async def test_an_adjustment_is_sent_to_the_skus_owner_and_waited_for() -> None:
 async def test_an_adjustment_refused_on_the_read_model_sends_nothing(sku: str, level: Any, error: type) -> None:
     sent = Sent()
     with pytest.raises(error):
-        await orders.adjust_stock(sku, {"delta": -4, "reason": "damage"}, {"A"}, Reads(level, []), sent)
+        await orders.adjust_stock(sku, {"delta": -4, "reason": "damage"}, Products([SKU_A]), Reads(level, []), sent)
     assert sent == []
 
 
 async def test_an_adjustment_the_owner_refuses_is_a_conflict_and_one_not_answered_in_time_is_pending() -> None:
     refused = Reads(None, [{"status": "rejected", "detail": "would leave -2 available"}])
     with pytest.raises(Conflict, match="would leave -2"):
-        await orders.adjust_stock("A", {"delta": 1, "reason": "restock"}, {"A"}, refused, Sent(), poll=0)
-    pending = await orders.adjust_stock("A", {"delta": 1, "reason": "restock"}, {"A"}, Reads(None, []), Sent(),
+        await orders.adjust_stock("A", {"delta": 1, "reason": "restock"}, Products([SKU_A]), refused, Sent(), poll=0)
+    pending = await orders.adjust_stock("A", {"delta": 1, "reason": "restock"}, Products([SKU_A]), Reads(None, []), Sent(),
                                         wait=0.05, poll=0.01)
     assert pending["status"] == "pending"
 
